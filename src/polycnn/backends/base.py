@@ -1,0 +1,236 @@
+"""The backend contract, written once.
+
+A backend runs the heavy ops of a CNN on one kind of hardware. Everything above it (layers,
+losses, optimisers, training) calls only the methods below, or the backend's ``xp`` array module
+for plain elementwise glue, and never asks which backend it has.
+
+Legend: N batch, C input channels, H×W input, K output channels, R×S kernel, P×Q output,
+sh/sw stride, ph/pw padding before (top/left), dh/dw dilation. Layout NCHW, weights (K, C, R, S).
+
+Arrays are the backend's own (``numpy.ndarray`` on the CPU backends, ``cupy.ndarray`` on the
+GPU): convert with ``asarray`` / ``to_numpy``. A public method validates its arguments with
+:mod:`polycnn.geometry`, so every backend raises the same errors; it then calls a private
+``_op`` that each backend implements and that may assume valid, C-contiguous input of one dtype
+(float32 or float64). The output dtype is the input dtype.
+
+conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1) -> (y, ctx)
+    x (N, C, H, W), w (K, C, R, S), b (K,) or None  ->  y (N, K, P, Q)::
+
+        for n, k, p, q:
+            y[n, k, p, q] = b[k] + sum over c, r, s of
+                w[k, c, r, s] * x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw]   (0 outside x)
+
+    Cross-correlation (no kernel flip), as in PyTorch. ``padding`` is an int, an (h, w) pair,
+    ``"valid"`` (0) or ``"same"`` (stride 1; the odd pixel goes after). Output size rounds down.
+
+conv2d_backward(dy, ctx) -> (dx, dw, db)
+    dy (N, K, P, Q) -> dx (N, C, H, W), dw (K, C, R, S), db (K,) or None when b was None::
+
+        dx[n, c, h, w] = sum of w[k, c, r, s] * dy[n, k, p, q] over all (k, r, s, p, q) with
+                         h = p*sh - ph + r*dh and w = q*sw - pw + s*dw
+        dw[k, c, r, s] = sum over n, p, q of dy[n, k, p, q] * x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw]
+        db[k]          = sum over n, p, q of dy[n, k, p, q]
+
+maxpool2d_forward(x, kernel_size=2, stride=None, padding=0) -> (y, ctx)
+    x (N, C, H, W) -> y (N, C, P, Q); stride None means kernel_size; padding <= kernel/2::
+
+        y[n, c, p, q] = max over r, s of x[n, c, p*sh - ph + r, q*sw - pw + s]  (-inf outside x)
+
+    A NaN in a window is its max. When several entries tie, the first in row-major window
+    order (smallest r, then smallest s) is the argmax; the backward sends the gradient there.
+
+maxpool2d_backward(dy, ctx) -> dx
+    dx[n, c, argmax window position of (n, c, p, q)] += dy[n, c, p, q]; zero elsewhere.
+
+avgpool2d_forward(x, kernel_size=2, stride=None, padding=0) -> (y, ctx)
+    y[n, c, p, q] = sum over r, s of x[n, c, p*sh - ph + r, q*sw - pw + s] / (R*S)
+    Padding counts as zeros in the mean (PyTorch's ``count_include_pad=True``).
+
+avgpool2d_backward(dy, ctx) -> dx
+    dx[n, c, h, w] = sum of dy[n, c, p, q] / (R*S) over the windows (p, q) that contain (h, w).
+
+The glue below has a default written with ``xp``; a backend may override it with fused kernels.
+
+linear_forward(x, w, b) -> (y, ctx); linear_backward(dy, ctx) -> (dx, dw, db)
+    x (N, F), w (O, F), b (O,) or None: y = x @ w.T + b.
+relu_forward(x) -> (y, ctx); relu_backward(dy, ctx) -> dx
+    y = max(x, 0); dx = dy where x > 0, else 0.
+cross_entropy(logits, labels, label_smoothing=0.0) -> (loss, dlogits)
+    logits (N, K), labels (N,) integer classes on the host; loss is a Python float (mean over N)
+    and dlogits its gradient (softmax - target) / N, on the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..geometry import (
+    ConvGeometry,
+    PoolGeometry,
+    check_array,
+    check_same_dtype,
+    conv_geometry,
+    pool_geometry,
+)
+
+
+@dataclass
+class OpContext:
+    """What a forward pass hands to its backward: the geometry, the inputs the backward needs,
+    and ``saved``, which belongs to the backend that made it (column buffers, argmax, ...)."""
+
+    op: str
+    geom: Any
+    dtype: np.dtype
+    inputs: dict = field(default_factory=dict)
+    saved: Any = None
+
+
+class Backend:
+    """Base class of every backend; see the module docstring for the contract."""
+
+    #: registry name, e.g. ``"numpy"``
+    name = "base"
+    #: the array module used for glue: ``numpy`` or ``cupy`` (or a stand-in)
+    xp = np
+    #: the array type this backend's ops accept
+    array_type: Any = np.ndarray
+    #: True when arrays live on an accelerator
+    is_device = False
+
+    # ---- arrays -------------------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """A host array (or anything NumPy accepts) as this backend's array, C-contiguous."""
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def synchronize(self) -> None:
+        """Wait for queued work (a no-op on CPU backends); benchmarks call it before timing."""
+
+    def info(self) -> dict:
+        """Facts for ``polycnn backends``: version, threads, device."""
+        return {"version": np.__version__, "threads": None, "device": "cpu"}
+
+    def __repr__(self):
+        return f"<polycnn backend {self.name!r}>"
+
+    # ---- validation shared by every backend -----------------------------------------------
+    def _prepare(self, x, name: str, ndim: int):
+        check_array(x, name, ndim, self.array_type)
+        return self.xp.ascontiguousarray(x)
+
+    def _check_grad(self, dy, ctx: OpContext, op: str):
+        if not isinstance(ctx, OpContext) or ctx.op != op:
+            raise TypeError(f"ctx must be the context returned by {op}_forward, got {ctx!r:.80}")
+        check_array(dy, "dy", 4, self.array_type)
+        expected_shape = ctx.geom.y_shape
+        if tuple(dy.shape) != tuple(expected_shape):
+            raise ValueError(
+                f"{ctx.op} backward: dy has shape {tuple(dy.shape)}, expected"
+                f" {tuple(expected_shape)} (the forward output's shape)"
+            )
+        if np.dtype(dy.dtype) != ctx.dtype:
+            raise TypeError(f"{ctx.op} backward: dy is {dy.dtype} but the forward ran in {ctx.dtype}")
+        return self.xp.ascontiguousarray(dy)
+
+    # ---- convolution --------------------------------------------------------------------
+    def conv2d_forward(self, x, w, b=None, stride=1, padding=0, dilation=1):
+        x = self._prepare(x, "x", 4)
+        w = self._prepare(w, "w", 4)
+        if b is not None:
+            b = self._prepare(b, "b", 1)
+        dtype = check_same_dtype(x=x, w=w, b=b)
+        g = conv_geometry(x.shape, w.shape, stride, padding, dilation,
+                          b_shape=None if b is None else b.shape)
+        y, saved = self._conv2d_forward(x, w, b, g)
+        ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None}, saved)
+        return y, ctx
+
+    def conv2d_backward(self, dy, ctx):
+        dy = self._check_grad(dy, ctx, "conv2d")
+        dx, dw, db = self._conv2d_backward(dy, ctx)
+        return dx, dw, (db if ctx.inputs["has_bias"] else None)
+
+    # ---- pooling ------------------------------------------------------------------------
+    def maxpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
+        x = self._prepare(x, "x", 4)
+        g = pool_geometry(x.shape, kernel_size, stride, padding)
+        y, saved = self._maxpool2d_forward(x, g)
+        return y, OpContext("maxpool2d", g, np.dtype(x.dtype), {}, saved)
+
+    def maxpool2d_backward(self, dy, ctx):
+        dy = self._check_grad(dy, ctx, "maxpool2d")
+        return self._maxpool2d_backward(dy, ctx)
+
+    def avgpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
+        x = self._prepare(x, "x", 4)
+        g = pool_geometry(x.shape, kernel_size, stride, padding)
+        y = self._avgpool2d_forward(x, g)
+        return y, OpContext("avgpool2d", g, np.dtype(x.dtype), {}, None)
+
+    def avgpool2d_backward(self, dy, ctx):
+        dy = self._check_grad(dy, ctx, "avgpool2d")
+        return self._avgpool2d_backward(dy, ctx)
+
+    # ---- what each backend implements (valid, contiguous, one dtype) ----------------------
+    def _conv2d_forward(self, x, w, b, g: ConvGeometry):
+        """-> (y, saved)"""
+        raise NotImplementedError
+
+    def _conv2d_backward(self, dy, ctx: OpContext):
+        """-> (dx, dw, db); db may be anything when the forward had no bias."""
+        raise NotImplementedError
+
+    def _maxpool2d_forward(self, x, g: PoolGeometry):
+        """-> (y, saved), saved typically the argmax"""
+        raise NotImplementedError
+
+    def _maxpool2d_backward(self, dy, ctx: OpContext):
+        raise NotImplementedError
+
+    def _avgpool2d_forward(self, x, g: PoolGeometry):
+        raise NotImplementedError
+
+    def _avgpool2d_backward(self, dy, ctx: OpContext):
+        raise NotImplementedError
+
+    # ---- training glue (default: written with xp; backends may override) ------------------
+    def linear_forward(self, x, w, b=None):
+        xp = self.xp
+        y = xp.matmul(x, w.T)
+        if b is not None:
+            y += b
+        return y, OpContext("linear", None, np.dtype(x.dtype), {"x": x, "w": w, "has_bias": b is not None})
+
+    def linear_backward(self, dy, ctx):
+        xp = self.xp
+        x, w = ctx.inputs["x"], ctx.inputs["w"]
+        dx = xp.matmul(dy, w)
+        dw = xp.matmul(dy.T, x)
+        db = dy.sum(axis=0) if ctx.inputs["has_bias"] else None
+        return dx, dw, db
+
+    def relu_forward(self, x):
+        y = self.xp.maximum(x, 0)
+        return y, OpContext("relu", None, np.dtype(x.dtype), {"mask": x > 0})
+
+    def relu_backward(self, dy, ctx):
+        return dy * ctx.inputs["mask"]
+
+    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        xp = self.xp
+        n, k = logits.shape
+        labels = xp.asarray(np.asarray(labels, dtype=np.int64))
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logsum = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        logp = shifted - logsum
+        target = xp.full(logits.shape, label_smoothing / k, dtype=logits.dtype)
+        target[xp.arange(n), labels] += 1.0 - label_smoothing
+        loss = float(-(target * logp).sum() / n)
+        dlogits = (xp.exp(logp) - target) / n
+        return loss, dlogits.astype(logits.dtype, copy=False)
