@@ -15,11 +15,18 @@ def main():
     """polycnn: convolutional networks on interchangeable backends (NumPy, Numba, CUDA)."""
 
 
-def _register() -> None:
-    from . import ops
+#: modules under cli/ that define ``COMMANDS``, a list of click commands (one line each)
+_COMMAND_MODULES = [
+    "ops",
+]
 
-    for command in ops.COMMANDS:
-        main.add_command(command)
+
+def _register() -> None:
+    import importlib
+
+    for module in _COMMAND_MODULES:
+        for command in importlib.import_module(f"{__package__}.{module}").COMMANDS:
+            main.add_command(command)
 
 
 _register()
