@@ -1,12 +1,12 @@
 """The NumPy backend: see :mod:`polycnn.backends.base` for the contract.
 
 Optimisations:
-- conv as im2col + one batched GEMM per chunk of samples. The column buffer is built with one
-  strided copy per kernel offset (R·S Python iterations, never one per sample, channel or pixel)
-  and holds at most ``COLUMN_BUFFER_BYTES``: a large batch is processed in chunks of samples, so
-  memory stays bounded whatever N is.
+- conv as im2col + one GEMM per chunk of samples. The column buffer is built with one copy per
+  kernel offset (R·S Python iterations, never one per sample, channel or pixel) and holds at most
+  ``COLUMN_BUFFER_BYTES``: a large batch is processed in chunks of samples, so memory stays
+  bounded whatever N is. With stride 1 the copies are contiguous ("wide rows", see ``_layout``).
 - the backward recomputes the columns chunk by chunk (no buffer kept between passes), gets dw
-  from the same columns and dx by scattering ``wᵀ·dy`` back with one strided add per offset.
+  from the same columns and dx by adding ``wᵀ·dy`` back with one add per offset (col2im).
 - pools run one vectorised pass per window offset over (N, C, P, Q) views; max-pool keeps the
   offset of the first maximum as ``uint8`` (int32 for windows over 256 entries).
 """
@@ -68,31 +68,88 @@ class NumpyBackend(Backend):
         return {"version": f"numpy {np.__version__}", "threads": threads, "device": "cpu"}
 
     # ---- convolution --------------------------------------------------------------------
+    @staticmethod
+    def _layout(g: ConvGeometry):
+        """How the column buffer is laid out: ``(wide, row, L)``.
+
+        NOTE: with stride 1 every kernel offset sees a *contiguous* run of the flattened padded
+        input, shifted by ``r*dh*Wp + s*dw``. Columns then hold "wide" output rows of ``Wp``
+        pixels (the last ``Wp - Q`` of each are garbage, cropped from y and zeroed in dy), so
+        im2col and col2im are plain contiguous copies and adds instead of 2-D strided ones.
+        """
+        Wp = g.W + g.pad_w + g.pad_right
+        wide = g.stride_h == 1 and g.stride_w == 1
+        row = Wp if wide else g.Q
+        return wide, row, g.P * row
+
+    def _flat_padded(self, x, g: ConvGeometry):
+        """Samples (n, C, H, W) zero-padded and flattened to (n, C, Hp*Wp + slack)."""
+        n = x.shape[0]
+        Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
+        flat = np.zeros((n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), dtype=x.dtype)
+        flat[:, :, :Hp * Wp].reshape(n, g.C, Hp, Wp)[
+            :, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W] = x
+        return flat
+
     def _columns(self, x, g: ConvGeometry, out):
-        """im2col of samples ``x`` (n, C, H, W) into ``out`` (n, C, R, S, P, Q)."""
-        xpad = _padded(x, g.pad_h, g.pad_bottom, g.pad_w, g.pad_right, 0)
+        """im2col of samples ``x`` (n, C, H, W) into ``out`` (C, R, S, n, L)."""
+        wide, row, L = self._layout(g)
+        Wp = g.W + g.pad_w + g.pad_right
+        if wide:
+            flat = self._flat_padded(x, g)
+        else:
+            xpad = _padded(x, g.pad_h, g.pad_bottom, g.pad_w, g.pad_right, 0)
         for r in range(g.R):
             for s in range(g.S):
-                out[:, :, r, s] = _window(xpad, r * g.dil_h, s * g.dil_w, g.P, g.Q,
-                                          g.stride_h, g.stride_w)
+                if wide:
+                    off = r * g.dil_h * Wp + s * g.dil_w
+                    out[:, r, s] = flat[:, :, off:off + L].transpose(1, 0, 2)
+                else:
+                    out[:, r, s].reshape(g.C, -1, g.P, g.Q)[...] = _window(
+                        xpad, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w
+                    ).transpose(1, 0, 2, 3)
         return out
 
+    def _col2im(self, dcols, g: ConvGeometry, n: int):
+        """The adjoint of :meth:`_columns`: (C, R, S, n, L) summed back to (n, C, H, W)."""
+        wide, row, L = self._layout(g)
+        Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
+        if wide:
+            flat = np.zeros((n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), dtype=dcols.dtype)
+            for r in range(g.R):
+                for s in range(g.S):
+                    off = r * g.dil_h * Wp + s * g.dil_w
+                    flat[:, :, off:off + L] += dcols[:, r, s].transpose(1, 0, 2)
+            dxpad = flat[:, :, :Hp * Wp].reshape(n, g.C, Hp, Wp)
+        else:
+            dxpad = np.zeros((n, g.C, Hp, Wp), dtype=dcols.dtype)
+            for r in range(g.R):
+                for s in range(g.S):
+                    _window(dxpad, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w
+                            )[...] += dcols[:, r, s].reshape(g.C, n, g.P, g.Q).transpose(1, 0, 2, 3)
+        return dxpad[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+
     def _col_chunks(self, g: ConvGeometry, dtype):
-        crs, pq = g.C * g.R * g.S, g.P * g.Q
-        per_sample = crs * pq * np.dtype(dtype).itemsize
+        """(n0, n1, buffer) per chunk of samples; the buffer is (C, R, S, n, L), within the cap."""
+        _, _, L = self._layout(g)
+        per_sample = g.C * g.R * g.S * L * np.dtype(dtype).itemsize
+        buf = None
         for n0, n1 in _chunks(g.N, per_sample, self.column_buffer_bytes):
-            yield n0, n1
+            if buf is None or buf.shape[3] != n1 - n0:
+                buf = np.empty((g.C, g.R, g.S, n1 - n0, L), dtype=dtype)
+            yield n0, n1, buf
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
-        crs, pq = g.C * g.R * g.S, g.P * g.Q
+        _, row, L = self._layout(g)
+        crs = g.C * g.R * g.S
         y = np.empty(g.y_shape, dtype=x.dtype)
         w2 = w.reshape(g.K, crs)
-        buf = None
-        for n0, n1 in self._col_chunks(g, x.dtype):
-            if buf is None or buf.shape[0] != n1 - n0:
-                buf = np.empty((n1 - n0, g.C, g.R, g.S, g.P, g.Q), dtype=x.dtype)
-            cols = self._columns(x[n0:n1], g, buf).reshape(n1 - n0, crs, pq)
-            np.matmul(w2, cols, out=y[n0:n1].reshape(n1 - n0, g.K, pq))
+        for n0, n1, buf in self._col_chunks(g, x.dtype):
+            n = n1 - n0
+            cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
+            # one GEMM per chunk: (K, CRS) · (CRS, n·L), then crop and reorder to (n, K, P, Q)
+            out = np.matmul(w2, cols).reshape(g.K, n, g.P, row)
+            y[n0:n1] = out[..., :g.Q].transpose(1, 0, 2, 3)
         if b is not None:
             y += b.reshape(1, g.K, 1, 1)
         return y, None
@@ -100,32 +157,21 @@ class NumpyBackend(Backend):
     def _conv2d_backward(self, dy, ctx):
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
-        crs, pq = g.C * g.R * g.S, g.P * g.Q
+        _, row, L = self._layout(g)
+        crs = g.C * g.R * g.S
         w2 = w.reshape(g.K, crs)
         dw = np.zeros((g.K, crs), dtype=x.dtype)
         dx = np.empty(g.x_shape, dtype=x.dtype)
-        Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
-        unpadded = (Hp, Wp) == (g.H, g.W)
-        buf = None
-        for n0, n1 in self._col_chunks(g, x.dtype):
+        for n0, n1, buf in self._col_chunks(g, x.dtype):
             n = n1 - n0
-            if buf is None or buf.shape[0] != n:
-                buf = np.empty((n, g.C, g.R, g.S, g.P, g.Q), dtype=x.dtype)
-            dy3 = dy[n0:n1].reshape(n, g.K, pq)
-            cols = self._columns(x[n0:n1], g, buf).reshape(n, crs, pq)
-            # dw += sum over samples of dy[n] · cols[n]ᵀ, in sample order (deterministic)
-            dw += np.matmul(dy3, cols.transpose(0, 2, 1)).sum(axis=0)
-            # dx: columns of wᵀ·dy scattered back (col2im), one strided add per offset
-            dcols = np.matmul(w2.T, dy3, out=buf.reshape(n, crs, pq)).reshape(
-                n, g.C, g.R, g.S, g.P, g.Q)
-            dxpad = dx[n0:n1] if unpadded else np.empty((n, g.C, Hp, Wp), dtype=x.dtype)
-            dxpad[...] = 0
-            for r in range(g.R):
-                for s in range(g.S):
-                    _window(dxpad, r * g.dil_h, s * g.dil_w, g.P, g.Q,
-                            g.stride_h, g.stride_w)[...] += dcols[:, :, r, s]
-            if not unpadded:
-                dx[n0:n1] = dxpad[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+            # dy as (K, n, P, row), zero in the garbage columns of wide rows
+            dyw = np.zeros((g.K, n, g.P, row), dtype=dy.dtype)
+            dyw[..., :g.Q] = dy[n0:n1].transpose(1, 0, 2, 3)
+            dyw = dyw.reshape(g.K, n * L)
+            cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
+            dw += dyw @ cols.T                     # chunks summed in a fixed order
+            dcols = np.matmul(w2.T, dyw, out=cols)  # reuse the column buffer
+            dx[n0:n1] = self._col2im(dcols.reshape(g.C, g.R, g.S, n, L), g, n)
         db = dy.sum(axis=(0, 2, 3)) if ctx.inputs["has_bias"] else None
         return dx, dw.reshape(g.w_shape), db
 
