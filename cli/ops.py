@@ -7,7 +7,7 @@ import click
 import polycnn as pc
 from polycnn.backends import registry
 
-from ._common import echo_json, format_table, json_option
+from ._common import backend_option, echo_json, format_table, json_option
 
 
 @click.command()
@@ -38,4 +38,35 @@ def backends(as_json):
             click.echo(f"\n{r['backend']}: unavailable: {r['reason']}")
 
 
-COMMANDS = [backends]
+@click.command()
+@backend_option
+@json_option
+def demo(backend, as_json):
+    """The tutorial's worked example, step by step, computed by a backend."""
+    from polycnn.tutorial import side_by_side, worked_example
+
+    be = pc.get_backend(backend)
+    r = worked_example(be)
+    if as_json:
+        echo_json({"backend": be.name, **{k: v.tolist() for k, v in r.items()}})
+        return
+    steps = [
+        ("A 6x6 greyscale image (255 = white) and one 3x3 filter.",
+         [("image", r["image"]), ("kernel", r["kernel"])]),
+        ("Slide the filter over every 3x3 patch, multiply element by element and add up\n"
+         "(valid convolution, stride 1: 6 - 3 + 1 = 4 outputs per row). ReLU keeps the\n"
+         "positive responses and sets the rest to 0.",
+         [("convolution (4x4)", r["convolution"]), ("ReLU", r["relu"])]),
+        ("Pad the 4x4 feature map back to 6x6 with a border of zeros, then keep the largest\n"
+         "value of each 2x2 block (max pooling, stride 2): the top-left block [[0, 0], [0, 155]]\n"
+         "gives 155.",
+         [("zero-padded (6x6)", r["padded"]), ("2x2 max pool (3x3)", r["maxpool"])]),
+    ]
+    click.echo(f"The tutorial's worked example, computed by the {be.name!r} backend.\n")
+    for i, (text, blocks) in enumerate(steps, 1):
+        click.echo(f"{i}. {text}\n")
+        click.echo(side_by_side(blocks))
+        click.echo()
+
+
+COMMANDS = [backends, demo]
