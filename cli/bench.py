@@ -1,0 +1,162 @@
+"""``polycnn bench``: conv and pool timings, training throughput and start-up time, every backend
+side by side with PyTorch CPU, as ratios measured in the same run (see polycnn.bench)."""
+
+from __future__ import annotations
+
+import click
+
+from polycnn import bench as B
+
+from ._common import echo_json, format_table, json_option
+
+
+def _names(value):
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return names or None
+
+
+def _progress(message: str) -> None:
+    click.echo(f"bench: {message}", err=True)
+
+
+@click.command()
+@click.option("--backends", default=None, metavar="A,B",
+              help="comma-separated backends (default: every available one except cupy-emu)")
+@click.option("--layers", default=None, metavar="A,B",
+              help=f"comma-separated layers of {', '.join(B.LAYERS)} (default: all)")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="interleaved rounds per measurement; the median counts (default 7, --quick 3)")
+@click.option("--no-torch", "no_torch", is_flag=True, help="do not compare with PyTorch CPU")
+@click.option("--training/--no-training", default=True, show_default=True,
+              help="training throughput of LeNet-5 and the shapes CNN")
+@click.option("--startup/--no-startup", default=None,
+              help="cold and warm start-up time per backend (default: on, off with --quick)")
+@click.option("--quick", is_flag=True, help="fewer rounds, smaller batches: a smoke run")
+@click.option("--fast-blas", "fast_blas", is_flag=True,
+              help="re-run in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"
+                   " there, and say which OpenBLAS kernel ran")
+@json_option
+def bench(backends, layers, rounds, no_torch, training, startup, quick, fast_blas, as_json):
+    """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
+    training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
+    backend_names, layer_names = _names(backends), _names(layers)
+    # fail on bad names here, before any measuring (or a child process)
+    B.select_layers(layer_names)
+    B.select_backends(backend_names)
+    if fast_blas:
+        argv = ["bench"]
+        if backends:
+            argv += ["--backends", backends]
+        if layers:
+            argv += ["--layers", layers]
+        if rounds:
+            argv += ["--rounds", str(rounds)]
+        if no_torch:
+            argv.append("--no-torch")
+        argv.append("--training" if training else "--no-training")
+        if startup is not None:
+            argv.append("--startup" if startup else "--no-startup")
+        if quick:
+            argv.append("--quick")
+        try:
+            result = B.run_in_child(argv)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        options = dict(backends=backend_names, layers=layer_names, rounds=rounds,
+                       torch=not no_torch, training=training, startup=startup)
+        if quick:
+            config = B.BenchConfig.quick_defaults(**options)
+        else:
+            config = B.BenchConfig(**{k: v for k, v in options.items() if v is not None})
+        result = B.run(config, progress=_progress)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(render(result))
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def render(result: dict) -> str:
+    """The report of a :func:`polycnn.bench.run` result: environment, op table, training
+    table, start-up table, notes."""
+    env, peak, config = result["environment"], result["matmul"], result["config"]
+    threads = ", ".join(f"{k} {'?' if v is None else v}" for k, v in env["backend_threads"].items())
+    blas_env = ", ".join(f"{k}={v}" for k, v in env["blas_env"].items() if v is not None)
+    out = [
+        f"CPU: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable)",
+        f"threads: {threads}",
+        f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
+        f" torch {env['torch'] or '-'}",
+        f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
+        f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f} GFLOP/s"
+        f" (best of {peak['repeats']})",
+        f"each time: median of {config['rounds']} interleaved rounds"
+        + (f"; batch sizes / {config['batch_divisor']} (--quick)"
+           if config["batch_divisor"] > 1 else ""),
+    ]
+    has_torch = "torch" in result["engines"]
+
+    if result["ops"]:
+        headers = ["layer", "pass", "shape", "engine", "ms", "GFLOP/s", "% peak"]
+        headers += ["time/torch"] if has_torch else []
+        rows, last = [], None
+        for r in result["ops"]:
+            key = (r["layer"], r["pass"])
+            row = ["", "", ""] if key == last else [r["layer"], r["pass"], r["shape"]]
+            last = key
+            percent = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
+            row += [r["engine"], _ms(r["ms"]), _fmt(r["gflops"], ".0f"), _fmt(percent, ".0f")]
+            row += [_fmt(r["time_vs_torch"], ".2f")] if has_torch else []
+            rows.append(row)
+        out += ["", "conv and max pool, float32" + (" (time/torch < 1: faster than PyTorch)"
+                                                    if has_torch else ""),
+                format_table(headers, rows)]
+
+    if result["training"]:
+        headers = ["model", "input", "batch", "engine", "images/s", "ms/step"]
+        headers += ["speed/torch"] if has_torch else []
+        rows, last = [], None
+        for r in result["training"]:
+            row = ["", "", ""] if r["model"] == last else [r["model"], r["input"], r["batch"]]
+            last = r["model"]
+            row += [r["engine"], f"{r['images_per_s']:.0f}", _ms(r["ms_per_step"])]
+            row += [_fmt(r["speed_vs_torch"], ".2f")] if has_torch else []
+            rows.append(row)
+        out += ["", "training throughput, SGD momentum 0.9, float32"
+                + (" (speed/torch > 1: faster than PyTorch)" if has_torch else ""),
+                format_table(headers, rows)]
+
+    if result["startup"]:
+        headers = ["backend", "cold s", "cold first call s", "warm s", "warm first call s",
+                   "compile s"]
+        rows = [[r["backend"], f"{r['cold']['process_s']:.2f}",
+                 f"{r['cold']['first_call_s']:.2f}", f"{r['warm']['process_s']:.2f}",
+                 f"{r['warm']['first_call_s']:.2f}", f"{r['compile_s']:.2f}"]
+                for r in result["startup"]]
+        out += ["", "start-up: a fresh process imports polycnn, gets the backend, runs a tiny conv"
+                " and pool fwd+bwd; cold = empty compile cache, warm = the cache cold left",
+                format_table(headers, rows)]
+
+    if result.get("fast_blas"):
+        fb = result["fast_blas"]
+        unset = ", ".join(f"{k} (was {'not set' if v is None else v})"
+                          for k, v in fb["unset"].items())
+        out += ["", f"--fast-blas: measured in a child process with {unset} unset there",
+                f"OpenBLAS kernel in that child: {fb['kernel_in_child']};"
+                f" here: {fb['kernel_here']}"]
+
+    out += [""] + [f"note: {n}" for n in result["notes"]] if result["notes"] else []
+    return "\n".join(out)
+
+
+COMMANDS = [bench]
