@@ -18,6 +18,8 @@ def main():
 #: modules under cli/ that define ``COMMANDS``, a list of click commands (one line each)
 _COMMAND_MODULES = [
     "ops",
+    "bench",
+    "parity",
 ]
 
 
