@@ -14,6 +14,7 @@ Optimisations:
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -54,6 +55,25 @@ class NumpyBackend(Backend):
 
     def __init__(self, column_buffer_bytes: int = COLUMN_BUFFER_BYTES):
         self.column_buffer_bytes = int(column_buffer_bytes)
+        self._local = threading.local()
+
+    def _scratch(self, key: str, shape, dtype, zero: bool = False):
+        """A temporary array reused across calls (per thread).
+
+        NOTE: fresh multi-MB allocations are mmapped and page-faulted on first touch, which cost
+        as much as the im2col copy itself; reusing the buffers keeps them mapped. What is kept is
+        bounded by the column cap plus the padded input of one chunk.
+        """
+        store = self._local.__dict__
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape)) * dtype.itemsize
+        raw = store.get(key)
+        if raw is None or raw.nbytes < size:
+            raw = store[key] = np.empty(size, dtype=np.uint8)
+        out = raw[:size].view(dtype).reshape(shape)
+        if zero:
+            out.fill(0)
+        return out
 
     def info(self) -> dict:
         threads = None
@@ -86,7 +106,7 @@ class NumpyBackend(Backend):
         """Samples (n, C, H, W) zero-padded and flattened to (n, C, Hp*Wp + slack)."""
         n = x.shape[0]
         Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
-        flat = np.zeros((n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), dtype=x.dtype)
+        flat = self._scratch("flat", (n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), x.dtype, zero=True)
         flat[:, :, :Hp * Wp].reshape(n, g.C, Hp, Wp)[
             :, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W] = x
         return flat
@@ -115,14 +135,15 @@ class NumpyBackend(Backend):
         wide, row, L = self._layout(g)
         Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
         if wide:
-            flat = np.zeros((n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), dtype=dcols.dtype)
+            flat = self._scratch("flat", (n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), dcols.dtype,
+                                 zero=True)
             for r in range(g.R):
                 for s in range(g.S):
                     off = r * g.dil_h * Wp + s * g.dil_w
                     flat[:, :, off:off + L] += dcols[:, r, s].transpose(1, 0, 2)
             dxpad = flat[:, :, :Hp * Wp].reshape(n, g.C, Hp, Wp)
         else:
-            dxpad = np.zeros((n, g.C, Hp, Wp), dtype=dcols.dtype)
+            dxpad = self._scratch("flat", (n, g.C, Hp, Wp), dcols.dtype, zero=True)
             for r in range(g.R):
                 for s in range(g.S):
                     _window(dxpad, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w
@@ -133,11 +154,8 @@ class NumpyBackend(Backend):
         """(n0, n1, buffer) per chunk of samples; the buffer is (C, R, S, n, L), within the cap."""
         _, _, L = self._layout(g)
         per_sample = g.C * g.R * g.S * L * np.dtype(dtype).itemsize
-        buf = None
         for n0, n1 in _chunks(g.N, per_sample, self.column_buffer_bytes):
-            if buf is None or buf.shape[3] != n1 - n0:
-                buf = np.empty((g.C, g.R, g.S, n1 - n0, L), dtype=dtype)
-            yield n0, n1, buf
+            yield n0, n1, self._scratch("cols", (g.C, g.R, g.S, n1 - n0, L), dtype)
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
         _, row, L = self._layout(g)
@@ -148,7 +166,8 @@ class NumpyBackend(Backend):
             n = n1 - n0
             cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
             # one GEMM per chunk: (K, CRS) · (CRS, n·L), then crop and reorder to (n, K, P, Q)
-            out = np.matmul(w2, cols).reshape(g.K, n, g.P, row)
+            out = np.matmul(w2, cols, out=self._scratch("out", (g.K, n * L), x.dtype))
+            out = out.reshape(g.K, n, g.P, row)
             y[n0:n1] = out[..., :g.Q].transpose(1, 0, 2, 3)
         if b is not None:
             y += b.reshape(1, g.K, 1, 1)
@@ -165,7 +184,7 @@ class NumpyBackend(Backend):
         for n0, n1, buf in self._col_chunks(g, x.dtype):
             n = n1 - n0
             # dy as (K, n, P, row), zero in the garbage columns of wide rows
-            dyw = np.zeros((g.K, n, g.P, row), dtype=dy.dtype)
+            dyw = self._scratch("dy", (g.K, n, g.P, row), dy.dtype, zero=row != g.Q)
             dyw[..., :g.Q] = dy[n0:n1].transpose(1, 0, 2, 3)
             dyw = dyw.reshape(g.K, n * L)
             cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
