@@ -1,0 +1,109 @@
+"""Shared fixtures: every op test runs on every registered backend.
+
+A backend joins every test that takes the ``backend`` fixture by registering itself
+(``polycnn.backends.register``); one that cannot run here is skipped in one place, below, with
+the reason its factory gave. Tests marked ``gpu`` are skipped, with a reason, without a CUDA
+device; the parametrizations of backends that need one carry the marker, so ``pytest -m gpu``
+selects them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from polycnn import parity
+from polycnn.backends import backend_names, get_backend
+from polycnn.errors import BackendUnavailable
+
+#: backends that need a CUDA device: their parametrizations are marked ``gpu``
+GPU_BACKENDS = {"cupy"}
+
+DTYPES = [np.float32, np.float64]
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_reason() -> str | None:
+    """None when CuPy sees a CUDA device, else why not."""
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"CuPy is not installed ({exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # NOTE: CuPy raises its own runtime error types without a driver
+        return f"no CUDA device: {type(exc).__name__}: {exc}"
+    return None if count > 0 else "no CUDA device (0 devices)"
+
+
+def _backend_params():
+    return [pytest.param(name, id=name,
+                         marks=[pytest.mark.gpu] if name in GPU_BACKENDS else [])
+            for name in backend_names()]
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """Each registered backend in turn; an unavailable one is skipped with its reason."""
+    try:
+        return get_backend(request.param)
+    except BackendUnavailable as exc:
+        pytest.skip(f"backend {request.param!r} unavailable: {exc}")
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)
+def dtype(request):
+    return np.dtype(request.param)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None:
+        reason = cuda_device_reason()
+        if reason is not None:
+            pytest.skip(f"needs a CUDA device: {reason}")
+
+
+# ---- comparison helpers ------------------------------------------------------------------
+
+def assert_matches(actual, expected, dtype, where: str) -> None:
+    """A backend result (any array the backend's ``to_numpy`` gave) against a float64
+    reference, within ``polycnn.parity.TOLERANCE`` for ``dtype``; the message says where, e.g.
+    ``"conv2d backward, dw, backend=numba, dtype=float32, case=..."``."""
+    cmp = parity.compare(actual, expected, dtype)
+    assert cmp.ok, (
+        f"{where}: max abs err {cmp.max_abs_err:.3g}, max rel err {cmp.max_rel_err:.3g}"
+        f" (tolerance {cmp.tolerance:.0e}); {cmp.problem}"
+    )
+
+
+def check_case(backend, case: parity.Case, dtype) -> None:
+    """Every pass of one case on ``backend`` against the reference."""
+    dtype = np.dtype(dtype)
+    expected = parity.reference_results(case, dtype)
+    got = parity.backend_results(backend, case, dtype)
+    for name, value in expected.items():
+        assert_matches(got[name], value, dtype,
+                       f"{case.op} {name}, backend={backend.name}, dtype={dtype.name},"
+                       f" case={case.describe()}")
+
+
+def numeric_directional_derivative(f, x: np.ndarray, direction: np.ndarray,
+                                   eps: float = 1e-6) -> float:
+    """(f(x + eps·d) - f(x - eps·d)) / 2eps, central differences in float64."""
+    return (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
+
+
+def check_gradient(name: str, f, x: np.ndarray, analytic: np.ndarray, rng,
+                   eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8) -> None:
+    """chainer's ``check_backward`` idea: along a random direction d, the analytic gradient
+    gives ``<analytic, d>``; central differences of the scalar ``f`` give the same number."""
+    x = np.asarray(x, dtype=np.float64)
+    direction = rng.standard_normal(x.shape)
+    numeric = numeric_directional_derivative(f, x, direction, eps)
+    exact = float(np.sum(np.asarray(analytic, dtype=np.float64) * direction))
+    assert abs(numeric - exact) <= atol + rtol * max(abs(numeric), abs(exact)), (
+        f"{name}: numeric {numeric!r} vs analytic {exact!r} along a random direction"
+        f" (difference {numeric - exact:.3g}); input shape {x.shape}"
+    )
