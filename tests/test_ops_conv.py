@@ -1,0 +1,94 @@
+"""conv2d forward and backward on every backend against the float64 reference."""
+
+import numpy as np
+import pytest
+from conftest import assert_matches, check_case
+
+from polycnn import parity, reference
+from polycnn.parity import Case
+
+
+def conv(name, x_shape, w_shape, bias=True, **params):
+    return pytest.param(Case("conv2d", x_shape, params, w_shape=w_shape, has_bias=bias,
+                             seed=sum(x_shape) * 31 + sum(w_shape), name=name), id=name)
+
+
+CASES = [
+    conv("odd-nonsquare", (2, 3, 7, 5), (4, 3, 3, 2)),
+    conv("no-bias", (2, 3, 7, 5), (4, 3, 3, 2), bias=False),
+    conv("stride2", (2, 2, 9, 7), (3, 2, 3, 3), stride=2),
+    conv("stride3-pad2", (1, 2, 8, 10), (2, 2, 3, 3), stride=3, padding=2),
+    conv("stride-nonsquare", (2, 2, 9, 8), (3, 2, 2, 3), stride=(3, 1)),
+    conv("stride-gt-kernel", (1, 1, 9, 9), (2, 1, 2, 2), stride=3),
+    conv("pad1", (2, 2, 5, 6), (3, 2, 3, 3), padding=1),
+    conv("pad-pair", (1, 3, 6, 4), (2, 3, 3, 2), padding=(2, 1)),
+    conv("pad-pair-stride2", (2, 2, 7, 6), (2, 2, 3, 3), stride=2, padding=(0, 2)),
+    conv("same-odd-kernel", (2, 2, 6, 7), (3, 2, 3, 3), padding="same"),
+    conv("same-even-kernel", (1, 2, 5, 6), (2, 2, 2, 4), padding="same"),
+    conv("same-dilated-even", (1, 1, 7, 5), (2, 1, 4, 2), padding="same", dilation=2),
+    conv("valid", (2, 2, 6, 5), (2, 2, 3, 2), padding="valid"),
+    conv("dilation2", (2, 2, 9, 8), (3, 2, 3, 3), dilation=2),
+    conv("dilation-pair-pad", (1, 2, 8, 7), (2, 2, 2, 3), dilation=(2, 1), padding=1, stride=(1, 2)),
+    conv("N1-C1-K1", (1, 1, 5, 4), (1, 1, 2, 3)),
+    conv("C1", (3, 1, 6, 6), (4, 1, 3, 3), padding=1),
+    conv("kernel-1x1-stride2", (2, 3, 5, 7), (4, 3, 1, 1), stride=2),
+    conv("kernel-eq-input", (2, 2, 4, 3), (3, 2, 4, 3)),
+    conv("kernel-eq-padded-input", (2, 1, 3, 3), (2, 1, 5, 5), padding=1),
+    conv("kernel-eq-padded-nonsquare", (1, 2, 2, 3), (2, 2, 4, 3), padding=(1, 0), bias=False),
+    conv("dilated-span-eq-input", (1, 2, 5, 5), (2, 2, 3, 3), dilation=2),
+    conv("output-1-wide", (2, 2, 6, 3), (2, 2, 3, 3), stride=2),
+    conv("input-1x1", (2, 3, 1, 1), (2, 3, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_conv2d_matches_reference(backend, dtype, case):
+    check_case(backend, case, dtype)
+
+
+@pytest.mark.parametrize("case", parity.random_cases("conv2d", 8, seed=123), ids=lambda c: c.name)
+def test_conv2d_random_cases(backend, dtype, case):
+    check_case(backend, case, dtype)
+
+
+def test_conv2d_integer_values_exact(backend, dtype):
+    """Small integers: every product and sum is exact in both dtypes, so the result must be
+    bit-identical to the reference, whatever the summation order."""
+    case = Case("conv2d", (2, 3, 6, 5), {"stride": 1, "padding": 1}, w_shape=(2, 3, 3, 3),
+                has_bias=True, integer_values=True, seed=4, name="integers")
+    expected = parity.reference_results(case, dtype)
+    got = parity.backend_results(backend, case, dtype)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(
+            got[name], value, err_msg=f"conv2d {name}, backend={backend.name}, dtype={dtype}")
+
+
+def test_conv2d_no_bias_returns_db_none(backend):
+    x = backend.asarray(np.ones((1, 1, 3, 3), np.float32))
+    w = backend.asarray(np.ones((2, 1, 2, 2), np.float32))
+    y, ctx = backend.conv2d_forward(x, w, None)
+    dx, dw, db = backend.conv2d_backward(backend.asarray(np.ones((1, 2, 2, 2), np.float32)), ctx)
+    assert db is None
+    assert_matches(backend.to_numpy(dw), np.full((2, 1, 2, 2), 4.0), np.float32,
+                   f"conv2d backward, dw, backend={backend.name}")
+
+
+def test_conv2d_output_dtype_and_shape(backend, dtype):
+    case = CASES[3].values[0]
+    a = case.arrays(dtype)
+    y, ctx = backend.conv2d_forward(backend.asarray(a["x"]), backend.asarray(a["w"]),
+                                    backend.asarray(a["b"]), **case.params)
+    assert y.dtype == dtype and tuple(y.shape) == case.geometry().y_shape
+    grads = backend.conv2d_backward(backend.asarray(a["dy"]), ctx)
+    for g, shape in zip(grads, [case.x_shape, case.w_shape, (case.w_shape[0],)]):
+        assert g.dtype == dtype and tuple(g.shape) == shape
+
+
+def test_conv2d_non_contiguous_input(backend, dtype):
+    """A transposed (non C-contiguous) host view, converted by asarray, gives the same result."""
+    rng = np.random.default_rng(7)
+    x_t = rng.standard_normal((2, 3, 5, 6)).astype(dtype).transpose(0, 1, 3, 2)  # (2, 3, 6, 5)
+    w = rng.standard_normal((2, 3, 3, 2)).astype(dtype)
+    y, _ = backend.conv2d_forward(backend.asarray(x_t), backend.asarray(w), None, padding=1)
+    assert_matches(backend.to_numpy(y), reference.conv2d_forward(x_t, w, None, padding=1), dtype,
+                   f"conv2d forward, non-contiguous x, backend={backend.name}, dtype={dtype}")
