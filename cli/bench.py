@@ -93,7 +93,9 @@ def render(result: dict) -> str:
     threads = ", ".join(f"{k} {'?' if v is None else v}" for k, v in env["backend_threads"].items())
     blas_env = ", ".join(f"{k}={v}" for k, v in env["blas_env"].items() if v is not None)
     out = [
-        f"CPU: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable)",
+        f"CPU: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable); load average"
+        f" {_fmt(env['load_average'], '.2f')} at start, {_fmt(env.get('load_average_end'), '.2f')}"
+        " at end",
         f"threads: {threads}",
         f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
         f" torch {env['torch'] or '-'}",

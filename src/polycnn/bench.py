@@ -228,7 +228,17 @@ def environment(threads: int, backend_infos: dict, torch_version) -> dict:
         "torch": torch_version,
         "blas": blas_info(),
         "blas_env": {name: os.environ.get(name) for name in BLAS_ENV},
+        "load_average": load_average(),
     }
+
+
+def load_average():
+    """The 1-minute load average: above the core count, other work shared the CPU and every
+    ratio in the run is less certain."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 # ---- timing --------------------------------------------------------------------------------
@@ -251,24 +261,28 @@ def matmul_peak(n: int, repeats: int) -> dict:
     return {"n": n, "repeats": len(times), "best_ms": best * 1e3, "gflops": 2 * n**3 / best / 1e9}
 
 
+#: the clock every op timing reads (a seam for tests)
+_now = time.perf_counter
+
+
 def _calls_for(fn: Callable, sync: Callable, min_round_s: float) -> int:
     """Run ``fn`` twice untimed (JIT compiles, caches warm), then pick how many calls make a
     round last ``min_round_s``."""
     fn()
     sync()
-    t0 = time.perf_counter()
+    t0 = _now()
     fn()
     sync()
-    one = max(time.perf_counter() - t0, 1e-7)
+    one = max(_now() - t0, 1e-7)
     return max(1, min(10_000, math.ceil(min_round_s / one)))
 
 
 def _time_round(fn: Callable, sync: Callable, calls: int) -> float:
-    t0 = time.perf_counter()
+    t0 = _now()
     for _ in range(calls):
         fn()
     sync()
-    return (time.perf_counter() - t0) / calls
+    return (_now() - t0) / calls
 
 
 def interleaved(fns: dict, syncs: dict, rounds: int, min_round_s: float) -> dict:
@@ -697,6 +711,7 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
         rows, start_notes = measure_startup(names, progress=progress)
         result["startup"] = rows
         notes.extend(start_notes)
+    env["load_average_end"] = load_average()
     return result
 
 

@@ -1,0 +1,202 @@
+"""``polycnn bench`` and polycnn.bench on tiny configurations: the tables, the --json shape, the
+selection rules and errors. Never asserts on a time (a shared machine makes timings noise)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import polycnn as pc
+from polycnn import bench as B
+from polycnn.cli.main import main
+
+TINY = ["bench", "--quick", "--rounds", "1", "--no-training", "--no-startup"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def _torch_installed() -> bool:
+    return B._import_torch() is not None
+
+
+def test_json_has_one_row_per_layer_pass_and_engine():
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "a,pool", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # progress goes to stderr, stdout is the one object
+    engines = ["numpy"] + (["torch"] if _torch_installed() else [])
+    assert data["engines"] == engines
+    got = [(r["layer"], r["pass"], r["engine"]) for r in data["ops"]]
+    assert got == [(layer, p, e) for layer in ("a", "pool") for p in B.PASSES for e in engines]
+    for row in data["ops"]:
+        assert row["ms"] > 0 and row["rounds"] == 1 and row["calls_per_round"] >= 1
+        if row["layer"] == "pool":
+            assert row["gflops"] is None and row["peak_fraction"] is None
+        else:
+            assert row["gflops"] > 0 and row["peak_fraction"] > 0
+        if "torch" in engines:
+            assert row["time_vs_torch"] > 0
+    assert data["matmul"]["n"] == 2048 and data["matmul"]["gflops"] > 0
+    env = data["environment"]
+    assert env["numpy"] and env["threads"] >= 1 and env["cpu"]
+    assert set(env["blas_env"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
+    assert data["training"] == [] and data["startup"] == []
+    assert data["config"]["batch_divisor"] == 8
+
+
+def test_quick_shrinks_the_batch_but_keeps_the_layer():
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "c", "--no-torch", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["ops"]
+    assert {r["shape"] for r in rows} == {"N4 C64 56x56 K64 3x3 pad 1"}
+    flops = 2 * 4 * 64 * 56 * 56 * 64 * 9
+    fwd, both = rows
+    # GFLOP/s is the FLOP count over the time: fwd+bwd counts three times the forward's FLOPs
+    assert fwd["gflops"] == pytest.approx(flops / (fwd["ms"] * 1e-3) / 1e9)
+    assert both["gflops"] == pytest.approx(3 * flops / (both["ms"] * 1e-3) / 1e9)
+
+
+def test_table_lists_every_engine_and_the_environment():
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "e")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in ("CPU:", "threads:", "BLAS:", "matmul peak: numpy.matmul 2048^3 float32",
+                 "layer", "GFLOP/s", "% peak", "N8 C32 32x32 K64 3x3 pad 1 stride 2"):
+        assert text in out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("layer"))
+    body = lines[lines.index(header) + 2:]
+    column = header.index("engine")
+    engines = [line[column:].split()[0] for line in body
+               if line.strip() and not line.startswith("note")]
+    if _torch_installed():
+        assert "time/torch" in header
+        assert engines == ["numpy", "torch", "numpy", "torch"]
+    else:
+        assert engines == ["numpy", "numpy"]
+    assert "bench: layer e fwd" in result.stderr
+
+
+def test_no_torch_drops_the_torch_column():
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "a", "--no-torch")
+    assert result.exit_code == 0, result.output
+    assert "time/torch" not in result.stdout and "torch  " not in result.stdout
+
+
+def test_missing_torch_is_a_note_not_an_error(monkeypatch):
+    monkeypatch.setattr(B, "_import_torch", lambda: None)
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "a")
+    assert result.exit_code == 0, result.output
+    assert "note: PyTorch is not installed: pip install torch" in result.stdout
+    assert "time/torch" not in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--backends", "numpy,nosuch"], ["--backends", "'nosuch'", "known backends", "numpy"]),
+    (["--layers", "a,zz"], ["--layers", "'zz'", "known layers", "pool"]),
+])
+def test_bad_names_are_one_line_errors(args, words):
+    result = _invoke("bench", *args)
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word in message
+
+
+def test_rounds_must_be_positive():
+    result = _invoke("bench", "--rounds", "0")
+    assert result.exit_code == 2 and "--rounds" in result.output
+
+
+def test_emulator_runs_only_when_named(monkeypatch):
+    status = {"numpy": True, "cupy-emu": True, "cupy": "no CUDA device"}
+    monkeypatch.setattr(B, "available_backends", lambda: status)
+    chosen, notes = B.select_backends(None)
+    assert chosen == ["numpy"]
+    assert any(n.startswith("cupy-emu not run") for n in notes)
+    assert any(n.startswith("cupy skipped: no CUDA device") for n in notes)
+    chosen, notes = B.select_backends(["cupy-emu", "numpy", "cupy-emu", "cupy"])
+    assert chosen == ["cupy-emu", "numpy"]
+    assert notes == ["cupy skipped: no CUDA device"]
+
+
+def test_nothing_to_run_is_an_error(monkeypatch):
+    monkeypatch.setattr(B, "available_backends", lambda: {"numpy": True, "cupy": "no GPU here"})
+    result = _invoke(*TINY, "--backends", "cupy")
+    assert result.exit_code == 2
+    assert "no backend to benchmark" in result.stderr and "no GPU here" in result.stderr
+
+
+def _fake_clock(monkeypatch, durations: dict):
+    """Engines whose calls take the given durations on a fake clock, and a log of the calls."""
+    clock, log = [0.0], []
+    monkeypatch.setattr(B, "_now", lambda: clock[0])
+
+    def engine(name):
+        steps = iter(durations[name])
+
+        def call():
+            log.append(name)
+            clock[0] += next(steps)
+        return call
+    return {name: engine(name) for name in durations}, log
+
+
+def test_rounds_are_interleaved_and_the_median_counts(monkeypatch):
+    # per engine: warm-up, calibration, then one call per round (min_round_s 0)
+    fns, log = _fake_clock(monkeypatch, {"A": [9.0, 3.0, 1.0, 5.0, 2.0],
+                                         "B": [9.0, 3.0, 4.0, 4.0, 7.0]})
+    timed = B.interleaved(fns, {"A": lambda: None, "B": lambda: None}, rounds=3, min_round_s=0.0)
+    assert log == ["A", "A", "B", "B", "A", "B", "A", "B", "A", "B"]
+    assert timed == {"A": (2.0, 1), "B": (4.0, 1)}
+
+
+def test_a_round_repeats_short_calls_to_last_min_round_s(monkeypatch):
+    fns, log = _fake_clock(monkeypatch, {"A": [0.5] + [0.01] * 12})
+    timed = B.interleaved(fns, {"A": lambda: None}, rounds=2, min_round_s=0.05)
+    assert len(log) == 2 + 2 * 5
+    seconds, calls = timed["A"]
+    assert calls == 5 and seconds == pytest.approx(0.01)
+
+
+def test_startup_runs_a_fresh_process_cold_then_warm():
+    rows, notes = B.measure_startup(["numpy"])
+    assert notes == []
+    (row,) = rows
+    assert row["backend"] == "numpy"
+    for run in ("cold", "warm"):
+        for key in ("import_s", "get_backend_s", "first_call_s", "second_call_s", "process_s"):
+            assert row[run][key] >= 0
+        assert row[run]["process_s"] >= row[run]["import_s"]
+
+
+def test_startup_failure_is_a_note():
+    rows, notes = B.measure_startup(["no-such-backend"])
+    assert rows == []
+    assert notes and "no-such-backend" in notes[0] and "known backends" in notes[0]
+
+
+def test_fast_blas_runs_in_a_child_without_the_openblas_settings():
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "a", "--no-torch", "--fast-blas",
+                     "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    # the child saw neither variable, whatever this process has
+    assert data["environment"]["blas_env"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    assert set(data["fast_blas"]["unset"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
+    assert data["fast_blas"]["kernel_in_child"] and data["fast_blas"]["kernel_here"]
+    assert [(r["layer"], r["engine"]) for r in data["ops"]] == [("a", "numpy")] * 2
+
+
+def test_training_is_skipped_with_a_note_without_the_model_stack(monkeypatch):
+    monkeypatch.delattr(pc, "Sequential", raising=False)
+    result = _invoke("bench", "--quick", "--rounds", "1", "--training", "--backends", "numpy",
+                     "--layers", "a", "--no-torch", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["training"] == []
+    assert any(n.startswith("training skipped") and "Sequential" in n for n in data["notes"])
