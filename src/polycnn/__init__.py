@@ -8,9 +8,21 @@
 from .backends import Backend, available_backends, default_backend_name, get_backend
 from .errors import BackendUnavailable
 
+# the model stack (layers, optimisers, data, training, checkpoints)
+from . import datasets, metrics, optim  # noqa: E402  (pc.datasets.shapes, pc.optim.CosineLR)
+from .augment import Augment
+from .checkpoint import load
+from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d,
+                     LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
+from .optim import SGD, Adam, AdamW
+from .training import TrainingDiverged, evaluate, fit, predict
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendUnavailable", "available_backends", "default_backend_name", "get_backend",
     "__version__",
+    "Sequential", "Conv2d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "BatchNorm2d", "Dropout", "Dropout2d", "Flatten", "Linear", "SGD", "Adam", "AdamW", "Augment",
+    "fit", "evaluate", "predict", "load", "TrainingDiverged", "datasets", "metrics", "optim",
 ]
