@@ -28,6 +28,8 @@ def _progress(message: str) -> None:
               help=f"comma-separated layers of {', '.join(B.LAYERS)} (default: all)")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="interleaved rounds per measurement; the median counts (default 7, --quick 3)")
+@click.option("--ops/--no-ops", default=True, show_default=True,
+              help="conv and pool timings (and the matmul peak they are compared with)")
 @click.option("--no-torch", "no_torch", is_flag=True, help="do not compare with PyTorch CPU")
 @click.option("--training/--no-training", default=True, show_default=True,
               help="training throughput of LeNet-5 and the shapes CNN")
@@ -38,7 +40,7 @@ def _progress(message: str) -> None:
               help="re-run in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"
                    " there, and say which OpenBLAS kernel ran")
 @json_option
-def bench(backends, layers, rounds, no_torch, training, startup, quick, fast_blas, as_json):
+def bench(backends, layers, rounds, ops, no_torch, training, startup, quick, fast_blas, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
     backend_names, layer_names = _names(backends), _names(layers)
@@ -53,6 +55,8 @@ def bench(backends, layers, rounds, no_torch, training, startup, quick, fast_bla
             argv += ["--layers", layers]
         if rounds:
             argv += ["--rounds", str(rounds)]
+        if not ops:
+            argv.append("--no-ops")
         if no_torch:
             argv.append("--no-torch")
         argv.append("--training" if training else "--no-training")
@@ -65,7 +69,7 @@ def bench(backends, layers, rounds, no_torch, training, startup, quick, fast_bla
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        options = dict(backends=backend_names, layers=layer_names, rounds=rounds,
+        options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops,
                        torch=not no_torch, training=training, startup=startup)
         if quick:
             config = B.BenchConfig.quick_defaults(**options)
@@ -100,12 +104,13 @@ def render(result: dict) -> str:
         f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
         f" torch {env['torch'] or '-'}",
         f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
-        f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f} GFLOP/s"
-        f" (best of {peak['repeats']})",
         f"each time: median of {config['rounds']} interleaved rounds"
-        + (f"; batch sizes / {config['batch_divisor']} (--quick)"
+        + (f"; conv and pool batch sizes / {config['batch_divisor']} (--quick)"
            if config["batch_divisor"] > 1 else ""),
     ]
+    if peak:
+        out.insert(4, f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f}"
+                      f" GFLOP/s (best of {peak['repeats']})")
     has_torch = "torch" in result["engines"]
 
     if result["ops"]:

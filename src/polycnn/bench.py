@@ -141,6 +141,7 @@ class BenchConfig:
     backends: list | None = None
     layers: list | None = None
     rounds: int = 7
+    ops: bool = True
     torch: bool = True
     training: bool = True
     startup: bool = True
@@ -150,7 +151,7 @@ class BenchConfig:
     #: conv/pool batch sizes are divided by this (``--quick`` uses 8)
     batch_divisor: int = 1
     #: training steps per round and per engine
-    train_steps: int = 4
+    train_steps: int = 8
     #: numpy.matmul size for the machine's peak, and how many timed repeats (best counts)
     matmul_n: int = 4096
     matmul_repeats: int = 3
@@ -458,8 +459,8 @@ def _torch_model(torch, model: TrainModel):
                          nn.Dropout2d(0.5), nn.Flatten(), nn.Linear(32 * 16 * 16, 3))
 
 
-def _polycnn_trainer(pc, engine: BackendEngine, model: TrainModel, x, y, steps: int):
-    """One call = ``steps`` SGD steps through :func:`polycnn.fit` on ``steps`` batches."""
+def _polycnn_trainer(pc, engine: BackendEngine, model: TrainModel, x, y):
+    """One call = one epoch of :func:`polycnn.fit` over ``x``: ``len(x) / batch`` SGD steps."""
     net = _polycnn_model(pc, model, engine.name)
     net.train()
     opt = pc.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -487,7 +488,8 @@ def _quiet_kwargs(fit) -> dict:
     return {}
 
 
-def _torch_trainer(torch, model: TrainModel, x, y, steps: int):
+def _torch_trainer(torch, model: TrainModel, x, y):
+    """The same epoch in PyTorch: shuffle, forward, cross-entropy, backward, SGD step."""
     net = _torch_model(torch, model)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -501,9 +503,13 @@ def _torch_trainer(torch, model: TrainModel, x, y, steps: int):
         for start in range(0, len(xt), batch):
             idx = order[start:start + batch]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xt[idx]), yt[idx])
+            logits = net(xt[idx])
+            loss = loss_fn(logits, yt[idx])
             loss.backward()
             opt.step()
+            # the per-batch bookkeeping polycnn.fit does too: the loss and the correct count
+            loss.item()
+            int((logits.argmax(dim=1) == yt[idx]).sum())
     return train_steps
 
 
@@ -526,9 +532,9 @@ def measure_training(engines: list, config: BenchConfig, torch_module,
         for e in engines:
             try:
                 if e.is_torch:
-                    fns[e.name] = _torch_trainer(torch_module, model, x, y, config.train_steps)
+                    fns[e.name] = _torch_trainer(torch_module, model, x, y)
                 else:
-                    fns[e.name] = _polycnn_trainer(pc, e, model, x, y, config.train_steps)
+                    fns[e.name] = _polycnn_trainer(pc, e, model, x, y)
             except (TypeError, ValueError, AttributeError, NotImplementedError) as exc:
                 notes.append(f"training {model.name} on {e.name} failed to build: {exc}")
                 continue
@@ -685,12 +691,15 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
         else:
             engines.append(TorchEngine(torch_module, threads))
     infos = {e.name: e.backend.info() for e in engines if not e.is_torch}
-    env = environment(threads, infos, torch_module.__version__ if torch_module else None)
+    env = environment(threads, infos,
+                      torch_module.__version__ if torch_module else _version("torch"))
     if torch_module is not None:
         env["backend_threads"]["torch"] = torch_module.get_num_threads()
 
-    progress(f"numpy.matmul {config.matmul_n}^3 float32 (the machine's peak)")
-    peak = matmul_peak(config.matmul_n, config.matmul_repeats)
+    peak = None
+    if config.ops:
+        progress(f"numpy.matmul {config.matmul_n}^3 float32 (the machine's peak)")
+        peak = matmul_peak(config.matmul_n, config.matmul_repeats)
     result = {
         "config": {"rounds": config.rounds, "quick": config.quick,
                    "batch_divisor": config.batch_divisor, "min_round_s": config.min_round_s,
@@ -698,7 +707,7 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
         "environment": env,
         "engines": [e.name for e in engines],
         "matmul": peak,
-        "ops": measure_ops(engines, layers, config, peak["gflops"], progress),
+        "ops": measure_ops(engines, layers, config, peak["gflops"], progress) if peak else [],
         "training": [],
         "startup": [],
         "notes": notes,
