@@ -17,6 +17,7 @@ def main():
 
 #: modules under cli/ that define ``COMMANDS``, a list of click commands (one line each)
 _COMMAND_MODULES = [
+    "train",
     "ops",
     "bench",
     "parity",
