@@ -1,0 +1,152 @@
+// 2-D max and average pooling kernels of the `cupy` backend (and of `cupy-emu`, which compiles this
+// very file with g++). Semantics: the contract in src/polycnn/backends/base.py.
+//
+// Legend: N batch, C channels, H×W input, R×S window, P×Q output, sh/sw stride, ph/pw padding
+// (both sides). Layout NCHW.
+//
+// Max pooling reads padding as -inf and records, per output, the window offset r*S + s of its max
+// (the first in row-major window order on ties; a NaN is the max of its window, the first NaN
+// wins). Average pooling counts padding as zeros (divides by R*S).
+// Both backward passes are gathers, one thread per input pixel, summing the windows that contain
+// it in (p, q) order: no atomics, so overlapping windows give bit-identical results run to run.
+//
+// Launch: a 1-D grid-stride loop over the outputs (forward) or inputs (backward); any grid works.
+
+struct PoolShape {
+    int N, C, H, W, R, S, P, Q;
+    int sh, sw, ph, pw;
+};
+
+template <typename T> __device__ T negative_infinity();
+template <> __device__ float negative_infinity<float>() { return __int_as_float(0xff800000); }
+template <> __device__ double negative_infinity<double>() {
+    return __longlong_as_double(0xfff0000000000000LL);
+}
+
+template <typename T>
+__device__ bool is_nan(T v) { return v != v; }
+
+// The range of outputs p whose window [p*stride - pad, p*stride - pad + size) contains h.
+__device__ void windows_containing(int h, int size, int stride, int pad, int outputs,
+                                   int* first, int* last) {
+    const int hp = h + pad;
+    const int lo = hp - size + 1;
+    *first = lo <= 0 ? 0 : (lo + stride - 1) / stride;
+    const int hi = hp / stride;
+    *last = hi < outputs - 1 ? hi : outputs - 1;
+}
+
+template <typename T>
+__device__ void maxpool2d_fwd(const T* x, T* y, int* argmax, PoolShape s) {
+    const long long total = (long long)s.N * s.C * s.P * s.Q;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const int q = i % s.Q, p = (i / s.Q) % s.P;
+        const long long plane = (i / ((long long)s.P * s.Q)) * s.H * s.W;  // offset of x[n, c]
+        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
+        T best = negative_infinity<T>();
+        int arg = 0;
+        bool first = true;
+        for (int r = 0; r < s.R; ++r) {
+            const int h = h0 + r;
+            for (int c = 0; c < s.S; ++c) {
+                const int w = w0 + c;
+                const bool inside = h >= 0 && h < s.H && w >= 0 && w < s.W;
+                const T v = inside ? x[plane + (long long)h * s.W + w] : negative_infinity<T>();
+                if (first || v > best || (is_nan(v) && !is_nan(best))) {
+                    best = v;
+                    arg = r * s.S + c;
+                    first = false;
+                }
+            }
+        }
+        y[i] = best;
+        argmax[i] = arg;
+    }
+}
+
+template <typename T>
+__device__ void maxpool2d_bwd(const T* dy, const int* argmax, T* dx, PoolShape s) {
+    const long long total = (long long)s.N * s.C * s.H * s.W;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const int w = i % s.W, h = (i / s.W) % s.H;
+        const long long plane = (i / ((long long)s.H * s.W)) * s.P * s.Q;  // offset of dy[n, c]
+        int p0, p1, q0, q1;
+        windows_containing(h, s.R, s.sh, s.ph, s.P, &p0, &p1);
+        windows_containing(w, s.S, s.sw, s.pw, s.Q, &q0, &q1);
+        T sum = T(0);
+        for (int p = p0; p <= p1; ++p) {
+            for (int q = q0; q <= q1; ++q) {
+                const long long o = plane + (long long)p * s.Q + q;
+                const int offset = (h + s.ph - p * s.sh) * s.S + (w + s.pw - q * s.sw);
+                if (argmax[o] == offset) sum += dy[o];
+            }
+        }
+        dx[i] = sum;
+    }
+}
+
+template <typename T>
+__device__ void avgpool2d_fwd(const T* x, T* y, PoolShape s) {
+    const long long total = (long long)s.N * s.C * s.P * s.Q;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const T scale = T(1) / T(s.R * s.S);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const int q = i % s.Q, p = (i / s.Q) % s.P;
+        const long long plane = (i / ((long long)s.P * s.Q)) * s.H * s.W;
+        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
+        T sum = T(0);
+        for (int r = 0; r < s.R; ++r) {
+            const int h = h0 + r;
+            if (h < 0 || h >= s.H) continue;
+            for (int c = 0; c < s.S; ++c) {
+                const int w = w0 + c;
+                if (w >= 0 && w < s.W) sum += x[plane + (long long)h * s.W + w];
+            }
+        }
+        y[i] = sum * scale;
+    }
+}
+
+template <typename T>
+__device__ void avgpool2d_bwd(const T* dy, T* dx, PoolShape s) {
+    const long long total = (long long)s.N * s.C * s.H * s.W;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const T scale = T(1) / T(s.R * s.S);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const int w = i % s.W, h = (i / s.W) % s.H;
+        const long long plane = (i / ((long long)s.H * s.W)) * s.P * s.Q;
+        int p0, p1, q0, q1;
+        windows_containing(h, s.R, s.sh, s.ph, s.P, &p0, &p1);
+        windows_containing(w, s.S, s.sw, s.pw, s.Q, &q0, &q1);
+        T sum = T(0);
+        for (int p = p0; p <= p1; ++p)
+            for (int q = q0; q <= q1; ++q) sum += dy[plane + (long long)p * s.Q + q];
+        dx[i] = sum * scale;
+    }
+}
+
+// ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
+extern "C" __global__ void maxpool2d_fwd_float(const float* x, float* y, int* argmax, PoolShape s) {
+    maxpool2d_fwd<float>(x, y, argmax, s);
+}
+extern "C" __global__ void maxpool2d_fwd_double(const double* x, double* y, int* argmax, PoolShape s) {
+    maxpool2d_fwd<double>(x, y, argmax, s);
+}
+extern "C" __global__ void maxpool2d_bwd_float(const float* dy, const int* argmax, float* dx,
+                                               PoolShape s) { maxpool2d_bwd<float>(dy, argmax, dx, s); }
+extern "C" __global__ void maxpool2d_bwd_double(const double* dy, const int* argmax, double* dx,
+                                                PoolShape s) { maxpool2d_bwd<double>(dy, argmax, dx, s); }
+extern "C" __global__ void avgpool2d_fwd_float(const float* x, float* y, PoolShape s) {
+    avgpool2d_fwd<float>(x, y, s);
+}
+extern "C" __global__ void avgpool2d_fwd_double(const double* x, double* y, PoolShape s) {
+    avgpool2d_fwd<double>(x, y, s);
+}
+extern "C" __global__ void avgpool2d_bwd_float(const float* dy, float* dx, PoolShape s) {
+    avgpool2d_bwd<float>(dy, dx, s);
+}
+extern "C" __global__ void avgpool2d_bwd_double(const double* dy, double* dx, PoolShape s) {
+    avgpool2d_bwd<double>(dy, dx, s);
+}

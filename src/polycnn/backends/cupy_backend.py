@@ -1,0 +1,301 @@
+"""The CUDA backend: the kernels of ``kernels/*.cu`` launched through CuPy (see base for the
+contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy-emu`` backend.
+
+- Sources are read with ``importlib.resources`` and prefixed with ``#line 1 "kernels/<file>"``,
+  so a compile error names the real file and line; each is compiled on first use, once per
+  device, and its kernels are cached.
+- Every launch goes through :meth:`CupyBackend._launch`, which checks each argument against the
+  kernel's parameter list below (dtype, contiguity, device, shape; scalars as exact NumPy types)
+  before the kernel runs: a mismatch on a GPU is silent garbage.
+- Arrays stay on the device: only ``asarray`` and ``to_numpy`` cross. The glue of base.py
+  (linear, ReLU, cross-entropy) runs on the device through ``xp`` (CuPy's array functions).
+
+Optimisations: conv forward, backward-data and backward-weight are one tiled implicit GEMM
+(64×64 tiles through shared memory, a 4×4 register tile a thread; see conv2d.cu); the weight pass
+splits its reduction over enough blocks to fill the device, reduced in a fixed order; when one
+split suffices it writes ``dw`` directly. No float atomics: results are bit-identical run to run.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from ..geometry import ConvGeometry, PoolGeometry, ceil_div
+from .base import Backend, OpContext
+
+CONV_SHAPE = np.dtype([(f, np.int32) for f in (
+    "N", "C", "H", "W", "K", "R", "S", "P", "Q", "sh", "sw", "ph", "pw", "dh", "dw", "chunk")])
+POOL_SHAPE = np.dtype([(f, np.int32) for f in (
+    "N", "C", "H", "W", "R", "S", "P", "Q", "sh", "sw", "ph", "pw")])
+
+# NOTE: these mirror the #defines of conv2d.cu; the launch shapes depend on them.
+TILE_M = TILE_N = 64
+TILE_K = 16
+GEMM_THREADS = 256
+GEMM_SMEM_ELEMS = TILE_K * TILE_M + TILE_K * TILE_N
+BIAS_THREADS = 256
+ELEMENTWISE_THREADS = 256
+
+#: Upper bound on the backward-weight partial sums, in bytes.
+PARTIAL_BYTES = 64 * 2**20
+_INT32_MAX = 2**31 - 1
+
+#: Kernel name (without the dtype suffix) -> its source file and parameters. ``T`` is the op's
+#: dtype; ``?`` marks a pointer that may be null.
+KERNELS = {
+    "conv2d_fwd": ("conv2d.cu", ("x: const T*", "w: const T*", "b: const T*?", "y: T*",
+                                 "s: ConvShape")),
+    "conv2d_bwd_data": ("conv2d.cu", ("dy: const T*", "w: const T*", "dx: T*", "s: ConvShape")),
+    "conv2d_bwd_weight": ("conv2d.cu", ("dy: const T*", "x: const T*", "partial: T*",
+                                        "s: ConvShape")),
+    "conv2d_reduce": ("conv2d.cu", ("partial: const T*", "out: T*", "count: int64",
+                                    "splits: int32")),
+    "conv2d_bias_grad": ("conv2d.cu", ("dy: const T*", "db: T*", "s: ConvShape")),
+    "maxpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "argmax: int32*", "s: PoolShape")),
+    "maxpool2d_bwd": ("pool2d.cu", ("dy: const T*", "argmax: const int32*", "dx: T*",
+                                    "s: PoolShape")),
+    "avgpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "s: PoolShape")),
+    "avgpool2d_bwd": ("pool2d.cu", ("dy: const T*", "dx: T*", "s: PoolShape")),
+}
+_STRUCTS = {"ConvShape": CONV_SHAPE, "PoolShape": POOL_SHAPE}
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def kernel_source(filename: str, kernel_dir=None) -> str:
+    """The text of ``kernels/<filename>`` with a ``#line`` prefix naming the real file."""
+    if kernel_dir is None:
+        text = (resources.files("polycnn.kernels") / filename).read_text()
+    else:
+        text = (Path(kernel_dir) / filename).read_text()
+    return f'#line 1 "kernels/{filename}"\n{text}'
+
+
+class CupyBackend(Backend):
+    """CUDA kernels through CuPy, or through the emulator's stand-in for CuPy (``cupy-emu``).
+
+    ``kernel_dir`` replaces the packaged ``kernels/`` folder (tests load seeded-bug copies)."""
+
+    is_device = True
+
+    def __init__(self, xp, name: str = "cupy", kernel_dir=None, compile_options=("--std=c++17",)):
+        self.xp = xp
+        self.name = name
+        self.array_type = xp.ndarray
+        self.kernel_dir = kernel_dir
+        self.compile_options = tuple(compile_options)
+        self._modules = {}
+        self._functions = {}
+        props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
+        # enough blocks to fill the device several times over, for the split weight pass
+        self.target_blocks = 4 * int(props.get("multiProcessorCount", 1))
+
+    # ---- arrays -------------------------------------------------------------------------
+    def to_numpy(self, x) -> np.ndarray:
+        return self.xp.asnumpy(x)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.Device().synchronize()
+
+    def info(self) -> dict:
+        xp = self.xp
+        device = xp.cuda.Device().id
+        props = xp.cuda.runtime.getDeviceProperties(device)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        if self.name == "cupy-emu":
+            from ._cuda_emu import build, runtime
+
+            return {"version": f"cupy-emu ({build.compiler_version(build.compiler())})",
+                    "threads": runtime.options["threads"], "device": name}
+        cuda = xp.cuda.runtime.runtimeGetVersion()
+        return {"version": f"cupy {xp.__version__}, CUDA runtime {cuda // 1000}.{cuda % 1000 // 10}",
+                "threads": None, "device": f"{name} (device {device})"}
+
+    # ---- kernels ------------------------------------------------------------------------
+    def _function(self, name: str, dtype):
+        device = self.xp.cuda.Device().id
+        full = f"{name}_{_C_TYPES[np.dtype(dtype)]}"
+        key = (device, full)
+        fn = self._functions.get(key)
+        if fn is None:
+            filename = KERNELS[name][0]
+            module = self._modules.get((device, filename))
+            if module is None:
+                module = self.xp.RawModule(code=kernel_source(filename, self.kernel_dir),
+                                           options=self.compile_options)
+                self._modules[(device, filename)] = module
+            fn = self._functions[key] = module.get_function(full)
+        return fn
+
+    def _launch(self, name, dtype, grid, block, args, shapes, shared_mem=0):
+        """Check ``args`` against ``KERNELS[name]`` (``shapes``: the expected shape of each array
+        argument, None for the others), then launch ``<name>_<float|double>``."""
+        params = KERNELS[name][1]
+        full = f"{name}_{_C_TYPES[np.dtype(dtype)]}"
+        if len(args) != len(params) or len(shapes) != len(params):
+            raise TypeError(f"{full} takes {len(params)} arguments ({', '.join(params)}),"
+                            f" got {len(args)}")
+        device = self.xp.cuda.Device().id
+        for param, value, shape in zip(params, args, shapes):
+            arg, kind = (p.strip() for p in param.split(":"))
+            where = f"{full}: argument {arg!r} ({kind})"
+            if kind.endswith("*") or kind.endswith("*?"):
+                if value is None and kind.endswith("?"):
+                    continue
+                want = dtype if kind.rstrip("?*").removeprefix("const ") == "T" else np.dtype(
+                    kind.rstrip("?*").removeprefix("const "))
+                if not isinstance(value, self.xp.ndarray):
+                    raise TypeError(f"{where} must be a device array, got {type(value).__name__}")
+                if value.dtype != want:
+                    raise TypeError(f"{where} must be {np.dtype(want)}, got {value.dtype}")
+                if not value.flags.c_contiguous:
+                    raise ValueError(f"{where} must be C-contiguous (shape {value.shape},"
+                                     f" strides {value.strides})")
+                if value.device.id != device:
+                    raise ValueError(f"{where} lives on device {value.device.id}, the kernel"
+                                     f" runs on device {device}")
+                if tuple(value.shape) != tuple(shape):
+                    raise ValueError(f"{where} has shape {tuple(value.shape)}, expected"
+                                     f" {tuple(shape)}")
+            elif kind in _STRUCTS:
+                if type(value) is not np.ndarray or value.dtype != _STRUCTS[kind] or value.size != 1:
+                    raise TypeError(f"{where} must be a size-1 numpy array of dtype {kind}")
+            elif type(value) is not np.dtype(kind).type:
+                raise TypeError(f"{where} must be numpy.{kind}, got {type(value).__name__}")
+        self._function(name, dtype)(tuple(int(g) for g in grid), tuple(int(b) for b in block),
+                                    tuple(args), shared_mem=int(shared_mem))
+
+    @staticmethod
+    def _conv_shape(g: ConvGeometry, chunk: int = 0):
+        for what, size in (("N*P*Q", g.N * g.P * g.Q), ("N*H*W", g.N * g.H * g.W),
+                           ("C*R*S", g.C * g.R * g.S), ("K*R*S", g.K * g.R * g.S),
+                           ("K*C*R*S", g.K * g.C * g.R * g.S)):
+            if size > _INT32_MAX:
+                raise ValueError(f"conv2d on the CUDA backend: {what} = {size} exceeds 2^31 - 1"
+                                 f" (x {g.x_shape}, w {g.w_shape}); split the batch")
+        return np.array([(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
+                          g.pad_h, g.pad_w, g.dil_h, g.dil_w, chunk)], dtype=CONV_SHAPE)
+
+    @staticmethod
+    def _pool_shape(g: PoolGeometry):
+        return np.array([(g.N, g.C, g.H, g.W, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
+                          g.pad_h, g.pad_w)], dtype=POOL_SHAPE)
+
+    @staticmethod
+    def _elementwise_grid(count: int):
+        return (max(1, min(ceil_div(count, ELEMENTWISE_THREADS), 65536)),)
+
+    # ---- convolution --------------------------------------------------------------------
+    def _conv2d_forward(self, x, w, b, g: ConvGeometry):
+        s = self._conv_shape(g)
+        y = self.xp.empty(g.y_shape, dtype=x.dtype)
+        grid = (ceil_div(g.N * g.P * g.Q, TILE_N), ceil_div(g.K, TILE_M), 1)
+        self._launch("conv2d_fwd", x.dtype, grid, (GEMM_THREADS,), [x, w, b, y, s],
+                     [g.x_shape, g.w_shape, (g.K,), g.y_shape, None],
+                     shared_mem=GEMM_SMEM_ELEMS * x.dtype.itemsize)
+        return y, None
+
+    def _weight_splits(self, g: ConvGeometry, itemsize: int) -> tuple[int, int]:
+        """(splits, chunk) of the weight pass's (n, p, q) reduction."""
+        npq, crs = g.N * g.P * g.Q, g.C * g.R * g.S
+        tiles = ceil_div(g.K, TILE_M) * ceil_div(crs, TILE_N)
+        splits = min(ceil_div(npq, TILE_K), max(1, ceil_div(self.target_blocks, tiles)), 65535,
+                     max(1, PARTIAL_BYTES // (g.K * crs * itemsize)))
+        chunk = ceil_div(ceil_div(npq, splits), TILE_K) * TILE_K
+        return ceil_div(npq, chunk), chunk
+
+    def _conv2d_backward(self, dy, ctx: OpContext):
+        g: ConvGeometry = ctx.geom
+        x, w = ctx.inputs["x"], ctx.inputs["w"]
+        xp, dtype = self.xp, x.dtype
+        smem = GEMM_SMEM_ELEMS * dtype.itemsize
+        s = self._conv_shape(g)
+
+        dx = xp.empty(g.x_shape, dtype=dtype)
+        grid = (ceil_div(g.N * g.H * g.W, TILE_N), ceil_div(g.C, TILE_M), 1)
+        self._launch("conv2d_bwd_data", dtype, grid, (GEMM_THREADS,), [dy, w, dx, s],
+                     [g.y_shape, g.w_shape, g.x_shape, None], shared_mem=smem)
+
+        crs = g.C * g.R * g.S
+        splits, chunk = self._weight_splits(g, dtype.itemsize)
+        s = self._conv_shape(g, chunk)
+        dw = xp.empty(g.w_shape, dtype=dtype)
+        partial = dw if splits == 1 else xp.empty((splits, g.K, crs), dtype=dtype)
+        grid = (ceil_div(crs, TILE_N), ceil_div(g.K, TILE_M), splits)
+        self._launch("conv2d_bwd_weight", dtype, grid, (GEMM_THREADS,), [dy, x, partial, s],
+                     [g.y_shape, g.x_shape, partial.shape, None], shared_mem=smem)
+        if splits > 1:
+            count = g.K * crs
+            self._launch("conv2d_reduce", dtype, self._elementwise_grid(count),
+                         (ELEMENTWISE_THREADS,),
+                         [partial, dw, np.int64(count), np.int32(splits)],
+                         [partial.shape, g.w_shape, None, None])
+
+        db = None
+        if ctx.inputs["has_bias"]:
+            db = xp.empty((g.K,), dtype=dtype)
+            self._launch("conv2d_bias_grad", dtype, (g.K,), (BIAS_THREADS,), [dy, db, s],
+                         [g.y_shape, (g.K,), None], shared_mem=BIAS_THREADS * dtype.itemsize)
+        return dx, dw, db
+
+    # ---- pooling ------------------------------------------------------------------------
+    def _maxpool2d_forward(self, x, g: PoolGeometry):
+        y = self.xp.empty(g.y_shape, dtype=x.dtype)
+        argmax = self.xp.empty(g.y_shape, dtype=np.int32)
+        self._launch("maxpool2d_fwd", x.dtype, self._elementwise_grid(y.size),
+                     (ELEMENTWISE_THREADS,), [x, y, argmax, self._pool_shape(g)],
+                     [g.x_shape, g.y_shape, g.y_shape, None])
+        return y, argmax
+
+    def _maxpool2d_backward(self, dy, ctx: OpContext):
+        g: PoolGeometry = ctx.geom
+        dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
+        self._launch("maxpool2d_bwd", dy.dtype, self._elementwise_grid(dx.size),
+                     (ELEMENTWISE_THREADS,), [dy, ctx.saved, dx, self._pool_shape(g)],
+                     [g.y_shape, g.y_shape, g.x_shape, None])
+        return dx
+
+    def _avgpool2d_forward(self, x, g: PoolGeometry):
+        y = self.xp.empty(g.y_shape, dtype=x.dtype)
+        self._launch("avgpool2d_fwd", x.dtype, self._elementwise_grid(y.size),
+                     (ELEMENTWISE_THREADS,), [x, y, self._pool_shape(g)],
+                     [g.x_shape, g.y_shape, None])
+        return y
+
+    def _avgpool2d_backward(self, dy, ctx: OpContext):
+        g: PoolGeometry = ctx.geom
+        dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
+        self._launch("avgpool2d_bwd", dy.dtype, self._elementwise_grid(dx.size),
+                     (ELEMENTWISE_THREADS,), [dy, dx, self._pool_shape(g)],
+                     [g.y_shape, g.x_shape, None])
+        return dx
+
+
+def create() -> CupyBackend:
+    """The ``cupy`` backend: real CuPy on a CUDA device."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"CuPy is not installed ({exc}): pip install 'polycnn[cuda12]' for CUDA 12.x or"
+            " 'polycnn[cuda13]' for CUDA 13.x (one of them, never both)") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy raises CUDARuntimeError without a driver or device
+        raise BackendUnavailable(
+            f"CuPy {cupy.__version__} is installed but CUDA has no usable device:"
+            f" {type(exc).__name__}: {exc}") from None
+    if count < 1:
+        raise BackendUnavailable(f"CuPy {cupy.__version__} is installed but found no CUDA device")
+    return CupyBackend(cupy, name="cupy")
+
+
+def create_emu(kernel_dir=None) -> CupyBackend:
+    """The ``cupy-emu`` backend: the same class and kernels on the CPU emulator (needs g++)."""
+    from ._cuda_emu import build, standin
+
+    build.compiler()  # BackendUnavailable without a C++ compiler
+    return CupyBackend(standin, name="cupy-emu", kernel_dir=kernel_dir)
