@@ -49,6 +49,8 @@ def parity(backend_list, dtype_list, op_list, seed, cases, as_json):
     float32 and float64. Exit status 1 when any result is off, naming the op, pass, backend,
     dtype and case; 2 for an unknown or unavailable backend.
     """
+    dtypes = _names(dtype_list, "dtypes", parity_lib.DTYPES)
+    ops = _names(op_list, "ops", parity_lib.OPS)
     skipped = {}
     if backend_list is None:
         names = []
@@ -60,8 +62,6 @@ def parity(backend_list, dtype_list, op_list, seed, cases, as_json):
     else:
         names = _names(backend_list, "backends")
     backends = {name: pc.get_backend(name) for name in names}  # BackendUnavailable: exit 2
-    dtypes = _names(dtype_list, "dtypes", parity_lib.DTYPES)
-    ops = _names(op_list, "ops", parity_lib.OPS)
 
     report = parity_lib.run_parity(backends, dtypes=dtypes, seed=seed, cases=cases, ops=ops)
 
