@@ -1,0 +1,400 @@
+"""Compiled loops behind :mod:`polycnn.backends.numba_backend` (private: plain arrays and ints).
+
+Legend: N batch, C input channels, H×W input, K output channels, R×S kernel, P×Q output,
+L reduction length of a GEMM, T a tile of output pixels. A trailing ``p`` (Kp, Lp) is a size
+rounded up for the register-blocked micro-kernel; the padding is zero-filled.
+
+Every convolution pass is one *gather GEMM*: an output pixel ``t`` (a point of an output grid)
+reads ``L`` values ``src[base(t) + tab[j]]`` from a zero-padded source, where ``tab`` holds one
+flat offset per reduction index ``j`` (channel, tap) and ``base(t)`` is the pixel's corner in the
+padded source. Forward, backward-data (one stride phase at a time) and backward-weight all build
+small tiles of those rows in a thread-local buffer and multiply them with ``_mm_block``, a 4×4
+register-blocked dot-product kernel whose reduction loop LLVM vectorises.
+
+Determinism: every output element is computed by one thread in a fixed order; the weight
+gradient is summed per fixed chunk of samples (the chunking depends on N only, never on the
+thread count) and the chunks are added in order by the caller.
+
+NOTE: ``fastmath`` is limited to reassociation/contraction (no ``nnan``/``ninf``): NaN and inf
+still propagate, and reassociation only changes the order inside a loop that LLVM fixes at
+compile time, so results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: fast-math flags for the GEMM loops (vectorised reductions); see the module NOTE
+FAST = {"reassoc", "contract", "nsz"}
+
+#: reduction lengths are rounded up to this (one AVX-512 float32 vector)
+LANES = 16
+
+# ---- the micro-kernel -------------------------------------------------------------------------
+
+
+@njit(fastmath=FAST, cache=True)
+def _mm_block(A, i, B, j, C, L, accumulate):
+    """C[i:i+4, j:j+4] (+)= A[i:i+4, :L] · B[j:j+4, :L]ᵀ with 16 scalar accumulators."""
+    # NOTE: the accumulators start from a float32 literal (numba widens them to float64 for
+    # float64 arrays); a start value read from an array stops LLVM from vectorising the loop.
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0)
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0)
+    for l in range(L):
+        x0 = A[i, l]
+        x1 = A[i + 1, l]
+        x2 = A[i + 2, l]
+        x3 = A[i + 3, l]
+        y0 = B[j, l]
+        y1 = B[j + 1, l]
+        y2 = B[j + 2, l]
+        y3 = B[j + 3, l]
+        a00 += x0 * y0
+        a01 += x0 * y1
+        a02 += x0 * y2
+        a03 += x0 * y3
+        a10 += x1 * y0
+        a11 += x1 * y1
+        a12 += x1 * y2
+        a13 += x1 * y3
+        a20 += x2 * y0
+        a21 += x2 * y1
+        a22 += x2 * y2
+        a23 += x2 * y3
+        a30 += x3 * y0
+        a31 += x3 * y1
+        a32 += x3 * y2
+        a33 += x3 * y3
+    if accumulate:
+        a00 += C[i, j]
+        a01 += C[i, j + 1]
+        a02 += C[i, j + 2]
+        a03 += C[i, j + 3]
+        a10 += C[i + 1, j]
+        a11 += C[i + 1, j + 1]
+        a12 += C[i + 1, j + 2]
+        a13 += C[i + 1, j + 3]
+        a20 += C[i + 2, j]
+        a21 += C[i + 2, j + 1]
+        a22 += C[i + 2, j + 2]
+        a23 += C[i + 2, j + 3]
+        a30 += C[i + 3, j]
+        a31 += C[i + 3, j + 1]
+        a32 += C[i + 3, j + 2]
+        a33 += C[i + 3, j + 3]
+    C[i, j] = a00
+    C[i, j + 1] = a01
+    C[i, j + 2] = a02
+    C[i, j + 3] = a03
+    C[i + 1, j] = a10
+    C[i + 1, j + 1] = a11
+    C[i + 1, j + 2] = a12
+    C[i + 1, j + 3] = a13
+    C[i + 2, j] = a20
+    C[i + 2, j + 1] = a21
+    C[i + 2, j + 2] = a22
+    C[i + 2, j + 3] = a23
+    C[i + 3, j] = a30
+    C[i + 3, j + 1] = a31
+    C[i + 3, j + 2] = a32
+    C[i + 3, j + 3] = a33
+
+
+@njit(fastmath=FAST, cache=True)
+def _mm_nt(A, B, C, M, T, L, accumulate, rows_of_a_outer):
+    """C[:M, :T] (+)= A[:M, :L] · B[:T, :L]ᵀ; M and T multiples of 4.
+
+    ``rows_of_a_outer`` picks the loop order: keep 4 rows of A hot and stream B (B small), or
+    the other way round (A small)."""
+    if rows_of_a_outer:
+        for i in range(0, M, 4):
+            for j in range(0, T, 4):
+                _mm_block(A, i, B, j, C, L, accumulate)
+    else:
+        for j in range(0, T, 4):
+            for i in range(0, M, 4):
+                _mm_block(A, i, B, j, C, L, accumulate)
+
+
+# ---- layout helpers ---------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _pad_planes(src, dst, top, left):
+    """dst[n, c, i, j] = src[n, c, i - top, j - left] where that is inside src, else 0.
+
+    ``top``/``left`` may be negative (the destination window starts inside the source)."""
+    N, C, H, W = src.shape
+    Hd, Wd = dst.shape[2], dst.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for i in range(Hd):
+            h = i - top
+            if h < 0 or h >= H:
+                for j in range(Wd):
+                    dst[n, c, i, j] = 0
+            else:
+                for j in range(Wd):
+                    w = j - left
+                    dst[n, c, i, j] = src[n, c, h, w] if 0 <= w < W else 0
+
+
+# ---- convolution ------------------------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _gather_gemm(src, A, tab, geo, bias, out):
+    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · src[n].flat[t*ish*Ws + u*isw + tab[j]]
+
+    for t < To, u < Uo, m < M. ``geo`` = (ish, isw, To, Uo, M, oh0, ow0, osh, osw, TP, chunks);
+    ``bias`` has length M or 0 (no bias). A is (Mp, Lp) with zero padding."""
+    ish, isw, To, Uo, M = geo[0], geo[1], geo[2], geo[3], geo[4]
+    oh0, ow0, osh, osw, TP, chunks = geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
+    N = src.shape[0]
+    Ws = src.shape[3]
+    plane = src.shape[1] * src.shape[2] * Ws
+    Mp, Lp = A.shape
+    L = tab.shape[0]
+    npix = To * Uo
+    ntile = (npix + TP - 1) // TP
+    ntask = N * ntile
+    has_bias = bias.shape[0] > 0
+    flat = src.reshape(N * plane)
+    for ch in prange(chunks):
+        rows = np.zeros((TP, Lp), dtype=A.dtype)
+        tile = np.empty((Mp, TP), dtype=A.dtype)
+        for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
+            n = task // ntile
+            t0 = (task - n * ntile) * TP
+            t1 = min(npix, t0 + TP)
+            for t in range(t0, t1):
+                p = t // Uo
+                q = t - p * Uo
+                base = n * plane + p * ish * Ws + q * isw
+                row = rows[t - t0]
+                for j in range(L):
+                    row[j] = flat[base + tab[j]]
+            T4 = (t1 - t0 + 3) // 4 * 4
+            _mm_nt(A, rows, tile, Mp, T4, Lp, False, True)
+            for m in range(M):
+                bm = bias[m] if has_bias else 0
+                for t in range(t0, t1):
+                    p = t // Uo
+                    q = t - p * Uo
+                    out[n, m, oh0 + p * osh, ow0 + q * osw] = tile[m, t - t0] + bm
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _conv_weight_partials(src, dy, tab, geo, partial):
+    """partial[g, k, j] = Σ over samples n of chunk g, pixels t of dy[n, k, t] · src[n].flat[base(t) + tab[j]]
+
+    ``geo`` = (sh, sw, TP); chunk g holds samples [g*N//G, (g+1)*N//G) with G = partial.shape[0]
+    (a function of N only). ``partial`` is zero on entry, shape (G, Kp, Lp)."""
+    sh, sw, TP = geo[0], geo[1], geo[2]
+    N, K, P, Q = dy.shape
+    Ws = src.shape[3]
+    plane = src.shape[1] * src.shape[2] * Ws
+    G, Kp, Lp = partial.shape
+    L = tab.shape[0]
+    npix = P * Q
+    flat = src.reshape(N * plane)
+    for g in prange(G):
+        cols = np.zeros((Lp, TP), dtype=dy.dtype)
+        dyt = np.zeros((Kp, TP), dtype=dy.dtype)
+        bases = np.zeros(TP, dtype=np.int64)
+        acc = partial[g]
+        for n in range(g * N // G, (g + 1) * N // G):
+            dyn = dy[n].reshape(K, npix)
+            for t0 in range(0, npix, TP):
+                cnt = min(TP, npix - t0)
+                for tt in range(cnt):
+                    t = t0 + tt
+                    p = t // Q
+                    q = t - p * Q
+                    bases[tt] = n * plane + p * sh * Ws + q * sw
+                for j in range(L):
+                    off = tab[j]
+                    col = cols[j]
+                    for tt in range(cnt):
+                        col[tt] = flat[bases[tt] + off]
+                    for tt in range(cnt, TP):
+                        col[tt] = 0
+                for k in range(K):
+                    drow = dyt[k]
+                    for tt in range(cnt):
+                        drow[tt] = dyn[k, t0 + tt]
+                    for tt in range(cnt, TP):
+                        drow[tt] = 0
+                _mm_nt(dyt, cols, acc, Kp, Lp, TP, True, False)
+
+
+@njit(parallel=True, cache=True)
+def _bias_grad(dy, db):
+    """db[k] = Σ over n, p, q of dy[n, k, p, q], summed in that order."""
+    N, K, P, Q = dy.shape
+    for k in prange(K):
+        s = np.float32(0)
+        for n in range(N):
+            for p in range(P):
+                for q in range(Q):
+                    s += dy[n, k, p, q]
+        db[k] = s
+
+
+@njit(parallel=True, cache=True)
+def _sum_partials(partial, out):
+    """out[k, j] = Σ_g partial[g, k, j] in the order g = 0, 1, ...; out is (K, L) ⊂ (Kp, Lp)."""
+    G = partial.shape[0]
+    K, L = out.shape
+    for k in prange(K):
+        for j in range(L):
+            s = partial[0, k, j]
+            for g in range(1, G):
+                s += partial[g, k, j]
+            out[k, j] = s
+
+
+# ---- pooling ----------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_fwd(x, geo, y, arg):
+    """y = window max (a NaN wins; ties: first in row-major order); arg = flat h*W + w of it.
+
+    ``geo`` = (R, S, sh, sw, ph, pw). Padding is -inf, so it never wins over a real pixel."""
+    R, S, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h0 = p * sh - ph
+            for q in range(Q):
+                w0 = q * sw - pw
+                best = -np.inf
+                at = -1
+                for r in range(R):
+                    h = h0 + r
+                    if h < 0 or h >= H:
+                        continue
+                    for s in range(S):
+                        w = w0 + s
+                        if w < 0 or w >= W:
+                            continue
+                        v = x[n, c, h, w]
+                        if at < 0 or v > best or (v != v and best == best):
+                            best = v
+                            at = h * W + w
+                y[n, c, p, q] = best
+                arg[n, c, p, q] = at
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_bwd(dy, arg, dx):
+    """dx (zero on entry) [n, c, arg] += dy, one plane per thread, in (p, q) order."""
+    N, C, P, Q = dy.shape
+    W = dx.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            for q in range(Q):
+                a = arg[n, c, p, q]
+                h = a // W
+                dx[n, c, h, a - h * W] += dy[n, c, p, q]
+
+
+@njit(parallel=True, cache=True)
+def _avgpool_fwd(x, geo, scale, y):
+    """y = Σ of the window's pixels (padding counts as 0) · scale[0] (1/(R·S) in x's dtype).
+    ``geo`` as in max-pool."""
+    R, S, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    inv = scale[0]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h0 = p * sh - ph
+            for q in range(Q):
+                w0 = q * sw - pw
+                s_ = np.float32(0)
+                for r in range(R):
+                    h = h0 + r
+                    if 0 <= h < H:
+                        for s in range(S):
+                            w = w0 + s
+                            if 0 <= w < W:
+                                s_ += x[n, c, h, w]
+                y[n, c, p, q] = s_ * inv
+
+
+@njit(parallel=True, cache=True)
+def _avgpool_bwd(dy, geo, scale, dx):
+    """dx (zero on entry) += dy · scale[0] over every window, one plane per thread."""
+    R, S, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    N, C, P, Q = dy.shape
+    H, W = dx.shape[2], dx.shape[3]
+    inv = scale[0]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h0 = p * sh - ph
+            for q in range(Q):
+                w0 = q * sw - pw
+                share = dy[n, c, p, q] * inv
+                for r in range(R):
+                    h = h0 + r
+                    if 0 <= h < H:
+                        for s in range(S):
+                            w = w0 + s
+                            if 0 <= w < W:
+                                dx[n, c, h, w] += share
+
+
+# ---- training glue ----------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _relu_fwd(x, y):
+    """y = max(x, 0) elementwise on flat arrays (a NaN stays NaN, as in numpy.maximum)."""
+    for i in prange(x.shape[0]):
+        v = x[i]
+        y[i] = v if (v > 0 or v != v) else 0
+
+
+@njit(parallel=True, cache=True)
+def _relu_bwd(dy, x, dx):
+    """dx = dy · (x > 0), as a multiply so that NaN/inf in dy behave as in ``dy * mask``."""
+    for i in prange(x.shape[0]):
+        dx[i] = dy[i] * (1 if x[i] > 0 else 0)
+
+
+@njit(cache=True)
+def _cross_entropy(logits, labels, smoothing, dlogits):
+    """Mean softmax cross-entropy with label smoothing; writes (softmax - target)/N to dlogits
+    and returns the loss. Rows are independent; sums run in row-major order."""
+    N, K = logits.shape
+    off = smoothing / K
+    on = 1.0 - smoothing
+    total = 0.0
+    for n in range(N):
+        mx = logits[n, 0]
+        for k in range(1, K):
+            if logits[n, k] > mx:
+                mx = logits[n, k]
+        se = np.float32(0)
+        for k in range(K):
+            se += np.exp(logits[n, k] - mx)
+        lse = np.log(se)
+        for k in range(K):
+            logp = logits[n, k] - mx - lse
+            tgt = off + (on if k == labels[n] else 0.0)
+            total -= tgt * logp
+            dlogits[n, k] = (np.exp(logp) - tgt) / N
+    return total / N

@@ -1,0 +1,379 @@
+"""The Numba backend: see :mod:`polycnn.backends.base` for the contract.
+
+Optimisations (kernels in :mod:`._numba_kernels`):
+- every convolution pass is a *gather GEMM* over tiles of output pixels: a thread builds a
+  small tile of im2row rows from a zero-padded copy of the source through a table of flat
+  offsets, and multiplies it with the (zero-padded) weight matrix in a 4×4 register-blocked
+  dot-product kernel whose reduction LLVM vectorises (AVX-512 where the CPU has it);
+- backward-data is the same kernel run on the padded ``dy`` with the transposed weights, once
+  per stride phase (for stride 1 there is one phase), so no scatter and no wasted zeros;
+- backward-weight sums per fixed chunk of samples, then adds the chunks in order: results are
+  bit-identical for any thread count;
+- pooling, ReLU and the cross-entropy are single compiled passes (one plane per thread).
+
+Compiled code is cached in the user's cache folder (``$XDG_CACHE_HOME/polycnn/numba`` or
+``~/.cache/polycnn/numba``) unless ``NUMBA_CACHE_DIR`` is set, so it is reused across processes
+even when the package folder is read-only. ``NUMBA_DISABLE_JIT=1`` runs the same code as
+Python (slowly).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from ..geometry import ConvGeometry, PoolGeometry, ceil_div
+from .base import Backend, OpContext
+
+#: weight-gradient partial sums: at most this many chunks of samples (fixed: never the
+#: thread count, so the summation order, hence the result, is the same on any machine setting)
+WEIGHT_GRAD_CHUNKS = 16
+
+#: target bytes of one tile of gathered rows (kept in L1 next to 4 rows of weights)
+ROW_TILE_BYTES = 32 * 1024
+
+_kernels = None
+_kernels_lock = threading.Lock()
+
+
+def user_cache_dir() -> Path:
+    """Where polycnn keeps compiled Numba code: ``$XDG_CACHE_HOME/polycnn/numba`` (or
+    ``~/.cache/polycnn/numba``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "polycnn" / "numba"
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def cache_dir() -> str | None:
+    """The folder Numba caches polycnn's kernels in (None: Numba's own fallback locations)."""
+    from numba.core import config
+
+    if config.CACHE_DIR:
+        return config.CACHE_DIR
+    return str(user_cache_dir()) if _kernels is not None and _kernels._polycnn_cache else None
+
+
+def _load_kernels():
+    """Import the kernel module with Numba's cache pointed at the user cache folder.
+
+    NOTE: Numba picks a function's cache folder when the ``@njit(cache=True)`` decorator runs,
+    from ``numba.core.config.CACHE_DIR`` (read from ``NUMBA_CACHE_DIR`` when numba is
+    imported). A user-set ``NUMBA_CACHE_DIR`` wins; otherwise the setting is changed only while
+    this module's kernels are decorated, so other Numba code in the process is unaffected."""
+    global _kernels
+    with _kernels_lock:
+        if _kernels is not None:
+            return _kernels
+        from numba.core import config
+
+        override = None
+        if not config.CACHE_DIR:
+            folder = user_cache_dir()
+            if _writable_dir(folder):
+                override = str(folder)
+        saved = config.CACHE_DIR
+        try:
+            if override:
+                config.CACHE_DIR = override
+            module = importlib.import_module("polycnn.backends._numba_kernels")
+        finally:
+            config.CACHE_DIR = saved
+        module._polycnn_cache = override is not None
+        _kernels = module
+        return module
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return ceil_div(value, multiple) * multiple
+
+
+def _padded_matrix(m, rows: int, cols: int):
+    """``m`` (a 2-D array) copied into the top-left corner of a zero (rows, cols) array."""
+    out = np.zeros((rows, cols), dtype=m.dtype)
+    out[: m.shape[0], : m.shape[1]] = m
+    return out
+
+
+class NumbaBackend(Backend):
+    """Numba-compiled CPU loops; arrays are ``numpy.ndarray``. See the base class for the
+    contract and the module docstring for the optimisations.
+
+    ``threads``: how many threads the parallel loops use (default: ``NUMBA_NUM_THREADS``, which
+    Numba sets from the environment or the CPU count). Results do not depend on it."""
+
+    name = "numba"
+    xp = np
+    array_type = np.ndarray
+
+    def __init__(self, threads: int | None = None):
+        import numba
+
+        self._numba = numba
+        self._k = _load_kernels()
+        limit = numba.config.NUMBA_NUM_THREADS
+        if threads is None:
+            threads = limit
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+            raise TypeError(f"threads must be an int or None, got {threads!r}")
+        if not 1 <= int(threads) <= limit:
+            raise ValueError(
+                f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {threads}"
+            )
+        self.threads = int(threads)
+
+    def _set_threads(self):
+        # NOTE: numba's thread count is per calling thread, so it is set before every launch.
+        if self._numba.get_num_threads() != self.threads:
+            self._numba.set_num_threads(self.threads)
+
+    def info(self) -> dict:
+        numba = self._numba
+        self._set_threads()
+        layer = self._threading_layer()
+        return {
+            "version": f"numba {numba.__version__}",
+            "threads": self.threads,
+            "threading_layer": layer,
+            "jit": not numba.config.DISABLE_JIT,
+            "cache_dir": cache_dir(),
+            "device": "cpu",
+        }
+
+    def _threading_layer(self) -> str:
+        numba = self._numba
+        if numba.config.DISABLE_JIT:
+            return "none (NUMBA_DISABLE_JIT=1)"
+        try:
+            return numba.threading_layer()
+        except ValueError:
+            # NOTE: the layer is chosen on the first parallel launch; run a tiny one.
+            x = np.zeros(1)
+            self._k._relu_fwd(x, x)
+            return numba.threading_layer()
+
+    # ---- convolution --------------------------------------------------------------------
+    def _row_tile(self, lp: int, itemsize: int, npix: int) -> int:
+        tile = max(4, min(256, ROW_TILE_BYTES // (lp * itemsize)) // 4 * 4)
+        return min(tile, _round_up(npix, 4))
+
+    def _chunks(self, tasks: int) -> int:
+        # Any split gives the same result here (each output has one writer); a few chunks per
+        # thread balance the load on a busy machine.
+        return max(1, min(tasks, 4 * self.threads))
+
+    @staticmethod
+    def _forward_table(g: ConvGeometry, Hp: int, Wp: int):
+        c, r, s = np.meshgrid(np.arange(g.C), np.arange(g.R), np.arange(g.S), indexing="ij")
+        return (c * (Hp * Wp) + r * (g.dil_h * Wp) + s * g.dil_w).ravel().astype(np.int64)
+
+    def _padded_input(self, x, g: ConvGeometry):
+        """x zero-padded to exactly the extent the output grid reads, and that extent."""
+        Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
+        Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
+        if (Hp, Wp) == (g.H, g.W) and g.pad_h == 0 and g.pad_w == 0:
+            return x, Hp, Wp
+        xp = np.empty((g.N, g.C, Hp, Wp), dtype=x.dtype)
+        self._k._pad_planes(x, xp, g.pad_h, g.pad_w)
+        return xp, Hp, Wp
+
+    def _conv2d_forward(self, x, w, b, g: ConvGeometry):
+        self._set_threads()
+        xp, Hp, Wp = self._padded_input(x, g)
+        L = g.C * g.R * g.S
+        A = _padded_matrix(w.reshape(g.K, L), _round_up(g.K, 4), _round_up(L, 16))
+        tab = self._forward_table(g, Hp, Wp)
+        y = np.empty(g.y_shape, dtype=x.dtype)
+        tp = self._row_tile(A.shape[1], x.dtype.itemsize, g.P * g.Q)
+        ntask = g.N * ceil_div(g.P * g.Q, tp)
+        geo = np.array([g.stride_h, g.stride_w, g.P, g.Q, g.K, 0, 0, 1, 1, tp,
+                        self._chunks(ntask)], dtype=np.int64)
+        bias = b if b is not None else np.zeros(0, dtype=x.dtype)
+        self._k._gather_gemm(xp, A, tab, geo, bias, y)
+        return y, None
+
+    def _conv2d_backward(self, dy, ctx: OpContext):
+        self._set_threads()
+        g: ConvGeometry = ctx.geom
+        x, w = ctx.inputs["x"], ctx.inputs["w"]
+        dw = self._conv_weight_grad(x, dy, g)
+        dx = self._conv_data_grad(dy, w, g)
+        db = None
+        if ctx.inputs["has_bias"]:
+            db = np.empty(g.K, dtype=dy.dtype)
+            self._k._bias_grad(dy, db)
+        return dx, dw, db
+
+    def _conv_weight_grad(self, x, dy, g: ConvGeometry):
+        xp, Hp, Wp = self._padded_input(x, g)
+        L = g.C * g.R * g.S
+        tab = self._forward_table(g, Hp, Wp)
+        Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
+        # a pixel tile of dy (Kp × TP) and of columns (Lp × TP); TP a multiple of 16 lanes
+        tp = max(16, min(256, _round_up(g.P * g.Q, 16)))
+        chunks = min(g.N, WEIGHT_GRAD_CHUNKS)
+        partial = np.zeros((chunks, Kp, Lp), dtype=dy.dtype)
+        geo = np.array([g.stride_h, g.stride_w, tp], dtype=np.int64)
+        self._k._conv_weight_partials(xp, dy, tab, geo, partial)
+        dw = np.empty((g.K, L), dtype=dy.dtype)
+        self._k._sum_partials(partial, dw)
+        return dw.reshape(g.w_shape)
+
+    def _conv_data_grad(self, dy, w, g: ConvGeometry):
+        """dx as a stride-1 correlation of padded dy with the transposed kernel, one stride
+        phase (output rows h ≡ a mod sh, columns ≡ b mod sw) at a time."""
+        sh, sw = g.stride_h, g.stride_w
+        # per phase: the taps that reach it and their offset into dy (rows: p = t + off)
+        rows = [self._phase_taps(a, g.H, g.pad_h, g.R, g.dil_h, sh) for a in range(sh)]
+        cols = [self._phase_taps(b, g.W, g.pad_w, g.S, g.dil_w, sw) for b in range(sw)]
+        top, Hs = self._source_extent(rows)
+        left, Ws = self._source_extent(cols)
+        dyp = np.empty((g.N, g.K, Hs, Ws), dtype=dy.dtype)
+        self._k._pad_planes(dy, dyp, top, left)
+        wt = w.transpose(1, 0, 2, 3)  # (C, K, R, S)
+        empty_phase = any(not t[1] for t in rows) or any(not t[1] for t in cols)
+        dx = (np.zeros if empty_phase else np.empty)(g.x_shape, dtype=dy.dtype)
+        bias = np.zeros(0, dtype=dy.dtype)
+        for a, (Ta, rtaps, roffs) in enumerate(rows):
+            for b, (Ub, staps, soffs) in enumerate(cols):
+                if not rtaps or not staps or Ta == 0 or Ub == 0:
+                    continue
+                k, ri, si = np.meshgrid(np.arange(g.K), np.arange(len(rtaps)),
+                                        np.arange(len(staps)), indexing="ij")
+                roff = np.asarray(roffs, dtype=np.int64)[ri] + top
+                soff = np.asarray(soffs, dtype=np.int64)[si] + left
+                tab = (k * (Hs * Ws) + roff * Ws + soff).ravel().astype(np.int64)
+                sub = wt[:, :, rtaps][:, :, :, staps].reshape(g.C, -1)
+                A = _padded_matrix(sub, _round_up(g.C, 4), _round_up(sub.shape[1], 16))
+                tp = self._row_tile(A.shape[1], dy.dtype.itemsize, Ta * Ub)
+                ntask = g.N * ceil_div(Ta * Ub, tp)
+                geo = np.array([1, 1, Ta, Ub, g.C, a, b, sh, sw, tp, self._chunks(ntask)],
+                               dtype=np.int64)
+                self._k._gather_gemm(dyp, A, tab, geo, bias, dx)
+        return dx
+
+    @staticmethod
+    def _phase_taps(a: int, size: int, pad: int, taps: int, dil: int, stride: int):
+        """For outputs a, a+stride, ...: (count, taps r that reach them, offsets p - t)."""
+        count = max(0, ceil_div(size - a, stride))
+        rs, offs = [], []
+        for r in range(taps):
+            num = a + pad - r * dil
+            if num % stride == 0:
+                rs.append(r)
+                offs.append(num // stride)
+        return count, rs, offs
+
+    @staticmethod
+    def _source_extent(phases):
+        """Padding before dy and the padded length so every (t + off) of every phase fits."""
+        lo, hi = 0, 0
+        for count, _, offs in phases:
+            if count and offs:
+                lo = min(lo, min(offs))
+                hi = max(hi, count - 1 + max(offs))
+        return -lo, hi - lo + 1
+
+    # ---- pooling ------------------------------------------------------------------------
+    @staticmethod
+    def _pool_geo(g: PoolGeometry):
+        return np.array([g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w], dtype=np.int64)
+
+    def _maxpool2d_forward(self, x, g: PoolGeometry):
+        self._set_threads()
+        y = np.empty(g.y_shape, dtype=x.dtype)
+        arg = np.empty(g.y_shape, dtype=np.int32 if g.H * g.W < 2**31 else np.int64)
+        self._k._maxpool_fwd(x, self._pool_geo(g), y, arg)
+        return y, arg
+
+    def _maxpool2d_backward(self, dy, ctx: OpContext):
+        self._set_threads()
+        dx = np.zeros(ctx.geom.x_shape, dtype=dy.dtype)
+        self._k._maxpool_bwd(dy, ctx.saved, dx)
+        return dx
+
+    def _avgpool2d_forward(self, x, g: PoolGeometry):
+        self._set_threads()
+        y = np.empty(g.y_shape, dtype=x.dtype)
+        scale = np.array([1.0 / (g.R * g.S)], dtype=x.dtype)
+        self._k._avgpool_fwd(x, self._pool_geo(g), scale, y)
+        return y
+
+    def _avgpool2d_backward(self, dy, ctx: OpContext):
+        self._set_threads()
+        g: PoolGeometry = ctx.geom
+        dx = np.zeros(g.x_shape, dtype=dy.dtype)
+        scale = np.array([1.0 / (g.R * g.S)], dtype=dy.dtype)
+        self._k._avgpool_bwd(dy, self._pool_geo(g), scale, dx)
+        return dx
+
+    # ---- training glue ------------------------------------------------------------------
+    def relu_forward(self, x):
+        """See base; one compiled pass. The context keeps x (the mask is ``x > 0``)."""
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+            return super().relu_forward(x)
+        self._set_threads()
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        self._k._relu_fwd(x.reshape(-1), y.reshape(-1))
+        return y, OpContext("relu", None, np.dtype(x.dtype), {"x": x})
+
+    def relu_backward(self, dy, ctx):
+        if "x" not in ctx.inputs:
+            return super().relu_backward(dy, ctx)
+        x = ctx.inputs["x"]
+        dy = np.asarray(dy)
+        if dy.shape != x.shape:
+            raise ValueError(f"relu backward: dy has shape {dy.shape}, expected {x.shape}")
+        if dy.dtype != x.dtype:
+            raise TypeError(f"relu backward: dy is {dy.dtype} but the forward ran in {x.dtype}")
+        self._set_threads()
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        self._k._relu_bwd(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+        return dx
+
+    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        """See base; one compiled pass over the rows."""
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or logits.dtype not in (np.float32, np.float64):
+            return super().cross_entropy(logits, labels, label_smoothing)
+        n, k = logits.shape
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"labels must be {n} integer classes (shape ({n},)) for logits {logits.shape},"
+                f" got {labels.dtype} shape {labels.shape}"
+            )
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(
+                f"labels must be in [0, {k}) for logits {logits.shape}, got values in"
+                f" [{labels.min()}, {labels.max()}]"
+            )
+        dlogits = np.empty_like(logits)
+        loss = self._k._cross_entropy(np.ascontiguousarray(logits), labels.astype(np.int64),
+                                      float(label_smoothing), dlogits)
+        return float(loss), dlogits
+
+
+def create() -> NumbaBackend:
+    try:
+        return NumbaBackend()
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"backend 'numba' needs numba ({exc}); install it with `pip install numba`"
+        ) from exc
