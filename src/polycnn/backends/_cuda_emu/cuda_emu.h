@@ -61,6 +61,45 @@ template <typename T> inline T __ldg(const T* p) { return *p; }
 
 namespace emu {
 
+// Context switches: a few instructions of assembly on x86-64 (swapcontext makes a system call
+// per switch, about 100x slower), glibc's ucontext elsewhere or with -DEMU_USE_UCONTEXT.
+#if defined(__x86_64__) && !defined(EMU_USE_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+// emu_switch(save, load): push the callee-saved registers and the SSE/x87 control words, store
+// the stack pointer in *save, load `load` as the stack pointer, pop the same, return there.
+extern "C" void emu_switch(void** save, void* load);
+asm(R"(
+    .text
+    .p2align 4
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+#else
+#define EMU_ASM_SWITCH 0
+#endif
+
 enum : int { RUNNABLE = 0, AT_BARRIER = 1, DONE = 2 };
 enum : int { FLAG_REVERSE = 1 };
 
@@ -68,7 +107,11 @@ constexpr std::size_t kFiberStack = 128 * 1024;
 constexpr std::size_t kMaxSharedBytes = 48 * 1024;  // CUDA's default limit without opt-in
 
 struct Fiber {
+#if EMU_ASM_SWITCH
+    void* sp = nullptr;  // saved stack pointer while switched out
+#else
     ucontext_t ctx;
+#endif
     int state = RUNNABLE;
     uint3 tid{0, 0, 0};
 };
@@ -77,7 +120,11 @@ using Invoker = void (*)(void* fn, void** args);
 
 // One per OS thread that runs blocks: its fibers, its dynamic shared memory, its scheduler context.
 struct Worker {
+#if EMU_ASM_SWITCH
+    void* sched_sp = nullptr;
+#else
     ucontext_t sched;
+#endif
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
     std::vector<unsigned char> shared;
@@ -103,11 +150,27 @@ inline void fail(const std::string& msg) {
     if (!failed.exchange(true)) error_message = msg;
 }
 
+inline void to_scheduler(Worker* w, Fiber* f) {
+#if EMU_ASM_SWITCH
+    emu_switch(&f->sp, w->sched_sp);
+#else
+    swapcontext(&f->ctx, &w->sched);
+#endif
+}
+
+inline void to_fiber(Worker* w, Fiber* f) {
+#if EMU_ASM_SWITCH
+    emu_switch(&w->sched_sp, f->sp);
+#else
+    swapcontext(&w->sched, &f->ctx);
+#endif
+}
+
 inline void syncthreads() {
     Worker* w = tls_worker;
     Fiber* f = w->current;
     f->state = AT_BARRIER;
-    swapcontext(&f->ctx, &w->sched);
+    to_scheduler(w, f);
 }
 
 inline unsigned char* dynamic_shared() { return tls_worker->shared.data(); }
@@ -115,7 +178,36 @@ inline unsigned char* dynamic_shared() { return tls_worker->shared.data(); }
 inline void fiber_main() {
     Worker* w = tls_worker;
     w->invoke(w->fn, w->args);
-    w->current->state = DONE;  // returning resumes w->sched through uc_link
+    w->current->state = DONE;
+#if EMU_ASM_SWITCH
+    to_scheduler(w, w->current);  // never resumed: the fiber is restarted from scratch
+    __builtin_unreachable();
+#endif
+    // ucontext: returning resumes w->sched through uc_link
+}
+
+// Prepare fiber f to start fiber_main on `stack` at its next switch.
+inline void fiber_start(Worker& w, Fiber& f, char* stack) {
+#if EMU_ASM_SWITCH
+    // Frame popped by emu_switch: control words, r15, r14, r13, r12, rbx, rbp, return address.
+    // The stack top is 16-aligned, so after `ret` rsp = 8 mod 16, as at any function entry.
+    auto top = reinterpret_cast<std::uintptr_t>(stack + kFiberStack) & ~std::uintptr_t(15);
+    auto* frame = reinterpret_cast<std::uint64_t*>(top - 72);
+    std::memset(frame, 0, 72);
+    const std::uint32_t mxcsr = 0x1F80;  // default SSE state: round to nearest, exceptions masked
+    const std::uint16_t fpucw = 0x037F;  // default x87 state
+    std::memcpy(frame, &mxcsr, 4);
+    std::memcpy(reinterpret_cast<char*>(frame) + 4, &fpucw, 2);
+    frame[7] = reinterpret_cast<std::uint64_t>(&fiber_main);
+    f.sp = frame;
+    (void)w;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stack;
+    f.ctx.uc_stack.ss_size = kFiberStack;
+    f.ctx.uc_link = &w.sched;
+    makecontext(&f.ctx, fiber_main, 0);
+#endif
 }
 
 inline std::string block_name() {
@@ -137,11 +229,7 @@ inline bool run_block(Worker& w, unsigned int nthreads, std::size_t shared_bytes
     const dim3 bd = tls_block_dim;
     for (unsigned int t = 0; t < nthreads; ++t) {
         Fiber& f = w.fibers[t];
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = w.stacks[t];
-        f.ctx.uc_stack.ss_size = kFiberStack;
-        f.ctx.uc_link = &w.sched;
-        makecontext(&f.ctx, fiber_main, 0);
+        fiber_start(w, f, w.stacks[t]);
         f.state = RUNNABLE;
         f.tid = uint3{t % bd.x, (t / bd.x) % bd.y, t / (bd.x * bd.y)};
     }
@@ -152,7 +240,7 @@ inline bool run_block(Worker& w, unsigned int nthreads, std::size_t shared_bytes
             if (f.state != RUNNABLE) continue;
             w.current = &f;
             tls_thread_idx = f.tid;
-            swapcontext(&w.sched, &f.ctx);
+            to_fiber(&w, &f);
         }
         unsigned int done = 0, waiting = 0;
         for (unsigned int t = 0; t < nthreads; ++t) {
