@@ -44,6 +44,10 @@ ELEMENTWISE_THREADS = 256
 PARTIAL_BYTES = 64 * 2**20
 _INT32_MAX = 2**31 - 1
 
+#: NVRTC options given to ``cupy.RawModule`` (CuPy adds the device's ``-arch``); the compile
+#: gate in tests/test_cuda_compile.py uses the same.
+COMPILE_OPTIONS = ("--std=c++17",)
+
 #: Kernel name (without the dtype suffix) -> its source file and parameters. ``T`` is the op's
 #: dtype; ``?`` marks a pointer that may be null.
 KERNELS = {
@@ -81,7 +85,7 @@ class CupyBackend(Backend):
 
     is_device = True
 
-    def __init__(self, xp, name: str = "cupy", kernel_dir=None, compile_options=("--std=c++17",)):
+    def __init__(self, xp, name: str = "cupy", kernel_dir=None, compile_options=COMPILE_OPTIONS):
         self.xp = xp
         self.name = name
         self.array_type = xp.ndarray
