@@ -28,6 +28,9 @@ def _progress(message: str) -> None:
               help=f"comma-separated layers of {', '.join(B.LAYERS)} (default: all)")
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="interleaved rounds per measurement; the median counts (default 7, --quick 3)")
+@click.option("--matmul-size", "matmul_size", type=click.IntRange(min=16), default=None,
+              metavar="N", help="numpy.matmul N^3 float32 for the machine's peak"
+                                " (default 4096, --quick 2048)")
 @click.option("--ops/--no-ops", default=True, show_default=True,
               help="conv and pool timings (and the matmul peak they are compared with)")
 @click.option("--no-torch", "no_torch", is_flag=True, help="do not compare with PyTorch CPU")
@@ -40,7 +43,7 @@ def _progress(message: str) -> None:
               help="re-run in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"
                    " there, and say which OpenBLAS kernel ran")
 @json_option
-def bench(backends, layers, rounds, ops, no_torch, training, startup, quick, fast_blas, as_json):
+def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick, fast_blas, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
     backend_names, layer_names = _names(backends), _names(layers)
@@ -55,6 +58,8 @@ def bench(backends, layers, rounds, ops, no_torch, training, startup, quick, fas
             argv += ["--layers", layers]
         if rounds:
             argv += ["--rounds", str(rounds)]
+        if matmul_size:
+            argv += ["--matmul-size", str(matmul_size)]
         if not ops:
             argv.append("--no-ops")
         if no_torch:
@@ -69,7 +74,7 @@ def bench(backends, layers, rounds, ops, no_torch, training, startup, quick, fas
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops,
+        options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops, matmul_n=matmul_size,
                        torch=not no_torch, training=training, startup=startup)
         if quick:
             config = B.BenchConfig.quick_defaults(**options)

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 import polycnn as pc
 from polycnn import bench as B
+from polycnn.cli.bench import render
 from polycnn.cli.main import main
 
-TINY = ["bench", "--quick", "--rounds", "1", "--no-training", "--no-startup"]
+TINY = ["bench", "--quick", "--rounds", "1", "--no-training", "--no-startup", "--matmul-size", "256"]
 
 
 def _invoke(*args):
@@ -39,7 +40,7 @@ def test_json_has_one_row_per_layer_pass_and_engine():
             assert row["gflops"] > 0 and row["peak_fraction"] > 0
         if "torch" in engines:
             assert row["time_vs_torch"] > 0
-    assert data["matmul"]["n"] == 2048 and data["matmul"]["gflops"] > 0
+    assert data["matmul"]["n"] == 256 and data["matmul"]["gflops"] > 0
     env = data["environment"]
     assert env["numpy"] and env["threads"] >= 1 and env["cpu"]
     assert set(env["blas_env"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
@@ -63,7 +64,7 @@ def test_table_lists_every_engine_and_the_environment():
     result = _invoke(*TINY, "--backends", "numpy", "--layers", "e")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("CPU:", "threads:", "BLAS:", "matmul peak: numpy.matmul 2048^3 float32",
+    for text in ("CPU:", "threads:", "BLAS:", "matmul peak: numpy.matmul 256^3 float32",
                  "layer", "GFLOP/s", "% peak", "N8 C32 32x32 K64 3x3 pad 1 stride 2"):
         assert text in out
     lines = out.splitlines()
@@ -194,9 +195,33 @@ def test_fast_blas_runs_in_a_child_without_the_openblas_settings():
 
 def test_training_is_skipped_with_a_note_without_the_model_stack(monkeypatch):
     monkeypatch.delattr(pc, "Sequential", raising=False)
-    result = _invoke("bench", "--quick", "--rounds", "1", "--training", "--backends", "numpy",
-                     "--layers", "a", "--no-torch", "--json")
+    result = _invoke("bench", "--quick", "--no-ops", "--training", "--backends", "numpy",
+                     "--no-torch", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["training"] == []
     assert any(n.startswith("training skipped") and "Sequential" in n for n in data["notes"])
+
+
+@pytest.mark.skipif(not hasattr(pc, "Sequential"), reason="the model stack is not in polycnn yet")
+def test_training_rows_for_both_models_on_every_engine():
+    data = B.run(B.BenchConfig(backends=["numpy"], ops=False, training=True, startup=False,
+                               rounds=1, train_steps=1))
+    json.dumps(data)  # what --json prints
+    assert data["ops"] == [] and data["matmul"] is None
+    engines = data["engines"]
+    rows = data["training"]
+    assert [(r["model"], r["engine"]) for r in rows] == [
+        (m, e) for m in ("lenet5", "shapes") for e in engines]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["steps"] == 1
+        assert (r["model"], r["input"], r["batch"]) in {("lenet5", "1x28x28", 64),
+                                                        ("shapes", "3x64x64", 32)}
+        if "torch" in engines:
+            assert r["speed_vs_torch"] == (1.0 if r["engine"] == "torch" else
+                                           pytest.approx(r["images_per_s"] / next(
+                                               t["images_per_s"] for t in rows
+                                               if t["model"] == r["model"]
+                                               and t["engine"] == "torch")))
+    table = render(data)
+    assert "images/s" in table and "lenet5" in table and "matmul" not in table
