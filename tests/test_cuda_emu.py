@@ -1,0 +1,213 @@
+"""The CUDA emulator's safety nets, each shown to catch a deliberately seeded bug, and the
+``cupy-emu`` backend in a full training step (forward, loss, backward, SGD) against NumPy.
+
+The op-level parity of cupy-emu (every op, forward and backward, float32 and float64) comes from
+the ``backend`` fixture of conftest.py, which runs every op test on every registered backend."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import polycnn as pc
+from polycnn.backends import cupy_backend
+from polycnn.backends.numpy_backend import NumpyBackend
+from polycnn.errors import BackendUnavailable
+
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+
+try:
+    from polycnn.backends._cuda_emu import build, runtime, standin
+
+    build.compiler()
+except BackendUnavailable as exc:  # pragma: no cover - machines without g++
+    pytest.skip(f"cupy-emu unavailable: {exc}", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _single_blas_thread(monkeypatch):
+    """NOTE: OpenBLAS threads spin after a matmul and steal the CPU from the emulator."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def seeded_copy(tmp_path, filename: str, old: str, new: str, count: int = 1) -> Path:
+    """A copy of kernels/ in which ``old`` is replaced by ``new`` in ``filename``."""
+    folder = tmp_path / "kernels"
+    shutil.copytree(KERNEL_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    path = folder / filename
+    text = path.read_text()
+    assert text.count(old) >= count, f"{old!r} not found in {filename}"
+    path.write_text(text.replace(old, new, count))
+    return folder
+
+
+def conv_case(dtype=np.float32, seed=0):
+    """A conv whose reduction (C*R*S = 36) spans three shared-memory tiles of TILE_K = 16 and
+    whose output spans two blocks of columns."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 9, 8)).astype(dtype)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    return x, w, b
+
+
+def run_conv(be, x, w, b):
+    y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(b), padding=1)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
+    dx, dw, db = be.conv2d_backward(be.asarray(dy), ctx)
+    return [be.to_numpy(a) for a in (y, dx, dw, db)]
+
+
+def test_reference_kernels_match_numpy_in_both_thread_orders(monkeypatch):
+    """Sanity for the seeded-bug tests below: the real kernels agree with NumPy, and give the
+    same bits whether threads run forwards or in reverse between barriers (no races)."""
+    x, w, b = conv_case()
+    expected = run_conv(NumpyBackend(), x, w, b)
+    be = cupy_backend.create_emu()
+    forward = run_conv(be, x, w, b)
+    monkeypatch.setitem(runtime.options, "reverse", True)
+    backward = run_conv(be, x, w, b)
+    for name, e, f, r in zip(("y", "dx", "dw", "db"), expected, forward, backward):
+        np.testing.assert_allclose(f, e, rtol=1e-4, atol=1e-4, err_msg=name)
+        assert np.array_equal(f, r), f"{name} depends on the order threads run in"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
+def test_a_removed_syncthreads_is_caught(tmp_path, monkeypatch, reverse):
+    """Without the barrier after the tile loads, threads read shared memory that others have not
+    written yet (NaN fill) or already overwrote: the result is wrong, visibly."""
+    folder = seeded_copy(tmp_path, "conv2d.cu", "        __syncthreads();\n        for (int kk", "        for (int kk")
+    monkeypatch.setitem(runtime.options, "reverse", reverse)
+    x, w, b = conv_case()
+    expected = run_conv(NumpyBackend(), x, w, b)[0]
+    got = run_conv(cupy_backend.create_emu(kernel_dir=folder), x, w, b)[0]
+    assert not np.allclose(got, expected, rtol=1e-3, atol=1e-3, equal_nan=False), (
+        "a conv forward without its first __syncthreads still matched NumPy")
+
+
+def test_a_barrier_not_reached_by_every_thread_is_an_error(tmp_path):
+    folder = seeded_copy(tmp_path, "conv2d.cu", "    const int k = blockIdx.x, t = threadIdx.x;\n",
+                         "    const int k = blockIdx.x, t = threadIdx.x;\n    if (t == 7) return;\n")
+    be = cupy_backend.create_emu(kernel_dir=folder)
+    x, w, b = conv_case()
+    with pytest.raises(RuntimeError, match=r"conv2d_bias_grad_float: __syncthreads\(\) not reached"
+                                           r" by every thread of block \(0, 0, 0\): 1 of 256"):
+        run_conv(be, x, w, b)
+
+
+def test_a_wrong_scalar_type_is_caught(tmp_path):
+    """The kernel takes `long long splits`, the backend passes numpy.int32: on a GPU the kernel
+    would read 4 bytes of garbage; the emulator compares with the types g++ saw."""
+    folder = seeded_copy(tmp_path, "conv2d.cu", "long long count,\n                                               int splits)",
+                         "long long count,\n                                               long long splits)")
+    be = cupy_backend.create_emu(kernel_dir=folder)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 10, 10)).astype(np.float32)  # N*P*Q = 400: several splits
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w), padding=1)
+    with pytest.raises(TypeError, match=r"conv2d_reduce_float: argument 3 \(int64\) got int32"):
+        be.conv2d_backward(be.asarray(np.ones(y.shape, np.float32)), ctx)
+
+
+def test_python_scalars_are_refused_where_cupy_would_pass_the_wrong_width():
+    module = standin.RawModule(code=cupy_backend.kernel_source("conv2d.cu"))
+    reduce = module.get_function("conv2d_reduce_float")
+    partial, out = standin.zeros((2, 3), np.float32), standin.empty((3,), np.float32)
+    with pytest.raises(TypeError, match=r"argument 3 \(int32\) got int 2, which CuPy passes as int64"):
+        reduce((1,), (32,), (partial, out, np.int64(3), 2))
+    with pytest.raises(TypeError, match=r"takes 4 arguments"):
+        reduce((1,), (32,), (partial, out, np.int64(3)))
+    reduce((1,), (32,), (partial, out, np.int64(3), np.int32(2)))
+    assert np.array_equal(standin.asnumpy(out), np.zeros(3, np.float32))
+
+
+def test_non_contiguous_and_host_arrays_are_refused():
+    module = standin.RawModule(code=cupy_backend.kernel_source("pool2d.cu"))
+    avgpool = module.get_function("avgpool2d_fwd_float")
+    x = standin.asarray(np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8))
+    y = standin.empty((2, 3, 4, 4), np.float32)
+    shape = np.array([(2, 3, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0)], dtype=cupy_backend.POOL_SHAPE)
+    with pytest.raises(ValueError, match=r"argument 0 \(const float32\*\) is not C-contiguous"):
+        avgpool((1,), (64,), (x[:, :, ::2, ::2], y, shape))
+    with pytest.raises(TypeError, match=r"argument 0 \(const float32\*\) must be a device array"):
+        avgpool((1,), (64,), (standin.asnumpy(x), y, shape))
+    with pytest.raises(TypeError, match=r"must hold float32, got float64"):
+        avgpool((1,), (64,), (x.astype(np.float64), y, shape))
+    conv_shape = np.zeros(1, dtype=cupy_backend.CONV_SHAPE)
+    with pytest.raises(TypeError, match=r"48-byte struct passed by value"):
+        avgpool((1,), (64,), (x[:, :, :4, :4].copy(), y, conv_shape))
+
+
+def test_the_backend_launcher_refuses_a_non_contiguous_array():
+    be = cupy_backend.create_emu()
+    x = be.xp.zeros((1, 1, 4, 8), np.float32)[..., ::2]
+    with pytest.raises(ValueError, match=r"avgpool2d_fwd_float: argument 'x' .* must be C-contiguous"):
+        be._avgpool2d_forward(x, pc.geometry.pool_geometry(x.shape, 2))
+
+
+def test_device_and_host_arrays_do_not_mix():
+    a = standin.zeros((3,), np.float32)
+    with pytest.raises(TypeError, match=r"mixes a device array with a host numpy.ndarray"):
+        a + np.ones(3, np.float32)
+    assert isinstance(a + np.float32(1), standin.ndarray)
+    assert np.isnan(standin.empty((4,), np.float32)).all()
+
+
+def test_static_shared_memory_is_rejected_with_a_clear_message():
+    source = ('extern "C" __global__ void k(float* y) {\n'
+              '    __shared__ float tile[32];\n    tile[threadIdx.x] = 1.0f;\n}\n')
+    with pytest.raises(build.CompileError, match=r"emulates only dynamic shared memory"):
+        runtime.load(source)
+
+
+# ---- a full training step ----------------------------------------------------------------------
+
+def _train(backend, dtype, steps=2):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 12, 12)).astype(dtype)
+    y = rng.integers(0, 3, 8)
+    model = pc.Sequential(
+        pc.Conv2d(3, 6, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+        pc.Conv2d(6, 8, kernel_size=3, stride=2, padding="valid"), pc.ReLU(),
+        pc.AvgPool2d(2), pc.Flatten(), pc.Linear(8, 3), backend=backend, seed=0, dtype=dtype)
+    opt = pc.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    be = model.backend
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = model(x)
+        loss, dlogits = pc.losses.cross_entropy(be, logits, y)
+        model.backward(dlogits)
+        opt.step()
+        losses.append(loss)
+    return losses, [be.to_numpy(p.data) for p in model.parameters()], model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_training_steps_on_cupy_emu_match_numpy(dtype):
+    ref_losses, ref_params, _ = _train("numpy", dtype)
+    losses, params, model = _train("cupy-emu", dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(losses, ref_losses, rtol=tol)
+    for i, (p, r) in enumerate(zip(params, ref_params)):
+        np.testing.assert_allclose(p, r, rtol=tol, atol=tol, err_msg=f"parameter {i} after 2 steps")
+    # the parameters and gradients stayed on the "device" the whole time
+    for p in model.parameters():
+        assert isinstance(p.data, standin.ndarray) and isinstance(p.grad, standin.ndarray), p.name
+
+
+def test_training_on_cupy_emu_is_bit_identical_between_runs():
+    first = _train("cupy-emu", np.float32)
+    second = _train("cupy-emu", np.float32)
+    assert first[0] == second[0]
+    for p, q in zip(first[1], second[1]):
+        assert np.array_equal(p, q)
