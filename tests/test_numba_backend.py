@@ -1,0 +1,223 @@
+"""The numba backend's own promises: bit-identical results for any thread count and run to run,
+the ``threads=`` option, the user cache folder, and ``NUMBA_DISABLE_JIT=1``.
+
+Op-by-op parity with the reference lives in the shared op tests (tests/test_ops_*.py), which run
+on every registered backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from polycnn.backends.numba_backend import NumbaBackend  # noqa: E402
+from polycnn.backends.numpy_backend import NumpyBackend  # noqa: E402
+
+# A training-step's worth of ops on shapes that reach the hard paths: several weight-gradient
+# chunks (N > 16), pixel tiles with a remainder, stride 2 (four backward phases), asymmetric
+# 'same' padding, max-pool ties and average pooling. Prints one digest per output.
+_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    import numpy as np
+    from polycnn.backends.numba_backend import NumbaBackend
+
+    be = NumbaBackend(**json.loads(sys.argv[1]))
+    rng = np.random.default_rng(7)
+    out = {}
+    for dt in (np.float32, np.float64):
+        x = rng.standard_normal((19, 5, 13, 11)).astype(dt)
+        for name, w_shape, kw in [
+            ("s1", (7, 5, 3, 3), dict(stride=1, padding=1)),
+            ("s2", (6, 5, 3, 3), dict(stride=2, padding=1)),
+            ("same", (4, 5, 4, 2), dict(padding="same", dilation=(1, 2))),
+        ]:
+            w = rng.standard_normal(w_shape).astype(dt)
+            b = rng.standard_normal(w_shape[0]).astype(dt)
+            y, ctx = be.conv2d_forward(x, w, b, **kw)
+            dy = rng.standard_normal(y.shape).astype(dt)
+            for part, arr in zip(("y", "dx", "dw", "db"), (y,) + be.conv2d_backward(dy, ctx)):
+                out[f"{dt.__name__}/{name}/{part}"] = hashlib.sha256(arr.tobytes()).hexdigest()
+        xr = np.round(x * 2) / 2  # ties in the pooling windows
+        for op in ("maxpool2d", "avgpool2d"):
+            y, ctx = getattr(be, op + "_forward")(xr, 3, 2, 1)
+            dx = getattr(be, op + "_backward")(np.ones_like(y), ctx)
+            out[f"{dt.__name__}/{op}"] = hashlib.sha256(y.tobytes() + dx.tobytes()).hexdigest()
+    print(json.dumps(out))
+    """
+)
+
+
+def _run(env_extra: dict, options: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update(env_extra)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps(options or {})],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"numba determinism script failed with {env_extra}:\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in a if a[k] != b.get(k))
+
+
+def test_bit_identical_across_thread_counts_and_runs():
+    one = _run({"NUMBA_NUM_THREADS": "1"})
+    two = _run({"NUMBA_NUM_THREADS": "2"})
+    again = _run({"NUMBA_NUM_THREADS": "2"})
+    assert len(one) == 2 * (3 * 4 + 2)
+    assert not _differences(one, two), f"outputs differ between 1 and 2 threads: {_differences(one, two)}"
+    assert not _differences(two, again), f"outputs differ run to run: {_differences(two, again)}"
+
+
+def test_threads_option_gives_identical_bytes():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("NUMBA_NUM_THREADS is 1 here: nothing to compare")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((18, 3, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        be = NumbaBackend(threads=threads)
+        y, ctx = be.conv2d_forward(x, w, None, stride=2, padding=1)
+        dx, dw, db = be.conv2d_backward(np.ones_like(y), ctx)
+        assert db is None
+        results.append((y.tobytes(), dx.tobytes(), dw.tobytes()))
+    for part, a, b in zip(("y", "dx", "dw"), *results):
+        assert a == b, f"conv2d {part} differs between threads=1 and threads=2"
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (10**6, ValueError), ("2", TypeError),
+                                        (True, TypeError), (1.5, TypeError)])
+def test_threads_option_is_validated(bad, error):
+    with pytest.raises(error, match="threads"):
+        NumbaBackend(threads=bad)
+
+
+def test_info_names_version_threads_and_layer():
+    info = NumbaBackend(threads=1).info()
+    assert info["version"] == f"numba {numba.__version__}"
+    assert info["threads"] == 1
+    assert isinstance(info["threading_layer"], str) and info["threading_layer"]
+    assert info["device"] == "cpu"
+
+
+_CACHE_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import numpy as np
+    from polycnn.backends import numba_backend
+    be = numba_backend.NumbaBackend()
+    be.relu_forward(np.ones(3, np.float32))  # compiles one small kernel, which writes its cache
+    kernel = numba_backend._load_kernels()._relu_fwd
+    print(json.dumps({"locator": kernel._cache._cache_path, "reported": numba_backend.cache_dir()}))
+    """
+)
+
+
+def _cache_probe(tmp_path, env_extra):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_cache_in_the_user_cache_folder(tmp_path):
+    out = _cache_probe(tmp_path, {"XDG_CACHE_HOME": str(tmp_path)})
+    folder = tmp_path / "polycnn" / "numba"
+    assert out["locator"].startswith(str(folder)), out
+    assert out["reported"] == str(folder)
+    written = [p.name for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert any(name.startswith("_numba_kernels._relu_fwd") for name in written), written
+
+
+def test_user_set_numba_cache_dir_wins(tmp_path):
+    mine = tmp_path / "mine"
+    out = _cache_probe(tmp_path, {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "NUMBA_CACHE_DIR": str(mine)})
+    assert out["locator"].startswith(str(mine)), out
+    assert not (tmp_path / "xdg" / "polycnn").exists()
+
+
+_NOJIT_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    from polycnn.backends.numba_backend import NumbaBackend
+    from polycnn.backends.numpy_backend import NumpyBackend
+    nb, ref = NumbaBackend(), NumpyBackend()
+    assert nb.info()["jit"] is False
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 6))
+    w = rng.standard_normal((3, 2, 3, 2))
+    b = rng.standard_normal(3)
+    for kw in (dict(stride=1, padding="same"), dict(stride=2, padding=1, dilation=(1, 2))):
+        (y1, c1), (y2, c2) = nb.conv2d_forward(x, w, b, **kw), ref.conv2d_forward(x, w, b, **kw)
+        dy = rng.standard_normal(y1.shape)
+        for a, e in zip((y1,) + nb.conv2d_backward(dy, c1), (y2,) + ref.conv2d_backward(dy, c2)):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    for op in ("maxpool2d", "avgpool2d"):
+        (y1, c1), (y2, c2) = [getattr(be, op + "_forward")(x, 2, 1, 1) for be in (nb, ref)]
+        np.testing.assert_array_equal(y1, y2)
+        # NOTE: overlapping windows add up in another order than NumPy's, so allclose
+        np.testing.assert_allclose(getattr(nb, op + "_backward")(y1, c1),
+                                   getattr(ref, op + "_backward")(y2, c2), rtol=1e-14)
+    print("ok")
+    """
+)
+
+
+def test_runs_with_the_jit_disabled():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-c", _NOJIT_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_glue_matches_the_base_defaults():
+    nb, ref = NumbaBackend(), NumpyBackend()
+    for dt in (np.float32, np.float64):
+        x = np.array([-1.5, 0.0, -0.0, 2.0, np.nan, np.inf, -np.inf, 3e-39], dtype=dt)
+        dy = np.array([1.0, 2.0, 3.0, -4.0, 5.0, np.nan, np.inf, 1.0], dtype=dt)
+        (y1, c1), (y2, c2) = nb.relu_forward(x), ref.relu_forward(x)
+        assert y1.tobytes() == y2.tobytes(), f"relu forward {dt.__name__}: {y1} vs {y2}"
+        with np.errstate(invalid="ignore"):
+            expected = ref.relu_backward(dy, c2)
+        assert nb.relu_backward(dy, c1).tobytes() == expected.tobytes(), f"relu backward {dt.__name__}"
+
+        rng = np.random.default_rng(1)
+        logits = (rng.standard_normal((6, 4)) * 3).astype(dt)
+        labels = rng.integers(0, 4, 6)
+        for smoothing in (0.0, 0.2):
+            loss1, d1 = nb.cross_entropy(logits, labels, smoothing)
+            loss2, d2 = ref.cross_entropy(logits, labels, smoothing)
+            tol = 1e-12 if dt == np.float64 else 1e-6
+            assert isinstance(loss1, float) and d1.dtype == dt
+            assert abs(loss1 - loss2) <= tol * max(1.0, abs(loss2)), (dt, smoothing, loss1, loss2)
+            np.testing.assert_allclose(d1, d2, rtol=tol, atol=tol)
+
+
+def test_cross_entropy_rejects_labels_out_of_range():
+    nb = NumbaBackend()
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        nb.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 3]))
+    with pytest.raises(ValueError, match="labels must be 2 integer classes"):
+        nb.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 1, 2]))
+
+
+def test_digest_helper_sees_a_change():
+    # guards the determinism test itself: a one-ulp change must change the digest
+    a = np.ones(4, np.float32)
+    b = a.copy()
+    b[2] = np.nextafter(b[2], np.float32(2))
+    assert hashlib.sha256(a.tobytes()).hexdigest() != hashlib.sha256(b.tobytes()).hexdigest()
