@@ -1,0 +1,98 @@
+"""The ``cupy`` backend on a real GPU (``pytest -m gpu``; skipped with the reason elsewhere):
+larger shapes than the op tests (many blocks, split weight passes), bit-identical repeats, a
+full training step against NumPy, and device-resident arrays. The op-level parity runs on the
+GPU too: conftest.py marks the ``cupy`` parametrization of every op test ``gpu``.
+
+Without a GPU, ``cupy`` must say why it is unavailable and how to fix it (not marked ``gpu``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import polycnn as pc
+from polycnn.backends.numpy_backend import NumpyBackend
+
+
+def test_cupy_says_why_it_is_unavailable():
+    status = pc.available_backends()["cupy"]
+    if status is True:
+        pytest.skip("cupy is available here")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert "pip install 'polycnn[cuda12]'" in status and "'polycnn[cuda13]'" in status, status
+    else:
+        assert "CUDA" in status, status
+
+
+@pytest.fixture
+def gpu():
+    return pc.get_backend("cupy")
+
+
+# N, C, H, W, K, R, S, params: shapes of perf-baseline.md scaled down, and odd ones
+CONV_CASES = [
+    ((16, 32, 32, 32), (64, 32, 3, 3), {"padding": 1}),
+    ((8, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}),
+    ((16, 3, 64, 64), (16, 3, 5, 5), {"padding": 2}),
+    ((16, 32, 32, 32), (64, 32, 3, 3), {"padding": 1, "stride": 2}),
+    ((5, 7, 19, 23), (70, 7, 4, 3), {"padding": "same", "dilation": (2, 1)}),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-" + str(c[1][0]))
+def test_large_conv_matches_numpy_and_repeats_bit_for_bit(gpu, case, dtype):
+    x_shape, w_shape, params = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    ref = NumpyBackend()
+    yr, ctxr = ref.conv2d_forward(x, w, b, **params)
+    dy = rng.standard_normal(yr.shape).astype(dtype)
+    expected = (yr, *ref.conv2d_backward(dy, ctxr))
+    runs = []
+    for _ in range(2):
+        y, ctx = gpu.conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b), **params)
+        runs.append([gpu.to_numpy(a) for a in (y, *gpu.conv2d_backward(gpu.asarray(dy), ctx))])
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    for name, got, again, want in zip(("y", "dx", "dw", "db"), runs[0], runs[1], expected):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
+                                   err_msg=f"conv2d {name}, cupy, {x_shape} {w_shape} {params}")
+        assert np.array_equal(got, again), f"conv2d {name} differs between two runs on the GPU"
+
+
+@pytest.mark.gpu
+def test_training_steps_on_the_gpu_match_numpy_and_stay_on_the_device(gpu):
+    import cupy
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+
+    def train(backend):
+        model = pc.Sequential(
+            pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+            pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+            pc.Flatten(), pc.Linear(32 * 8 * 8, 3), backend=backend, seed=0)
+        opt = pc.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss, dlogits = pc.losses.cross_entropy(model.backend, model(x), y)
+            model.backward(dlogits)
+            opt.step()
+            losses.append(loss)
+        return losses, model
+
+    ref_losses, ref_model = train("numpy")
+    losses, model = train(gpu)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for p, r in zip(model.parameters(), ref_model.parameters()):
+        assert isinstance(p.data, cupy.ndarray) and isinstance(p.grad, cupy.ndarray), p.name
+        np.testing.assert_allclose(gpu.to_numpy(p.data), r.data, rtol=1e-3, atol=1e-4,
+                                   err_msg=p.name)
