@@ -308,6 +308,7 @@ class BackendEngine:
     def __init__(self, backend):
         self.backend = backend
         self.name = backend.name
+        self.is_device = bool(getattr(backend, "is_device", False))
 
     def sync(self):
         self.backend.synchronize()
@@ -344,6 +345,7 @@ class TorchEngine:
     forward+backward asks autograd for the gradients of the input and the weight only."""
 
     is_torch = True
+    is_device = False
     name = "torch"
 
     def __init__(self, torch_module, threads: int):
@@ -417,7 +419,9 @@ def measure_ops(engines: list, layers: list, config: BenchConfig, peak_gflops: f
                     "layer": layer.name, "op": layer.kind, "shape": layer.describe(),
                     "pass": pass_, "engine": e.name, "ms": seconds * 1e3,
                     "gflops": gflops,
-                    "peak_fraction": gflops / peak_gflops if gflops and peak_gflops else None,
+                    # NOTE: the peak is the host CPU's: no fraction for a device backend
+                    "peak_fraction": (gflops / peak_gflops if gflops and peak_gflops
+                                      and not e.is_device else None),
                     "time_vs_torch": seconds / torch_s if torch_s else None,
                     "rounds": config.rounds, "calls_per_round": calls,
                 })
