@@ -92,3 +92,14 @@ def test_conv2d_non_contiguous_input(backend, dtype):
     y, _ = backend.conv2d_forward(backend.asarray(x_t), backend.asarray(w), None, padding=1)
     assert_matches(backend.to_numpy(y), reference.conv2d_forward(x_t, w, None, padding=1), dtype,
                    f"conv2d forward, non-contiguous x, backend={backend.name}, dtype={dtype}")
+
+
+@pytest.mark.parametrize("cap", [1, 3000])
+def test_numpy_conv2d_batch_chunks(dtype, cap):
+    """The NumPy backend splits a batch to bound its column buffer: one sample at a time
+    (cap 1) or a few, the result is the same."""
+    from polycnn.backends.numpy_backend import NumpyBackend
+
+    case = Case("conv2d", (5, 2, 6, 5), {"stride": (1, 2), "padding": 1}, w_shape=(3, 2, 3, 3),
+                has_bias=True, seed=8, name="chunked")
+    check_case(NumpyBackend(column_buffer_bytes=cap), case, dtype)

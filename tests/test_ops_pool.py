@@ -23,6 +23,7 @@ POOL_GEOMETRIES = [
     ("global", (2, 3, 4, 5), (4, 5), None, 0),
     ("kernel-eq-padded-input", (1, 2, 2, 3), (4, 5), 1, (1, 1)),
     ("kernel-1", (1, 2, 3, 4), 1, 2, 0),
+    ("kernel-over-256-entries", (1, 2, 18, 17), 17, 1, 0),
 ]
 
 
@@ -98,6 +99,19 @@ def test_maxpool_padding_never_wins_over_real_values(backend, dtype):
     expected = np.zeros((3, 3))
     expected[0, 0] = expected[0, 1] = expected[1, 0] = expected[2, 2] = 1.0
     np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_maxpool_minus_inf_ties_with_padding(backend, dtype):
+    """A window whose real entries are all -inf ties with its -inf padding: the first entry in
+    row-major order (here a padded one) is the argmax, so that window's gradient is dropped."""
+    x = np.full((1, 1, 2, 2), -np.inf, dtype)
+    x[0, 0, 1, 1] = 3.0
+    dy = np.ones((1, 1, 3, 3))
+    y, dx = _maxpool(backend, x, dy.astype(dtype), kernel_size=2, stride=1, padding=1)
+    assert dx[0, 0, 1, 1] == 4.0 and dx[0, 0, 0, 0] == 0.0
+    np.testing.assert_array_equal(y, reference.maxpool2d_forward(x, 2, 1, 1))
+    np.testing.assert_array_equal(dx, reference.maxpool2d_backward(dy, x, 2, 1, 1),
+                                  err_msg=f"maxpool2d backward, backend={backend.name}")
 
 
 def test_maxpool_nan_is_the_max(backend, dtype):
