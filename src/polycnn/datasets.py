@@ -40,6 +40,7 @@ def _render(rng: np.random.Generator, n: int, size: int, channels: int):
     half_side = r * np.sqrt(np.pi) / 2.0                         # square of area pi r^2
     circum = r * np.sqrt(4.0 * np.pi / (3.0 * np.sqrt(3.0)))     # triangle of area pi r^2
     reach = np.select([labels == 0, labels == 1], [circum, half_side * np.sqrt(2.0)], r) + 1.0
+    reach = np.minimum(reach, size / 2.0)   # NOTE: at the smallest sizes a corner may touch the border
     cx = rng.uniform(reach, size - reach)
     cy = rng.uniform(reach, size - reach)
     colour = rng.uniform(0.35, 1.0, size=(n, channels))
