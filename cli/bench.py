@@ -91,6 +91,13 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _num(value) -> str:
+    """Three significant digits or so, at any scale (GFLOP/s run from 0.01 to thousands)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
@@ -127,7 +134,7 @@ def render(result: dict) -> str:
             row = ["", "", ""] if key == last else [r["layer"], r["pass"], r["shape"]]
             last = key
             percent = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
-            row += [r["engine"], _ms(r["ms"]), _fmt(r["gflops"], ".0f"), _fmt(percent, ".0f")]
+            row += [r["engine"], _ms(r["ms"]), _num(r["gflops"]), _num(percent)]
             row += [_fmt(r["time_vs_torch"], ".2f")] if has_torch else []
             rows.append(row)
         out += ["", "conv and max pool, float32" + (" (time/torch < 1: faster than PyTorch)"
