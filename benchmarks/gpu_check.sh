@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# GPU check for the `cupy` backend, for a machine with an NVIDIA GPU and NO network:
+#   1. the GPU tests (`pytest -m gpu`: every op test on real CuPy, large convs, training steps);
+#   2. a benchmark of the cupy backend against PyTorch + cuDNN on the same GPU: conv forward and
+#      forward+backward on the layers (a)-(e) of notes/perf-baseline.md, and training images/s
+#      of the shapes CNN (3x64x64, batch 128);
+#   3. `polycnn bench --backends cupy --quick` (the CPU-side benchmark, for the record).
+# Needs: Python >= 3.10 with numpy, cupy (cupy-cuda12x or -13x), torch with CUDA, pytest, click,
+# numba. Installs nothing: polycnn runs from this checkout through PYTHONPATH (a folder of links
+# that mirrors the installed layout, polycnn.kernels and polycnn.cli included).
+# Usage: bash benchmarks/gpu_check.sh        (about 5 minutes; every step has its own timeout)
+# Environment: PYTHON (default python3), PYTEST_TIMEOUT (240 s), BENCH_TIMEOUT (180 s),
+#              POLYCNN_BENCH_TIMEOUT (90 s; 0 skips step 3).
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 2
+PY="${PYTHON:-python3}"
+PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-240}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}"
+POLYCNN_BENCH_TIMEOUT="${POLYCNN_BENCH_TIMEOUT:-90}"
+status=0
+section() { printf '\n==== %s ==== (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+section "environment"
+uname -a
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+"$PY" --version
+"$PY" -m pip list 2>/dev/null | grep -i -E '^(cupy|torch|numba|numpy|pytest|click|nvidia-cuda-nvrtc|cuda-bindings) ' || true
+git log -1 --oneline 2>/dev/null || true
+
+SHIM="$(mktemp -d)"
+trap 'rm -rf "$SHIM"' EXIT
+mkdir -p "$SHIM/polycnn"
+for entry in "$ROOT"/src/polycnn/*; do ln -s "$entry" "$SHIM/polycnn/"; done
+ln -s "$ROOT/kernels" "$SHIM/polycnn/kernels"
+ln -s "$ROOT/cli" "$SHIM/polycnn/cli"
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+"$PY" - <<'PY' || status=1
+import polycnn as pc
+print("polycnn from", pc.__file__)
+for name, state in pc.available_backends().items():
+    print(f"  {name:9} {'available: ' + str(pc.get_backend(name).info()) if state is True else 'unavailable: ' + state}")
+PY
+
+section "1. pytest -m gpu (timeout ${PYTEST_TIMEOUT}s)"
+timeout "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu -q -ra -p no:cacheprovider \
+    --continue-on-collection-errors tests 2>&1 | tail -n 60
+rc=${PIPESTATUS[0]}
+echo "pytest exit status: $rc"
+[ "$rc" -eq 0 ] || status=1
+
+section "2. cupy vs PyTorch + cuDNN on the GPU (timeout ${BENCH_TIMEOUT}s)"
+timeout "$BENCH_TIMEOUT" "$PY" - <<'PY'
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import polycnn as pc
+
+be = pc.get_backend("cupy")
+import cupy  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+print("cupy backend:", be.info())
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()},"
+      f" device {torch.cuda.get_device_name(0)}")
+torch.backends.cudnn.benchmark = True
+dev = torch.device("cuda")
+
+# name: x shape, w shape, stride, padding (notes/perf-baseline.md)
+LAYERS = {
+    "a": ((64, 1, 28, 28), (6, 1, 3, 3), 1, 1),
+    "b": ((64, 32, 32, 32), (64, 32, 3, 3), 1, 1),
+    "c": ((32, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+    "d": ((64, 3, 64, 64), (16, 3, 5, 5), 1, 2),
+    "e": ((64, 32, 32, 32), (64, 32, 3, 3), 2, 1),
+}
+
+
+def timed(fn, sync, reps=20, rounds=5):
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
+def set_tf32(flag):
+    torch.backends.cudnn.allow_tf32 = flag
+    torch.backends.cuda.matmul.allow_tf32 = flag
+
+
+cupy_sync = be.synchronize
+torch_sync = torch.cuda.synchronize
+rows = []
+for name, (xs, ws, stride, pad) in LAYERS.items():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) * 0.1).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    y0, _ = pc.get_backend("numpy").conv2d_forward(x, w, b, stride=stride, padding=pad)
+    dy = rng.standard_normal(y0.shape).astype(np.float32)
+    flops = 2 * np.prod(y0.shape) * np.prod(ws[1:])
+    cx, cw, cb, cdy = (be.asarray(a) for a in (x, w, b, dy))
+
+    def c_fwd():
+        return be.conv2d_forward(cx, cw, cb, stride=stride, padding=pad)
+
+    def c_fwdbwd():
+        y, ctx = be.conv2d_forward(cx, cw, cb, stride=stride, padding=pad)
+        return be.conv2d_backward(cdy, ctx)
+
+    tx = torch.from_numpy(x).to(dev).requires_grad_(True)
+    tw = torch.from_numpy(w).to(dev).requires_grad_(True)
+    tb = torch.from_numpy(b).to(dev).requires_grad_(True)
+    tdy = torch.from_numpy(dy).to(dev)
+
+    def t_fwd():
+        with torch.no_grad():
+            return F.conv2d(tx, tw, tb, stride=stride, padding=pad)
+
+    def t_fwdbwd():
+        y = F.conv2d(tx, tw, tb, stride=stride, padding=pad)
+        return torch.autograd.grad(y, (tx, tw, tb), tdy)
+
+    # correctness on the very inputs timed
+    y, ctx = c_fwd()
+    err = float(np.abs(be.to_numpy(y) - t_fwd().cpu().numpy()).max())
+    r = {"layer": name, "gflop": flops / 1e9, "max_err_vs_torch": err,
+         "cupy_fwd": timed(c_fwd, cupy_sync), "cupy_fb": timed(c_fwdbwd, cupy_sync)}
+    for flag, tag in ((False, "fp32"), (True, "tf32")):
+        set_tf32(flag)
+        r[f"torch_{tag}_fwd"] = timed(t_fwd, torch_sync)
+        r[f"torch_{tag}_fb"] = timed(t_fwdbwd, torch_sync)
+    rows.append(r)
+
+print("\nconv2d, float32, ms per call (median of 5 rounds of 20); ratio = torch time / cupy time"
+      " (cupy's share of cuDNN's throughput; target >= 0.5 on b-e, fwd+bwd)")
+print(f"{'layer':5} {'GFLOP':>6} {'cupy fwd':>9} {'GFLOP/s':>8} {'cuDNN fp32':>10} {'ratio':>6} {'cuDNN tf32':>10}"
+      f" {'ratio':>6} | {'cupy f+b':>9} {'cuDNN fp32':>10} {'ratio':>6} {'cuDNN tf32':>10} {'ratio':>6} {'max err':>8}")
+for r in rows:
+    print(f"{r['layer']:5} {r['gflop']:6.2f} {r['cupy_fwd']*1e3:9.3f} {r['gflop']/r['cupy_fwd']:8.0f}"
+          f" {r['torch_fp32_fwd']*1e3:10.3f} {r['torch_fp32_fwd']/r['cupy_fwd']:6.2f}"
+          f" {r['torch_tf32_fwd']*1e3:10.3f} {r['torch_tf32_fwd']/r['cupy_fwd']:6.2f} |"
+          f" {r['cupy_fb']*1e3:9.3f} {r['torch_fp32_fb']*1e3:10.3f} {r['torch_fp32_fb']/r['cupy_fb']:6.2f}"
+          f" {r['torch_tf32_fb']*1e3:10.3f} {r['torch_tf32_fb']/r['cupy_fb']:6.2f} {r['max_err_vs_torch']:8.1e}")
+sys.stdout.flush()
+
+# ---- training throughput: the shapes CNN of perf-baseline.md at batch 128 ----
+BATCH, STEPS = 128, 20
+rng = np.random.default_rng(0)
+xh = rng.standard_normal((BATCH * STEPS, 3, 64, 64)).astype(np.float32)
+yh = rng.integers(0, 3, BATCH * STEPS)
+
+model = pc.Sequential(
+    pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+    pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+    pc.Dropout(0.5), pc.Flatten(), pc.Linear(32 * 16 * 16, 3), backend="cupy", seed=0)
+opt = pc.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def pc_epoch(steps=STEPS):
+    losses = []
+    for i in range(steps):
+        sl = slice(i * BATCH, (i + 1) * BATCH)
+        opt.zero_grad()
+        loss, dlogits = pc.losses.cross_entropy(be, model(xh[sl]), yh[sl])
+        model.backward(dlogits)
+        opt.step()
+        losses.append(loss)
+    be.synchronize()
+    return losses
+
+
+net = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    torch.nn.Dropout(0.5), torch.nn.Flatten(), torch.nn.Linear(32 * 16 * 16, 3)).to(dev)
+topt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+loss_fn = torch.nn.CrossEntropyLoss()
+
+
+def torch_epoch(steps=STEPS):
+    losses = []
+    for i in range(steps):
+        sl = slice(i * BATCH, (i + 1) * BATCH)
+        xb = torch.from_numpy(xh[sl]).to(dev)
+        yb = torch.from_numpy(yh[sl]).to(dev)
+        topt.zero_grad()
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        topt.step()
+        losses.append(loss.item())
+    torch.cuda.synchronize()
+    return losses
+
+
+def images_per_s(fn):
+    fn(min(3, STEPS))
+    best = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        best.append(BATCH * STEPS / (time.perf_counter() - t0))
+    return statistics.median(best)
+
+
+# where the time of one cupy training step goes (host-side wall clock, synchronised)
+def breakdown():
+    xb, yb = xh[:BATCH], yh[:BATCH]
+    parts = {}
+    for _ in range(3):
+        be.synchronize(); t0 = time.perf_counter()
+        logits = model(xb); be.synchronize(); t1 = time.perf_counter()
+        loss, dlogits = pc.losses.cross_entropy(be, logits, yb); be.synchronize(); t2 = time.perf_counter()
+        opt.zero_grad(); model.backward(dlogits); be.synchronize(); t3 = time.perf_counter()
+        opt.step(); be.synchronize(); t4 = time.perf_counter()
+        parts = {"forward": t1 - t0, "loss": t2 - t1, "backward": t3 - t2, "sgd": t4 - t3}
+    return {k: round(v * 1e3, 3) for k, v in parts.items()}
+
+
+cupy_ips = images_per_s(pc_epoch)
+print("\nshapes CNN training, batch 128, 3x64x64, SGD momentum 0.9, host batches copied each step")
+print(f"  cupy backend           {cupy_ips:10.0f} images/s   step breakdown (ms): {breakdown()}")
+for flag, tag in ((False, "fp32"), (True, "tf32 (PyTorch's default for cuDNN convs)")):
+    set_tf32(flag)
+    tips = images_per_s(torch_epoch)
+    print(f"  PyTorch + cuDNN {tag:6}  {tips:10.0f} images/s   cupy/torch = {cupy_ips / tips:.2f}"
+          " (target >= 0.7)")
+PY
+rc=$?
+echo "benchmark exit status: $rc"
+[ "$rc" -eq 0 ] || status=1
+
+if [ "$POLYCNN_BENCH_TIMEOUT" != "0" ]; then
+    section "3. polycnn bench --backends cupy --quick (timeout ${POLYCNN_BENCH_TIMEOUT}s)"
+    timeout "$POLYCNN_BENCH_TIMEOUT" "$PY" -c 'from polycnn.cli.main import main; main()' \
+        bench --backends cupy --quick --no-torch --no-startup
+    rc=$?
+    echo "polycnn bench exit status: $rc"
+fi
+
+section "done: overall status $status"
+exit "$status"
