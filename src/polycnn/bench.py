@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -155,6 +155,8 @@ class BenchConfig:
     #: numpy.matmul size for the machine's peak, and how many timed repeats (best counts)
     matmul_n: int = 4096
     matmul_repeats: int = 3
+    #: torch.set_num_threads for the comparison (default: the usable cores, which is what the
+    #: CPU backends use unless told otherwise)
     threads: int | None = None
 
     @classmethod
@@ -519,7 +521,8 @@ def _torch_trainer(torch, model: TrainModel, x, y):
 
 def measure_training(engines: list, config: BenchConfig, torch_module,
                      progress: Callable = lambda msg: None) -> tuple[list[dict], list[str]]:
-    """Images per second of one epoch over ``train_steps`` batches, per engine and model."""
+    """Images per second of one epoch over ``train_steps`` batches of random images, per engine
+    and model; a backend's epoch is :func:`polycnn.fit`, PyTorch's the same loop written out."""
     import polycnn as pc
 
     missing = _missing_model_api(pc)
@@ -530,7 +533,7 @@ def measure_training(engines: list, config: BenchConfig, torch_module,
         progress(f"training {model.name}: {model.describe}, batch {model.batch}")
         rng = np.random.default_rng(1)
         n = model.batch * config.train_steps
-        x = rng.standard_normal((n, *model.input_shape), dtype=np.float32)
+        x = rng.random((n, *model.input_shape), dtype=np.float32)  # pixels in [0, 1)
         y = rng.integers(0, model.classes, size=n).astype(np.int64)
         fns, syncs = {}, {}
         for e in engines:
@@ -543,7 +546,7 @@ def measure_training(engines: list, config: BenchConfig, torch_module,
                 notes.append(f"training {model.name} on {e.name} failed to build: {exc}")
                 continue
             syncs[e.name] = e.sync
-        # one untimed epoch and one timed one per round: min_round_s 0 means a single call
+        # two untimed epochs (compilation, warm caches), then one timed epoch per round
         timed = interleaved(fns, syncs, config.rounds, 0.0)
         torch_s = timed["torch"][0] if "torch" in timed else None
         for name, (seconds, _) in timed.items():
@@ -679,8 +682,8 @@ def _import_torch():
 
 
 def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
-    """Measure everything ``config`` asks for; returns the JSON-able result :func:`render`
-    prints."""
+    """Measure everything ``config`` asks for; returns the JSON-able dict that ``polycnn bench``
+    prints as tables (or as is, with ``--json``)."""
     layers = select_layers(config.layers)
     names, notes = select_backends(config.backends)
     if not names:
