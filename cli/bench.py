@@ -117,7 +117,7 @@ def render(result: dict) -> str:
         f" torch {env['torch'] or '-'}",
         f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
         f"each time: median of {config['rounds']} interleaved rounds"
-        + (f"; conv and pool batch sizes / {config['batch_divisor']} (--quick)"
+        + (f"; batch sizes / {config['batch_divisor']} (--quick)"
            if config["batch_divisor"] > 1 else ""),
     ]
     if peak:

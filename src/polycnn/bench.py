@@ -148,7 +148,7 @@ class BenchConfig:
     quick: bool = False
     #: each round times back-to-back calls for at least this long
     min_round_s: float = 0.05
-    #: conv/pool batch sizes are divided by this (``--quick`` uses 8)
+    #: conv, pool and training batch sizes are divided by this (``--quick`` uses 8)
     batch_divisor: int = 1
     #: training steps per round and per engine
     train_steps: int = 8
@@ -530,6 +530,8 @@ def measure_training(engines: list, config: BenchConfig, torch_module,
         return [], [f"training skipped: polycnn has no {', '.join(missing)} yet (the model stack)"]
     rows, notes = [], []
     for model in TRAIN_MODELS.values():
+        if config.batch_divisor > 1:
+            model = dataclasses.replace(model, batch=max(1, model.batch // config.batch_divisor))
         progress(f"training {model.name}: {model.describe}, batch {model.batch}")
         rng = np.random.default_rng(1)
         n = model.batch * config.train_steps
