@@ -725,7 +725,7 @@ class Sequential(Layer):
             try:
                 shape = layer.output_shape(shape)
             except ValueError as exc:
-                raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+                raise _at_layer(i, layer, exc) from None
         return shape
 
     def flops(self, in_shape):
@@ -741,7 +741,7 @@ class Sequential(Layer):
                 flops = layer.flops(shape)
                 out = layer.output_shape(shape)
             except ValueError as exc:
-                raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+                raise _at_layer(i, layer, exc) from None
             rows.append({"layer": repr(layer), "output_shape": out,
                          "params": sum(p.size for p in layer.parameters()), "flops": int(flops)})
             shape = out
@@ -769,6 +769,11 @@ class Sequential(Layer):
     def __repr__(self):
         inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential(backend={self.backend.name!r}, dtype={self.dtype.name}){inner}\n"
+
+
+def _at_layer(i: int, layer: Layer, exc: Exception) -> ValueError:
+    text = str(exc)
+    return ValueError(f"layer {i} {text}" if text.startswith(repr(layer)) else f"layer {i} ({layer!r}): {text}")
 
 
 def _check_channels_chain(layers) -> None:
