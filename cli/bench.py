@@ -10,11 +10,13 @@ from polycnn import bench as B
 from ._common import echo_json, format_table, json_option
 
 
-def _names(value):
+def _names(value, option: str):
     if value is None:
         return None
     names = [v.strip() for v in value.split(",") if v.strip()]
-    return names or None
+    if not names:
+        raise ValueError(f"{option}: expected comma-separated names, got {value!r}")
+    return names
 
 
 def _progress(message: str) -> None:
@@ -46,7 +48,7 @@ def _progress(message: str) -> None:
 def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick, fast_blas, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
-    backend_names, layer_names = _names(backends), _names(layers)
+    backend_names, layer_names = _names(backends, "--backends"), _names(layers, "--layers")
     # fail on bad names here, before any measuring (or a child process)
     B.select_layers(layer_names)
     B.select_backends(backend_names)

@@ -98,6 +98,7 @@ def test_missing_torch_is_a_note_not_an_error(monkeypatch):
 @pytest.mark.parametrize("args, words", [
     (["--backends", "numpy,nosuch"], ["--backends", "'nosuch'", "known backends", "numpy"]),
     (["--layers", "a,zz"], ["--layers", "'zz'", "known layers", "pool"]),
+    (["--layers", " , "], ["--layers", "comma-separated"]),
 ])
 def test_bad_names_are_one_line_errors(args, words):
     result = _invoke("bench", *args)
