@@ -16,8 +16,9 @@
 // bit-identical from run to run.
 //
 // Launch shape of the GEMM kernels: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
-// GEMM_SMEM_ELEMS * sizeof(T), grid = (ceil(cols / TILE_N), ceil(rows / TILE_M), splits).
-// Sizes that index (rows, cols, reduction) fit in int (the host checks); flat offsets are 64-bit.
+// GEMM_SMEM_BYTES(sizeof(T)), grid = (ceil(cols / TILE_N), ceil(rows / TILE_M), splits).
+// Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
+// flat offsets are 64-bit.
 
 struct ConvShape {
     int N, C, H, W, K, R, S, P, Q;
@@ -28,19 +29,29 @@ struct ConvShape {
 #define TILE_M 64
 #define TILE_N 64
 #define TILE_K 16
+#define A_STRIDE (TILE_M + 4)  // NOTE: padded so that the column-wise stores into As spread over banks
 #define GEMM_THREADS 256
-#define GEMM_SMEM_ELEMS (TILE_K * TILE_M + TILE_K * TILE_N)
+#define GEMM_SMEM_BYTES(elem) (2 * TILE_K * 16 + TILE_K * (A_STRIDE + TILE_N) * (elem))
+
+// What the B operand needs to know about one reduction index; computed once per tile, by
+// TILE_K threads, into a table in shared memory (integer division is slow on a GPU).
+struct RowInfo { int a, b, c, d; };
+
+template <typename T> struct __align__(16) Vec4 { T v[4]; };
 
 // C[m0.., n0..] = sum over kk in [k_begin, k_end) of a(m, kk) * b(kk, n), then out(m, n, value).
-// Each thread owns a 4×4 register tile: rows ty + 16*i, columns tx + 16*j.
-// NOTE: every thread of the block reaches both __syncthreads on every iteration: the loop bounds
-// depend only on blockIdx and the shape.
+// Each thread owns a 4×4 register tile: rows 4*ty + i, columns 4*tx + j, read from shared memory
+// as vectors. The table of B's reduction rows is double-buffered: the next tile's entries are
+// written while the current tile's are read, so it needs no barrier of its own.
+// NOTE: every thread of the block reaches every __syncthreads: the loop bounds depend only on
+// blockIdx and the shape.
 template <typename T, class A, class B, class Out>
 __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int cols,
                           int k_begin, int k_end) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* As = reinterpret_cast<T*>(smem_raw);  // [TILE_K][TILE_M]
-    T* Bs = As + TILE_K * TILE_M;            // [TILE_K][TILE_N]
+    RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
+    T* As = reinterpret_cast<T*>(smem_raw + 2 * TILE_K * sizeof(RowInfo));  // [TILE_K][A_STRIDE]
+    T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][TILE_N]
 
     const int t = threadIdx.x;
     const int tx = t % 16, ty = t / 16;
@@ -55,34 +66,37 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
 
+    if (t < TILE_K) table[t] = b.row(k_begin + t);
+    __syncthreads();
+    int buf = 0;
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         const int ka = k0 + a_kk;
         const typename A::Red ared = a.reduction(ka, ka < k_end);
         for (int i = 0; i < TILE_M * TILE_K / GEMM_THREADS; ++i) {
             const int mm = t / TILE_K + i * (GEMM_THREADS / TILE_K);
             const int m = m0 + mm;
-            As[a_kk * TILE_M + mm] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
+            As[a_kk * A_STRIDE + mm] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
         }
         for (int i = 0; i < TILE_N * TILE_K / GEMM_THREADS; ++i) {
             const int kk = t / TILE_N + i * (GEMM_THREADS / TILE_N);
-            const int kb = k0 + kk;
-            Bs[kk * TILE_N + b_nn] = (kb < k_end) ? b(kb, bcol) : T(0);
+            Bs[kk * TILE_N + b_nn] = (k0 + kk < k_end) ? b(table[buf * TILE_K + kk], bcol) : T(0);
         }
+        if (t < TILE_K && k0 + TILE_K < k_end) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
         __syncthreads();
         for (int kk = 0; kk < TILE_K; ++kk) {
-            T av[4], bv[4];
-            for (int i = 0; i < 4; ++i) av[i] = As[kk * TILE_M + ty + 16 * i];
-            for (int j = 0; j < 4; ++j) bv[j] = Bs[kk * TILE_N + tx + 16 * j];
+            const Vec4<T> av = *reinterpret_cast<const Vec4<T>*>(&As[kk * A_STRIDE + 4 * ty]);
+            const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * TILE_N + 4 * tx]);
             for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+                for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
         }
         __syncthreads();
+        buf ^= 1;
     }
     for (int i = 0; i < 4; ++i) {
-        const int m = m0 + ty + 16 * i;
+        const int m = m0 + 4 * ty + i;
         if (m >= rows) continue;
         for (int j = 0; j < 4; ++j) {
-            const int n = n0 + tx + 16 * j;
+            const int n = n0 + 4 * tx + j;
             if (n < cols) out(m, n, acc[i][j]);
         }
     }
@@ -113,13 +127,17 @@ struct FwdB {  // x gathered as im2col columns
         c.w0 = (rem % s.Q) * s.sw - s.pw;
         return c;
     }
-    __device__ T operator()(int kk, const Col& c) const {
-        if (!c.valid) return T(0);
+    // row (c, r, s): {offset of plane c, r*dh, s*dw}
+    __device__ RowInfo row(int kk) const {
         const int rs = s.R * s.S;
         const int ch = kk / rs, r = (kk % rs) / s.S, q = kk % s.S;
-        const int h = c.h0 + r * s.dh, w = c.w0 + q * s.dw;
+        return RowInfo{ch * s.H * s.W, r * s.dh, q * s.dw, 0};
+    }
+    __device__ T operator()(const RowInfo& r, const Col& c) const {
+        if (!c.valid) return T(0);
+        const int h = c.h0 + r.b, w = c.w0 + r.c;
         if (h < 0 || h >= s.H || w < 0 || w >= s.W) return T(0);
-        return x[c.base + ((long long)ch * s.H + h) * s.W + w];
+        return x[c.base + r.a + (long long)h * s.W + w];
     }
 };
 
@@ -172,15 +190,26 @@ struct BwdDataB {  // dy gathered for the input pixel of this column
         c.wp = rem % s.W + s.pw;
         return c;
     }
-    __device__ T operator()(int kk, const Col& c) const {
-        if (!c.valid) return T(0);
+    // row (k, r, s): {offset of plane k, r*dh, s*dw}
+    __device__ RowInfo row(int kk) const {
         const int rs = s.R * s.S;
         const int k = kk / rs, r = (kk % rs) / s.S, q = kk % s.S;
-        const int ph = c.hp - r * s.dh, pw = c.wp - q * s.dw;
-        if (ph < 0 || pw < 0 || ph % s.sh != 0 || pw % s.sw != 0) return T(0);
-        const int p = ph / s.sh, qq = pw / s.sw;
-        if (p >= s.P || qq >= s.Q) return T(0);
-        return dy[c.base + ((long long)k * s.P + p) * s.Q + qq];
+        return RowInfo{k * s.P * s.Q, r * s.dh, q * s.dw, 0};
+    }
+    __device__ T operator()(const RowInfo& r, const Col& c) const {
+        if (!c.valid) return T(0);
+        int p = c.hp - r.b, q = c.wp - r.c;
+        if (p < 0 || q < 0) return T(0);
+        if (s.sh != 1) {
+            if (p % s.sh != 0) return T(0);
+            p /= s.sh;
+        }
+        if (s.sw != 1) {
+            if (q % s.sw != 0) return T(0);
+            q /= s.sw;
+        }
+        if (p >= s.P || q >= s.Q) return T(0);
+        return dy[c.base + r.a + (long long)p * s.Q + q];
     }
 };
 
@@ -231,13 +260,17 @@ struct BwdWeightB {  // x gathered for kernel tap (c, r, s) of this column
         c.soff = (n % s.S) * s.dw - s.pw;
         return c;
     }
-    __device__ T operator()(int kk, const Col& c) const {
-        if (!c.valid) return T(0);
+    // row (n, p, q): {n, p*sh, q*sw}
+    __device__ RowInfo row(int kk) const {
         const int pq = s.P * s.Q;
-        const int nb = kk / pq, rem = kk % pq;
-        const int h = (rem / s.Q) * s.sh + c.roff, w = (rem % s.Q) * s.sw + c.soff;
+        const int rem = kk % pq;
+        return RowInfo{kk / pq, (rem / s.Q) * s.sh, (rem % s.Q) * s.sw, 0};
+    }
+    __device__ T operator()(const RowInfo& r, const Col& c) const {
+        if (!c.valid) return T(0);
+        const int h = r.b + c.roff, w = r.c + c.soff;
         if (h < 0 || h >= s.H || w < 0 || w >= s.W) return T(0);
-        return x[(long long)nb * s.C * s.H * s.W + c.base + (long long)h * s.W + w];
+        return x[(long long)r.a * s.C * s.H * s.W + c.base + (long long)h * s.W + w];
     }
 };
 

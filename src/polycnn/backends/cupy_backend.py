@@ -36,7 +36,14 @@ POOL_SHAPE = np.dtype([(f, np.int32) for f in (
 TILE_M = TILE_N = 64
 TILE_K = 16
 GEMM_THREADS = 256
-GEMM_SMEM_ELEMS = TILE_K * TILE_M + TILE_K * TILE_N
+A_STRIDE = TILE_M + 4
+
+
+def gemm_smem_bytes(itemsize: int) -> int:
+    """GEMM_SMEM_BYTES of conv2d.cu: the row table, then the A and B tiles."""
+    return 2 * TILE_K * 16 + TILE_K * (A_STRIDE + TILE_N) * itemsize
+
+
 BIAS_THREADS = 256
 ELEMENTWISE_THREADS = 256
 
@@ -176,6 +183,7 @@ class CupyBackend(Backend):
     def _conv_shape(g: ConvGeometry, chunk: int = 0):
         for what, size in (("N*P*Q", g.N * g.P * g.Q), ("N*H*W", g.N * g.H * g.W),
                            ("C*R*S", g.C * g.R * g.S), ("K*R*S", g.K * g.R * g.S),
+                           ("C*H*W", g.C * g.H * g.W), ("K*P*Q", g.K * g.P * g.Q),
                            ("K*C*R*S", g.K * g.C * g.R * g.S)):
             if size > _INT32_MAX:
                 raise ValueError(f"conv2d on the CUDA backend: {what} = {size} exceeds 2^31 - 1"
@@ -199,7 +207,7 @@ class CupyBackend(Backend):
         grid = (ceil_div(g.N * g.P * g.Q, TILE_N), ceil_div(g.K, TILE_M), 1)
         self._launch("conv2d_fwd", x.dtype, grid, (GEMM_THREADS,), [x, w, b, y, s],
                      [g.x_shape, g.w_shape, (g.K,), g.y_shape, None],
-                     shared_mem=GEMM_SMEM_ELEMS * x.dtype.itemsize)
+                     shared_mem=gemm_smem_bytes(x.dtype.itemsize))
         return y, None
 
     def _weight_splits(self, g: ConvGeometry, itemsize: int) -> tuple[int, int]:
@@ -215,7 +223,7 @@ class CupyBackend(Backend):
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         xp, dtype = self.xp, x.dtype
-        smem = GEMM_SMEM_ELEMS * dtype.itemsize
+        smem = gemm_smem_bytes(dtype.itemsize)
         s = self._conv_shape(g)
 
         dx = xp.empty(g.x_shape, dtype=dtype)
