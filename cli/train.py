@@ -18,8 +18,8 @@ from ._common import backend_option, echo_json, format_table, json_option
 #: what `polycnn train` does with no options (chosen so that it passes 98% test accuracy on the
 #: numpy backend in about two minutes on 2 cores; see the report in the repository history)
 DEFAULTS = {
-    "epochs": 10, "batch_size": 64, "lr": 0.002, "optimizer": "adam", "seed": 0, "augment": False,
-    "image_size": 32, "channels": 3, "n_train": 8000, "n_val": 1000, "n_test": 2000,
+    "epochs": 8, "batch_size": 64, "lr": 0.002, "optimizer": "adam", "seed": 0, "augment": False,
+    "image_size": 32, "channels": 3, "n_train": 6000, "n_val": 1000, "n_test": 2000,
 }
 DEFAULT_OUT = "shapes.npz"
 
@@ -119,6 +119,9 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, image_size,
     _check_choice_int(batch_size, "--batch-size", 1)
     _check_choice_int(image_size, "--image-size", 16)
     _check_choice_int(n_train, "--n-train", 10)
+    if image_size % 8:
+        raise click.BadParameter(f"must be a multiple of 8 (three 2x2 poolings), got {image_size}",
+                                 param_hint="--image-size")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
     be = pc.get_backend(backend)
