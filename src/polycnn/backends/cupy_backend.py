@@ -73,6 +73,48 @@ KERNELS = {
     "avgpool2d_bwd": ("pool2d.cu", ("dy: const T*", "dx: T*", "s: PoolShape")),
 }
 _STRUCTS = {"ConvShape": CONV_SHAPE, "PoolShape": POOL_SHAPE}
+
+
+class _Param:
+    """One parameter of KERNELS, parsed once: checks an argument before a launch."""
+
+    def __init__(self, spec: str):
+        self.name, kind = (p.strip() for p in spec.split(":"))
+        self.spec = kind
+        self.nullable = kind.endswith("?")
+        kind = kind.rstrip("?")
+        self.pointer = kind.endswith("*")
+        base = kind.rstrip("*").removeprefix("const ")
+        self.elem = None if base == "T" else np.dtype(_STRUCTS.get(base, base))
+        self.struct = base in _STRUCTS
+
+    def check(self, value, shape, dtype, device, array_type):
+        """None when ``value`` fits, else (exception type, what is wrong)."""
+        if self.pointer:
+            if value is None:
+                return None if self.nullable else (TypeError, "is None")
+            want = dtype if self.elem is None else self.elem
+            if not isinstance(value, array_type):
+                return TypeError, f"must be a device array, got {type(value).__name__}"
+            if value.dtype != want:
+                return TypeError, f"must be {np.dtype(want)}, got {value.dtype}"
+            if not value.flags.c_contiguous:
+                return ValueError, f"must be C-contiguous (shape {value.shape}, strides {value.strides})"
+            if value.device.id != device:
+                return ValueError, f"lives on device {value.device.id}, the kernel on device {device}"
+            if value.shape != tuple(shape):
+                return ValueError, f"has shape {tuple(value.shape)}, expected {tuple(shape)}"
+            return None
+        if self.struct:
+            if type(value) is not np.ndarray or value.dtype != self.elem or value.size != 1:
+                return TypeError, f"must be a size-1 numpy array of dtype {self.spec}"
+            return None
+        if type(value) is not self.elem.type:
+            return TypeError, f"must be numpy.{self.elem.name}, got {type(value).__name__}"
+        return None
+
+
+_PARAMS = {name: tuple(_Param(p) for p in params) for name, (_, params) in KERNELS.items()}
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
@@ -128,8 +170,7 @@ class CupyBackend(Backend):
     # ---- kernels ------------------------------------------------------------------------
     def _function(self, name: str, dtype):
         device = self.xp.cuda.Device().id
-        full = f"{name}_{_C_TYPES[np.dtype(dtype)]}"
-        key = (device, full)
+        key = (device, name, dtype)
         fn = self._functions.get(key)
         if fn is None:
             filename = KERNELS[name][0]
@@ -138,46 +179,25 @@ class CupyBackend(Backend):
                 module = self.xp.RawModule(code=kernel_source(filename, self.kernel_dir),
                                            options=self.compile_options)
                 self._modules[(device, filename)] = module
-            fn = self._functions[key] = module.get_function(full)
+            fn = module.get_function(f"{name}_{_C_TYPES[np.dtype(dtype)]}")
+            self._functions[key] = fn
         return fn
 
     def _launch(self, name, dtype, grid, block, args, shapes, shared_mem=0):
         """Check ``args`` against ``KERNELS[name]`` (``shapes``: the expected shape of each array
         argument, None for the others), then launch ``<name>_<float|double>``."""
-        params = KERNELS[name][1]
-        full = f"{name}_{_C_TYPES[np.dtype(dtype)]}"
+        params = _PARAMS[name]
         if len(args) != len(params) or len(shapes) != len(params):
-            raise TypeError(f"{full} takes {len(params)} arguments ({', '.join(params)}),"
+            raise TypeError(f"{name}: takes {len(params)} arguments ({', '.join(KERNELS[name][1])}),"
                             f" got {len(args)}")
         device = self.xp.cuda.Device().id
         for param, value, shape in zip(params, args, shapes):
-            arg, kind = (p.strip() for p in param.split(":"))
-            where = f"{full}: argument {arg!r} ({kind})"
-            if kind.endswith("*") or kind.endswith("*?"):
-                if value is None and kind.endswith("?"):
-                    continue
-                want = dtype if kind.rstrip("?*").removeprefix("const ") == "T" else np.dtype(
-                    kind.rstrip("?*").removeprefix("const "))
-                if not isinstance(value, self.xp.ndarray):
-                    raise TypeError(f"{where} must be a device array, got {type(value).__name__}")
-                if value.dtype != want:
-                    raise TypeError(f"{where} must be {np.dtype(want)}, got {value.dtype}")
-                if not value.flags.c_contiguous:
-                    raise ValueError(f"{where} must be C-contiguous (shape {value.shape},"
-                                     f" strides {value.strides})")
-                if value.device.id != device:
-                    raise ValueError(f"{where} lives on device {value.device.id}, the kernel"
-                                     f" runs on device {device}")
-                if tuple(value.shape) != tuple(shape):
-                    raise ValueError(f"{where} has shape {tuple(value.shape)}, expected"
-                                     f" {tuple(shape)}")
-            elif kind in _STRUCTS:
-                if type(value) is not np.ndarray or value.dtype != _STRUCTS[kind] or value.size != 1:
-                    raise TypeError(f"{where} must be a size-1 numpy array of dtype {kind}")
-            elif type(value) is not np.dtype(kind).type:
-                raise TypeError(f"{where} must be numpy.{kind}, got {type(value).__name__}")
-        self._function(name, dtype)(tuple(int(g) for g in grid), tuple(int(b) for b in block),
-                                    tuple(args), shared_mem=int(shared_mem))
+            problem = param.check(value, shape, dtype, device, self.xp.ndarray)
+            if problem is not None:
+                kind, message = problem
+                raise kind(f"{name}_{_C_TYPES[np.dtype(dtype)]}: argument {param.name!r}"
+                           f" ({param.spec}) {message}")
+        self._function(name, dtype)(grid, block, tuple(args), shared_mem=shared_mem)
 
     @staticmethod
     def _conv_shape(g: ConvGeometry, chunk: int = 0):
