@@ -127,6 +127,14 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, image_size,
     be = pc.get_backend(backend)
     t_start = time.perf_counter()
     if resume:
+        ctx = click.get_current_context()
+        fixed = [f"--{name.replace('_', '-')}" for name in
+                 ("batch_size", "lr", "optimizer", "seed", "augment", "image_size", "n_train")
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            raise ValueError(f"--resume continues the run saved in {out} with its own settings;"
+                             f" drop {', '.join(fixed)} (only --epochs, --backend and the output"
+                             " options can change)")
         model = pc.load(out, backend=be)
         run = model.training_state["metadata"].get("run")
         if run is None:

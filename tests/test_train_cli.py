@@ -126,6 +126,7 @@ def test_train_json_quiet_and_resume_after_ctrl_c(tmp_path, monkeypatch):
     (["train", "--bogus"], "no such option"),
     (["train", "--backend", "nope"], "unknown backend 'nope'"),
     (["train", "--resume", "--out", "missing.npz", "--backend", "numpy"], "checkpoint not found"),
+    (["train", "--resume", "--lr", "0.1", "--backend", "numpy"], "drop --lr"),
     (["evaluate", "missing.npz"], "checkpoint not found"),
     (["evaluate"], "missing argument"),
     (["predict", "shapes.npz"], "missing argument"),
