@@ -2,7 +2,8 @@
 
 A backend joins every test that takes the ``backend`` fixture by registering itself
 (``polycnn.backends.register``); one that cannot run here is skipped in one place, below, with
-the reason its factory gave. Tests marked ``gpu`` are skipped, with a reason, without a CUDA
+the reason its factory gave (unless ``POLYCNN_REQUIRE_BACKENDS`` names it: then it fails).
+Tests marked ``gpu`` are skipped, with a reason, without a CUDA
 device; the parametrizations of backends that need one carry the marker, so ``pytest -m gpu``
 selects them.
 """
@@ -10,6 +11,7 @@ selects them.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -44,13 +46,25 @@ def _backend_params():
             for name in backend_names()]
 
 
+def required_backends() -> set:
+    """Backends whose absence fails the tests instead of skipping them: ``numpy`` and those
+    named in ``POLYCNN_REQUIRE_BACKENDS`` (comma-separated; CI names every backend it
+    installs, so that a backend broken into "unavailable" cannot pass as skipped)."""
+    names = os.environ.get("POLYCNN_REQUIRE_BACKENDS", "")
+    return {"numpy"} | {n.strip() for n in names.split(",") if n.strip()}
+
+
 @pytest.fixture(params=_backend_params())
 def backend(request):
     """Each registered backend in turn; an unavailable one is skipped with its reason."""
     try:
-        return get_backend(request.param)
+        be = get_backend(request.param)
     except BackendUnavailable as exc:
+        if request.param in required_backends():
+            pytest.fail(f"backend {request.param!r} is required here but unavailable: {exc}")
         pytest.skip(f"backend {request.param!r} unavailable: {exc}")
+    assert be is not None, f"the registry returned None for backend {request.param!r}"
+    return be
 
 
 @pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)
