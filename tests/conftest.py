@@ -81,11 +81,12 @@ def pytest_runtest_setup(item):
 
 # ---- comparison helpers ------------------------------------------------------------------
 
-def assert_matches(actual, expected, dtype, where: str) -> None:
+def assert_matches(actual, expected, dtype, where: str, magnitude=None) -> None:
     """A backend result (any array the backend's ``to_numpy`` gave) against a float64
     reference, within ``polycnn.parity.TOLERANCE`` for ``dtype``; the message says where, e.g.
-    ``"conv2d backward, dw, backend=numba, dtype=float32, case=..."``."""
-    cmp = parity.compare(actual, expected, dtype)
+    ``"conv2d backward, dw, backend=numba, dtype=float32, case=..."``. ``magnitude``: see
+    ``parity.magnitudes`` (default ``|expected|``)."""
+    cmp = parity.compare(actual, expected, dtype, magnitude)
     assert cmp.ok, (
         f"{where}: max abs err {cmp.max_abs_err:.3g}, max rel err {cmp.max_rel_err:.3g}"
         f" (tolerance {cmp.tolerance:.0e}); {cmp.problem}"
@@ -96,11 +97,12 @@ def check_case(backend, case: parity.Case, dtype) -> None:
     """Every pass of one case on ``backend`` against the reference."""
     dtype = np.dtype(dtype)
     expected = parity.reference_results(case, dtype)
+    mags = parity.magnitudes(case, dtype)
     got = parity.backend_results(backend, case, dtype)
     for name, value in expected.items():
         assert_matches(got[name], value, dtype,
                        f"{case.op} {name}, backend={backend.name}, dtype={dtype.name},"
-                       f" case={case.describe()}")
+                       f" case={case.describe()}", mags[name])
 
 
 def numeric_directional_derivative(f, x: np.ndarray, direction: np.ndarray,

@@ -203,3 +203,26 @@ def test_random_cases_reach_the_hard_paths():
     assert any(c.x_shape[2] != c.x_shape[3] for c in conv)
     assert any(c.integer_values for c in pool)
     assert any(c.params["padding"] not in (0, (0, 0)) for c in pool)
+
+
+def test_error_is_measured_against_the_magnitude_of_the_terms():
+    """A sum that cancels to nearly zero is held to the rounding of its terms, not to its
+    own tiny size; an error that size in a sum that does not cancel still fails."""
+    terms = np.array([1000.0, -999.99])
+    exact = terms.sum()                           # 0.01
+    rounded = np.float32(terms.astype(np.float32).sum())
+    magnitude = np.abs(terms).sum()
+    assert parity.compare(np.array([rounded]), np.array([exact]), "float32", np.array([magnitude])).ok
+    assert not parity.compare(np.array([rounded]), np.array([exact]), "float32").ok
+    off = np.array([exact + 1e-4 * magnitude], np.float32)
+    assert not parity.compare(off, np.array([exact]), "float32", np.array([magnitude])).ok
+
+
+def test_compare_reports_shape_dtype_and_nan_mismatches():
+    e = np.zeros((2, 2))
+    assert "shape" in parity.compare(np.zeros((2, 3), np.float32), e, "float32").problem
+    assert "dtype" in parity.compare(np.zeros((2, 2), np.float64), e, "float32").problem
+    a = np.zeros((2, 2), np.float32)
+    a[1, 0] = np.nan
+    cmp = parity.compare(a, e, "float32")
+    assert not cmp.ok and "NaN mismatch at index (1, 0)" in cmp.problem

@@ -5,10 +5,13 @@ backward, with odd and non-square sizes, strides, paddings and dilations; max-po
 integer-valued inputs, so that ties are common. Each backend runs each case in each dtype; its
 result is compared with the reference computed, in float64, from the same (rounded) inputs.
 
-Error measure: ``max rel err`` is ``max |actual - expected| / max |expected|`` over one result
-array (relative to the array's magnitude, not elementwise, so that a sum that cancels to nearly
-zero is not held to an impossible bound). A result passes when that is within the dtype's
-tolerance and every NaN of the reference is a NaN in the result (and nowhere else).
+Error measure: ``max rel err`` is ``max |actual - expected| / M`` over one result array, where
+``M`` is the largest magnitude of the terms summed into any of its elements: the same op run by
+the reference on absolute values (``|x|``, ``|w|``, ``|b|``, ``|dy|``; see :func:`magnitudes`).
+Rounding error is bounded by a multiple of that sum, so a sum that cancels to nearly zero (a
+bias gradient over one channel, say) is held to what its terms allow, not to an impossible
+bound. A result passes when that is within the dtype's tolerance and every NaN of the reference
+is a NaN in the result (and nowhere else).
 
 Used by ``polycnn parity`` and by the op tests.
 """
@@ -111,6 +114,29 @@ def reference_results(case: Case, dtype) -> dict:
     raise ValueError(f"unknown op {case.op!r}; ops: {', '.join(OPS)}")
 
 
+def magnitudes(case: Case, dtype) -> dict:
+    """pass -> the magnitude its rounding error is measured against: the reference on absolute
+    values, so each element is the sum of the absolute values of its terms. Max pooling keeps
+    the argmax of the real input (its backward only moves dy)."""
+    real = case.arrays(dtype)
+    a = {k: (None if v is None else np.abs(v.astype(np.float64))) for k, v in real.items()}
+    p = case.params
+    if case.op == "conv2d":
+        y = reference.conv2d_forward(a["x"], a["w"], a["b"], **p)
+        dx, dw, db = reference.conv2d_backward(a["dy"], a["x"], a["w"], has_bias=case.has_bias, **p)
+        out = {"forward": y, "backward dx": dx, "backward dw": dw}
+        if case.has_bias:
+            out["backward db"] = db
+        return out
+    if case.op == "maxpool2d":
+        return {"forward": reference.maxpool2d_forward(a["x"], **p),
+                "backward dx": reference.maxpool2d_backward(a["dy"], real["x"], **p)}
+    if case.op == "avgpool2d":
+        return {"forward": reference.avgpool2d_forward(a["x"], **p),
+                "backward dx": reference.avgpool2d_backward(a["dy"], case.x_shape, **p)}
+    raise ValueError(f"unknown op {case.op!r}; ops: {', '.join(OPS)}")
+
+
 def backend_results(backend, case: Case, dtype) -> dict:
     """pass -> the backend's result (as a NumPy array) on the case's values in ``dtype``."""
     a = case.arrays(dtype)
@@ -144,8 +170,9 @@ class Comparison:
     problem: str = ""  # why it failed, when it is not just the error size
 
 
-def compare(actual, expected, dtype) -> Comparison:
-    """Compare a backend result with the float64 reference (see the module docstring)."""
+def compare(actual, expected, dtype, magnitude=None) -> Comparison:
+    """Compare a backend result with the float64 reference (see the module docstring);
+    ``magnitude`` (from :func:`magnitudes`) defaults to ``|expected|``."""
     tol = TOLERANCE[np.dtype(dtype).name]
     actual = np.asarray(actual)
     expected = np.asarray(expected, dtype=np.float64)
@@ -168,10 +195,9 @@ def compare(actual, expected, dtype) -> Comparison:
     with np.errstate(invalid="ignore"):  # inf - inf
         diff = np.where(a[keep] == expected[keep], 0.0, diff)
     max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(expected[keep]).max())
-    if not np.isfinite(scale):
-        finite = np.isfinite(expected[keep])
-        scale = float(np.abs(expected[keep][finite]).max()) if finite.any() else 0.0
+    mags = np.abs(expected if magnitude is None else np.asarray(magnitude, np.float64))[keep]
+    finite = mags[np.isfinite(mags)]
+    scale = float(finite.max()) if finite.size else 0.0
     if max_abs == 0.0:
         rel = 0.0
     elif scale == 0.0:
@@ -300,10 +326,10 @@ def run_parity(backends: dict, dtypes=DTYPES, seed: int = 0, cases: int = 20,
         op_cases = random_cases(op, cases, seed)
         for dtype in dtypes:
             dtype = np.dtype(dtype).name
-            expected = [reference_results(c, dtype) for c in op_cases]
+            expected = [(reference_results(c, dtype), magnitudes(c, dtype)) for c in op_cases]
             for name, be in backends.items():
                 stats = {p: {"abs": 0.0, "rel": 0.0, "ok": True, "cases": 0} for p in passes(op)}
-                for case, want in zip(op_cases, expected):
+                for case, (want, mags) in zip(op_cases, expected):
                     try:
                         got = backend_results(be, case, dtype)
                     except Exception as exc:  # NOTE: a crash is a failed case, not a crashed run
@@ -314,7 +340,7 @@ def run_parity(backends: dict, dtypes=DTYPES, seed: int = 0, cases: int = 20,
                             s["ok"] = False
                         continue
                     for p, value in want.items():
-                        cmp = compare(got[p], value, dtype)
+                        cmp = compare(got[p], value, dtype, mags[p])
                         s = stats[p]
                         s["cases"] += 1
                         s["abs"] = max(s["abs"], cmp.max_abs_err)
@@ -337,5 +363,5 @@ def run_parity(backends: dict, dtypes=DTYPES, seed: int = 0, cases: int = 20,
 
 __all__ = [
     "OPS", "DTYPES", "TOLERANCE", "Case", "Comparison", "compare", "passes", "random_cases",
-    "reference_results", "backend_results", "run_parity", "ParityReport", "Mismatch",
+    "reference_results", "magnitudes", "backend_results", "run_parity", "ParityReport", "Mismatch",
 ]
