@@ -20,6 +20,7 @@ def _torch_one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 # padding='same' needs stride 1 (PyTorch's rule too)
 CONV_GRID = [p for p in itertools.product([1, 2, 3], [0, 1, 2, "same"], [1, 2], [True, False])
              if p[1] != "same" or p[0] == 1]
@@ -30,6 +31,31 @@ def _conv_id(p):
     return f"s{stride}-p{padding}-d{dilation}-{'bias' if bias else 'nobias'}"
 
 
+def torch_conv2d(x, w, b, dy, **kw):
+    """(y, dx, dw, db) by torch in float64; db None without a bias."""
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    tb = None if b is None else torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    ty = F.conv2d(tx, tw, tb, **kw)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    return ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), None if b is None else tb.grad.numpy()
+
+
+def check_conv2d_against_torch(be, x, w, b, rng, **kw):
+    y_shape = tuple(F.conv2d(torch.tensor(x), torch.tensor(w), None, **kw).shape)
+    dy = rng.standard_normal(y_shape).astype(np.float32)
+    want = torch_conv2d(x, w, b, dy, **kw)
+    # the same op on absolute values: the magnitude of the terms each result sums
+    mags = torch_conv2d(np.abs(x), np.abs(w), None if b is None else np.abs(b), np.abs(dy), **kw)
+    y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w), None if b is None else be.asarray(b), **kw)
+    got = (y, *be.conv2d_backward(be.asarray(dy), ctx))
+    for name, g, e, m in zip(["forward", "backward dx", "backward dw", "backward db"], got, want, mags):
+        if e is None:
+            assert g is None, f"conv2d without bias returned a db, backend={be.name}"
+            continue
+        assert_matches(be.to_numpy(g), e, np.float32,
+                       f"conv2d {name} vs torch, backend={be.name}, dtype=float32, {kw}", m)
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("stride, padding, dilation, bias", CONV_GRID,
                          ids=[_conv_id(p) for p in CONV_GRID])
@@ -38,26 +64,8 @@ def test_conv2d_matches_torch(backend, stride, padding, dilation, bias):
     x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32) if bias else None
-
-    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
-    ty = F.conv2d(tx, tw, tb, stride=stride, padding=padding, dilation=dilation)
-    dy = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
-    ty.backward(torch.tensor(dy, dtype=torch.float64))
-
-    be = backend
-    y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w), None if b is None else be.asarray(b),
-                               stride=stride, padding=padding, dilation=dilation)
-    dx, dw, db = be.conv2d_backward(be.asarray(dy), ctx)
-    where = f"backend={be.name}, dtype=float32, stride={stride}, padding={padding!r}, dilation={dilation}"
-    assert_matches(be.to_numpy(y), ty.detach().numpy(), np.float32, f"conv2d forward vs torch, {where}")
-    assert_matches(be.to_numpy(dx), tx.grad.numpy(), np.float32, f"conv2d backward, dx vs torch, {where}")
-    assert_matches(be.to_numpy(dw), tw.grad.numpy(), np.float32, f"conv2d backward, dw vs torch, {where}")
-    if bias:
-        assert_matches(be.to_numpy(db), tb.grad.numpy(), np.float32, f"conv2d backward, db vs torch, {where}")
-    else:
-        assert db is None
+    check_conv2d_against_torch(backend, x, w, b, rng, stride=stride, padding=padding,
+                               dilation=dilation)
 
 
 def test_conv2d_non_square_everything_matches_torch(backend):
@@ -65,21 +73,10 @@ def test_conv2d_non_square_everything_matches_torch(backend):
     x = rng.standard_normal((1, 2, 11, 8)).astype(np.float32)
     w = rng.standard_normal((3, 2, 4, 3)).astype(np.float32)
     b = rng.standard_normal(3).astype(np.float32)
-    kw = {"stride": (3, 2), "padding": (2, 1), "dilation": (1, 2)}
-    tx, tw, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
-    ty = F.conv2d(tx, tw, tb, **kw)
-    dy = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
-    ty.backward(torch.tensor(dy, dtype=torch.float64))
-    be = backend
-    y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(b), **kw)
-    grads = be.conv2d_backward(be.asarray(dy), ctx)
-    for name, got, want in zip(["forward", "dx", "dw", "db"], [y, *grads],
-                               [ty.detach(), tx.grad, tw.grad, tb.grad]):
-        assert_matches(be.to_numpy(got), want.numpy(), np.float32,
-                       f"conv2d {name} vs torch, backend={be.name}, {kw}")
+    check_conv2d_against_torch(backend, x, w, b, rng, stride=(3, 2), padding=(2, 1),
+                               dilation=(1, 2))
 
 
-# strides 1, 2, 3 (None is the kernel size) and a non-square one
 POOL_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 3)], [0, 1]))
 
 
