@@ -187,7 +187,8 @@ def compare(actual, expected, dtype, magnitude=None) -> Comparison:
     if (nan_a != nan_e).any():
         where = tuple(int(i) for i in np.argwhere(nan_a != nan_e)[0])
         return Comparison(float("nan"), float("nan"), tol, False,
-                          f"NaN mismatch at index {where}: got {a[where]}, expected {expected[where]}")
+                          f"NaN mismatch at index {where}: got {float(a[where])!r},"
+                          f" expected {float(expected[where])!r}")
     keep = ~nan_e
     if not keep.any():
         return Comparison(0.0, 0.0, tol, True)
@@ -209,7 +210,7 @@ def compare(actual, expected, dtype, magnitude=None) -> Comparison:
     if not ok:
         flat = np.argwhere(keep)[int(np.argmax(diff))]
         where = tuple(int(i) for i in flat)
-        problem = f"at index {where}: got {a[where]!r}, expected {expected[where]!r}"
+        problem = f"at index {where}: got {float(a[where])!r}, expected {float(expected[where])!r}"
     return Comparison(max_abs, rel, tol, ok, problem)
 
 
