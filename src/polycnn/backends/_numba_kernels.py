@@ -187,6 +187,65 @@ def _gather_gemm(src, A, tab, geo, bias, out):
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
+def _direct_conv(src, flat, A, tab, geo, bias, out):
+    """:func:`_gather_gemm`'s result for a unit-stride source (ish = isw = 1), computed without
+    gathering: for each (n, m, block of output rows) an accumulator runs along the flat padded
+    source, ``acc[z] += A[m, j] * src[n].flat[z0 + z + tab[j]]``, four taps per pass.
+
+    NOTE: z spans whole padded rows (Ws wide), so the Ws - Uo columns past each output row are
+    computed and dropped; that keeps one long vectorised loop per tap. The reads then run up to
+    Ws elements past a sample's planes, so the data comes as ``flat``: a 1-D buffer whose first
+    elements are ``src`` (which gives only the shape) followed by at least Ws zeros.
+    ``geo`` as in :func:`_gather_gemm`, its TP entry the number of output rows per task."""
+    To, Uo, M = geo[2], geo[3], geo[4]
+    oh0, ow0, osh, osw, TB, chunks = geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
+    N = src.shape[0]
+    Ws = src.shape[3]
+    plane = src.shape[1] * src.shape[2] * Ws
+    L = tab.shape[0]
+    L4 = L // 4 * 4
+    nrb = (To + TB - 1) // TB
+    ntask = N * nrb * M
+    has_bias = bias.shape[0] > 0
+    # NOTE: unsigned offsets: numba adds a negative-index fix-up to signed indices, which
+    # stops LLVM from vectorising the loop.
+    utab = tab.astype(np.uint64)
+    for ch in prange(chunks):
+        acc = np.empty(TB * Ws, dtype=A.dtype)
+        for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
+            m = task % M
+            rb = task // M
+            n = rb // nrb
+            t0 = (rb - n * nrb) * TB
+            t1 = min(To, t0 + TB)
+            zlen = np.uint64((t1 - t0) * Ws)
+            base = np.uint64(n * plane + t0 * Ws)
+            wm = A[m]
+            bm = bias[m] if has_bias else np.float32(0)
+            for z in range(zlen):
+                acc[z] = bm
+            for j in range(0, L4, 4):
+                w0, w1, w2, w3 = wm[j], wm[j + 1], wm[j + 2], wm[j + 3]
+                o0 = base + utab[j]
+                o1 = base + utab[j + 1]
+                o2 = base + utab[j + 2]
+                o3 = base + utab[j + 3]
+                for z in range(zlen):
+                    acc[z] += (w0 * flat[o0 + z] + w1 * flat[o1 + z]
+                               + w2 * flat[o2 + z] + w3 * flat[o3 + z])
+            for j in range(L4, L):
+                w0 = wm[j]
+                o0 = base + utab[j]
+                for z in range(zlen):
+                    acc[z] += w0 * flat[o0 + z]
+            for t in range(t0, t1):
+                h = oh0 + t * osh
+                r0 = (t - t0) * Ws
+                for u in range(Uo):
+                    out[n, m, h, ow0 + u * osw] = acc[r0 + u]
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
 def _conv_weight_partials(src, dy, tab, geo, partial):
     """partial[g, k, j] = Σ over samples n of chunk g, pixels t of dy[n, k, t] · src[n].flat[base(t) + tab[j]]
 

@@ -37,6 +37,13 @@ WEIGHT_GRAD_CHUNKS = 16
 #: target bytes of one tile of gathered rows (kept in L1 next to 4 rows of weights)
 ROW_TILE_BYTES = 32 * 1024
 
+#: convolutions with at most this many output channels (input channels, for backward-data)
+#: run the row-direct kernel when the source stride is 1
+DIRECT_MAX_OUTPUTS = 1 << 30
+
+#: accumulator length of the row-direct kernel (whole padded rows, about this many elements)
+DIRECT_ROW_ELEMENTS = 2048
+
 _kernels = None
 _kernels_lock = threading.Lock()
 
@@ -181,29 +188,56 @@ class NumbaBackend(Backend):
         c, r, s = np.meshgrid(np.arange(g.C), np.arange(g.R), np.arange(g.S), indexing="ij")
         return (c * (Hp * Wp) + r * (g.dil_h * Wp) + s * g.dil_w).ravel().astype(np.int64)
 
-    def _padded_input(self, x, g: ConvGeometry):
-        """x zero-padded to exactly the extent the output grid reads, and that extent."""
+    def _padded(self, src, top: int, left: int, Hs: int, Ws: int, slack: bool):
+        """``src`` (N, C, H, W) placed at (top, left) in a zero (N, C, Hs, Ws) array; with
+        ``slack``, also returns the flat buffer it lives in, with Ws zeros after it (see
+        ``_direct_conv``)."""
+        N, C = src.shape[:2]
+        size = N * C * Hs * Ws
+        buf = np.empty(size + (Ws if slack else 0), dtype=src.dtype)
+        buf[size:] = 0
+        dst = buf[:size].reshape(N, C, Hs, Ws)
+        self._k._pad_planes(src, dst, top, left)
+        return dst, buf
+
+    def _padded_input(self, x, g: ConvGeometry, slack: bool = False):
+        """x zero-padded to exactly the extent the output grid reads (and its flat buffer)."""
         Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
         Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
-        if (Hp, Wp) == (g.H, g.W) and g.pad_h == 0 and g.pad_w == 0:
-            return x, Hp, Wp
-        xp = np.empty((g.N, g.C, Hp, Wp), dtype=x.dtype)
-        self._k._pad_planes(x, xp, g.pad_h, g.pad_w)
-        return xp, Hp, Wp
+        if not slack and (Hp, Wp) == (g.H, g.W) and g.pad_h == 0 and g.pad_w == 0:
+            return x, None
+        return self._padded(x, g.pad_h, g.pad_w, Hp, Wp, slack)
+
+    def _use_direct(self, M: int, L: int) -> bool:
+        """Row-direct kernel (no gather) for few output channels; tiled GEMM otherwise."""
+        return M <= DIRECT_MAX_OUTPUTS
+
+    def _launch(self, src, flat, A, tab, M, grid, place, bias, out, direct: bool):
+        """One gather-GEMM (or row-direct) pass: ``grid`` = (ish, isw, To, Uo), ``place`` =
+        (oh0, ow0, osh, osw) where output pixel (t, u) lands."""
+        ish, isw, To, Uo = grid
+        if direct:
+            tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.shape[3]))
+            ntask = src.shape[0] * ceil_div(To, tb) * M
+            geo = np.array([ish, isw, To, Uo, M, *place, tb, self._chunks(ntask)], dtype=np.int64)
+            self._k._direct_conv(src, flat, A, tab, geo, bias, out)
+        else:
+            tp = self._row_tile(A.shape[1], src.dtype.itemsize, To * Uo)
+            ntask = src.shape[0] * ceil_div(To * Uo, tp)
+            geo = np.array([ish, isw, To, Uo, M, *place, tp, self._chunks(ntask)], dtype=np.int64)
+            self._k._gather_gemm(src, A, tab, geo, bias, out)
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
         self._set_threads()
-        xp, Hp, Wp = self._padded_input(x, g)
         L = g.C * g.R * g.S
+        direct = g.stride_h == g.stride_w == 1 and self._use_direct(g.K, L)
+        xp, flat = self._padded_input(x, g, slack=direct)
         A = _padded_matrix(w.reshape(g.K, L), _round_up(g.K, 4), _round_up(L, 16))
-        tab = self._forward_table(g, Hp, Wp)
+        tab = self._forward_table(g, xp.shape[2], xp.shape[3])
         y = np.empty(g.y_shape, dtype=x.dtype)
-        tp = self._row_tile(A.shape[1], x.dtype.itemsize, g.P * g.Q)
-        ntask = g.N * ceil_div(g.P * g.Q, tp)
-        geo = np.array([g.stride_h, g.stride_w, g.P, g.Q, g.K, 0, 0, 1, 1, tp,
-                        self._chunks(ntask)], dtype=np.int64)
         bias = b if b is not None else np.zeros(0, dtype=x.dtype)
-        self._k._gather_gemm(xp, A, tab, geo, bias, y)
+        self._launch(xp, flat, A, tab, g.K, (g.stride_h, g.stride_w, g.P, g.Q), (0, 0, 1, 1),
+                     bias, y, direct)
         return y, None
 
     def _conv2d_backward(self, dy, ctx: OpContext):
@@ -219,7 +253,8 @@ class NumbaBackend(Backend):
         return dx, dw, db
 
     def _conv_weight_grad(self, x, dy, g: ConvGeometry):
-        xp, Hp, Wp = self._padded_input(x, g)
+        xp, _ = self._padded_input(x, g)
+        Hp, Wp = xp.shape[2:]
         L = g.C * g.R * g.S
         tab = self._forward_table(g, Hp, Wp)
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
@@ -242,8 +277,8 @@ class NumbaBackend(Backend):
         cols = [self._phase_taps(b, g.W, g.pad_w, g.S, g.dil_w, sw) for b in range(sw)]
         top, Hs = self._source_extent(rows)
         left, Ws = self._source_extent(cols)
-        dyp = np.empty((g.N, g.K, Hs, Ws), dtype=dy.dtype)
-        self._k._pad_planes(dy, dyp, top, left)
+        direct = self._use_direct(g.C, g.K * g.R * g.S)
+        dyp, flat = self._padded(dy, top, left, Hs, Ws, slack=direct)
         wt = w.transpose(1, 0, 2, 3)  # (C, K, R, S)
         empty_phase = any(not t[1] for t in rows) or any(not t[1] for t in cols)
         dx = (np.zeros if empty_phase else np.empty)(g.x_shape, dtype=dy.dtype)
@@ -259,11 +294,8 @@ class NumbaBackend(Backend):
                 tab = (k * (Hs * Ws) + roff * Ws + soff).ravel().astype(np.int64)
                 sub = wt[:, :, rtaps][:, :, :, staps].reshape(g.C, -1)
                 A = _padded_matrix(sub, _round_up(g.C, 4), _round_up(sub.shape[1], 16))
-                tp = self._row_tile(A.shape[1], dy.dtype.itemsize, Ta * Ub)
-                ntask = g.N * ceil_div(Ta * Ub, tp)
-                geo = np.array([1, 1, Ta, Ub, g.C, a, b, sh, sw, tp, self._chunks(ntask)],
-                               dtype=np.int64)
-                self._k._gather_gemm(dyp, A, tab, geo, bias, dx)
+                self._launch(dyp, flat, A, tab, g.C, (1, 1, Ta, Ub), (a, b, sh, sw), bias, dx,
+                             direct)
         return dx
 
     @staticmethod
