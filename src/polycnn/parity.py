@@ -275,7 +275,7 @@ def random_cases(op: str, count: int, seed: int = 0) -> list:
     cases = []
     for i in range(count):
         case = _random_conv(rng) if op == "conv2d" else _random_pool(rng, op)
-        cases.append(Case(**{**case.__dict__, "name": f"case {i}"}))
+        cases.append(Case(**{**case.__dict__, "name": f"case {i} of seed {seed}"}))
     return cases
 
 
