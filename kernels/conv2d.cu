@@ -15,8 +15,10 @@
 // conv2d_reduce_* adds them in split order. No float atomics anywhere: every result is
 // bit-identical from run to run.
 //
-// Launch shape of the GEMM kernels: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
-// GEMM_SMEM_BYTES(sizeof(T)), grid = (ceil(cols / TILE_N), ceil(rows / TILE_M), splits).
+// Each GEMM kernel comes in two tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...) and 16×256
+// for few rows (`conv2d_fwd_narrow_float`, ...: a layer with 3 or 16 channels would leave most of
+// a 64-row tile idle). Launch: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
+// GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), splits).
 // Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
 // flat offsets are 64-bit.
 
@@ -26,12 +28,10 @@ struct ConvShape {
     int chunk;  // backward-weight: reduction length per split, a multiple of TILE_K (else unused)
 };
 
-#define TILE_M 64
-#define TILE_N 64
 #define TILE_K 16
-#define A_STRIDE (TILE_M + 4)  // NOTE: padded so that the column-wise stores into As spread over banks
 #define GEMM_THREADS 256
-#define GEMM_SMEM_BYTES(elem) (2 * TILE_K * 16 + TILE_K * (A_STRIDE + TILE_N) * (elem))
+// NOTE: the A tile's rows are padded by 4 so that its column-wise stores spread over banks
+#define GEMM_SMEM_BYTES(BM, BN, elem) (2 * TILE_K * 16 + TILE_K * ((BM) + 4 + (BN)) * (elem))
 
 // What the B operand needs to know about one reduction index; computed once per tile, by
 // TILE_K threads, into a table in shared memory (integer division is slow on a GPU).
@@ -45,21 +45,24 @@ template <typename T> struct __align__(16) Vec4 { T v[4]; };
 // written while the current tile's are read, so it needs no barrier of its own.
 // NOTE: every thread of the block reaches every __syncthreads: the loop bounds depend only on
 // blockIdx and the shape.
-template <typename T, class A, class B, class Out>
+template <typename T, int BM, int BN, class A, class B, class Out>
 __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int cols,
                           int k_begin, int k_end) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
+    constexpr int A_STRIDE = BM + 4;
+    static_assert((BM / 4) * (BN / 4) == GEMM_THREADS, "one 4x4 register tile per thread");
+    static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B loads");
     T* As = reinterpret_cast<T*>(smem_raw + 2 * TILE_K * sizeof(RowInfo));  // [TILE_K][A_STRIDE]
-    T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][TILE_N]
+    T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][BN]
 
     const int t = threadIdx.x;
-    const int tx = t % 16, ty = t / 16;
-    const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+    const int tx = t % (BN / 4), ty = t / (BN / 4);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
 
     // This thread always loads A entries of reduction column a_kk and B entries of column b_nn.
     const int a_kk = t % TILE_K;
-    const int b_nn = t % TILE_N;
+    const int b_nn = t % BN;
     const typename B::Col bcol = b.column(n0 + b_nn, n0 + b_nn < cols);
 
     T acc[4][4];
@@ -72,20 +75,20 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         const int ka = k0 + a_kk;
         const typename A::Red ared = a.reduction(ka, ka < k_end);
-        for (int i = 0; i < TILE_M * TILE_K / GEMM_THREADS; ++i) {
+        for (int i = 0; i < BM * TILE_K / GEMM_THREADS; ++i) {
             const int mm = t / TILE_K + i * (GEMM_THREADS / TILE_K);
             const int m = m0 + mm;
             As[a_kk * A_STRIDE + mm] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
         }
-        for (int i = 0; i < TILE_N * TILE_K / GEMM_THREADS; ++i) {
-            const int kk = t / TILE_N + i * (GEMM_THREADS / TILE_N);
-            Bs[kk * TILE_N + b_nn] = (k0 + kk < k_end) ? b(table[buf * TILE_K + kk], bcol) : T(0);
+        for (int i = 0; i < BN * TILE_K / GEMM_THREADS; ++i) {
+            const int kk = t / BN + i * (GEMM_THREADS / BN);
+            Bs[kk * BN + b_nn] = (k0 + kk < k_end) ? b(table[buf * TILE_K + kk], bcol) : T(0);
         }
         if (t < TILE_K && k0 + TILE_K < k_end) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
         __syncthreads();
         for (int kk = 0; kk < TILE_K; ++kk) {
             const Vec4<T> av = *reinterpret_cast<const Vec4<T>*>(&As[kk * A_STRIDE + 4 * ty]);
-            const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * TILE_N + 4 * tx]);
+            const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * BN + 4 * tx]);
             for (int i = 0; i < 4; ++i)
                 for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
         }
@@ -153,10 +156,10 @@ struct FwdOut {
     }
 };
 
-template <typename T>
+template <typename T, int BM, int BN>
 __device__ void conv2d_fwd(const T* x, const T* w, const T* b, T* y, ConvShape s) {
     const int crs = s.C * s.R * s.S;
-    gemm_tile<T>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T>{y, b, s}, s.K, s.N * s.P * s.Q, 0, crs);
+    gemm_tile<T, BM, BN>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T>{y, b, s}, s.K, s.N * s.P * s.Q, 0, crs);
 }
 
 // ---- backward-data: rows c, columns (n, h, w), reduction (k, r, s) ----------------------------
@@ -224,9 +227,9 @@ struct BwdDataOut {
     }
 };
 
-template <typename T>
+template <typename T, int BM, int BN>
 __device__ void conv2d_bwd_data(const T* dy, const T* w, T* dx, ConvShape s) {
-    gemm_tile<T>(BwdDataA<T>{w, s}, BwdDataB<T>{dy, s}, BwdDataOut<T>{dx, s},
+    gemm_tile<T, BM, BN>(BwdDataA<T>{w, s}, BwdDataB<T>{dy, s}, BwdDataOut<T>{dx, s},
                  s.C, s.N * s.H * s.W, 0, s.K * s.R * s.S);
 }
 
@@ -284,13 +287,13 @@ struct PartialOut {
     }
 };
 
-template <typename T>
+template <typename T, int BM, int BN>
 __device__ void conv2d_bwd_weight(const T* dy, const T* x, T* partial, ConvShape s) {
     const int crs = s.C * s.R * s.S;
     const int npq = s.N * s.P * s.Q;
     const int k_begin = blockIdx.z * s.chunk;
     const int k_end = k_begin + s.chunk < npq ? k_begin + s.chunk : npq;
-    gemm_tile<T>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
+    gemm_tile<T, BM, BN>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
                  PartialOut<T>{partial, (long long)blockIdx.z * s.K * crs, crs},
                  s.K, crs, k_begin, k_end);
 }
@@ -331,20 +334,54 @@ __device__ void conv2d_bias_grad(const T* dy, T* db, ConvShape s) {
 }
 
 // ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
-extern "C" __global__ void conv2d_fwd_float(const float* x, const float* w, const float* b, float* y,
-                                            ConvShape s) { conv2d_fwd<float>(x, w, b, y, s); }
-extern "C" __global__ void conv2d_fwd_double(const double* x, const double* w, const double* b,
-                                             double* y, ConvShape s) { conv2d_fwd<double>(x, w, b, y, s); }
-
-extern "C" __global__ void conv2d_bwd_data_float(const float* dy, const float* w, float* dx,
-                                                 ConvShape s) { conv2d_bwd_data<float>(dy, w, dx, s); }
-extern "C" __global__ void conv2d_bwd_data_double(const double* dy, const double* w, double* dx,
-                                                  ConvShape s) { conv2d_bwd_data<double>(dy, w, dx, s); }
-
-extern "C" __global__ void conv2d_bwd_weight_float(const float* dy, const float* x, float* partial,
-                                                   ConvShape s) { conv2d_bwd_weight<float>(dy, x, partial, s); }
-extern "C" __global__ void conv2d_bwd_weight_double(const double* dy, const double* x, double* partial,
-                                                    ConvShape s) { conv2d_bwd_weight<double>(dy, x, partial, s); }
+extern "C" __global__ void conv2d_fwd_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 64, 64>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 64, 64>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_narrow_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 16, 256>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_narrow_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 16, 256>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_bwd_data_float(
+        const float* dy, const float* w, float* dx, ConvShape s) {
+    conv2d_bwd_data<float, 64, 64>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_double(
+        const double* dy, const double* w, double* dx, ConvShape s) {
+    conv2d_bwd_data<double, 64, 64>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_narrow_float(
+        const float* dy, const float* w, float* dx, ConvShape s) {
+    conv2d_bwd_data<float, 16, 256>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_narrow_double(
+        const double* dy, const double* w, double* dx, ConvShape s) {
+    conv2d_bwd_data<double, 16, 256>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_float(
+        const float* dy, const float* x, float* partial, ConvShape s) {
+    conv2d_bwd_weight<float, 64, 64>(dy, x, partial, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_double(
+        const double* dy, const double* x, double* partial, ConvShape s) {
+    conv2d_bwd_weight<double, 64, 64>(dy, x, partial, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_narrow_float(
+        const float* dy, const float* x, float* partial, ConvShape s) {
+    conv2d_bwd_weight<float, 16, 256>(dy, x, partial, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_narrow_double(
+        const double* dy, const double* x, double* partial, ConvShape s) {
+    conv2d_bwd_weight<double, 16, 256>(dy, x, partial, s);
+}
 
 extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out, long long count,
                                                int splits) { conv2d_reduce<float>(partial, out, count, splits); }

@@ -11,7 +11,8 @@ contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy
   (linear, ReLU, cross-entropy) runs on the device through ``xp`` (CuPy's array functions).
 
 Optimisations: conv forward, backward-data and backward-weight are one tiled implicit GEMM
-(64×64 tiles through shared memory, a 4×4 register tile a thread; see conv2d.cu); the weight pass
+(64×64 or, for few output rows, 16×256 tiles through shared memory, a 4×4 register tile a
+thread, whichever pads the output least; see conv2d.cu); the weight pass
 splits its reduction over enough blocks to fill the device, reduced in a fixed order; when one
 split suffices it writes ``dw`` directly. No float atomics: results are bit-identical run to run.
 """
@@ -33,15 +34,24 @@ POOL_SHAPE = np.dtype([(f, np.int32) for f in (
     "N", "C", "H", "W", "R", "S", "P", "Q", "sh", "sw", "ph", "pw")])
 
 # NOTE: these mirror the #defines of conv2d.cu; the launch shapes depend on them.
-TILE_M = TILE_N = 64
 TILE_K = 16
 GEMM_THREADS = 256
-A_STRIDE = TILE_M + 4
+#: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels
+TILES = {"": (64, 64), "_narrow": (16, 256)}
 
 
-def gemm_smem_bytes(itemsize: int) -> int:
+def gemm_smem_bytes(tile: str, itemsize: int) -> int:
     """GEMM_SMEM_BYTES of conv2d.cu: the row table, then the A and B tiles."""
-    return 2 * TILE_K * 16 + TILE_K * (A_STRIDE + TILE_N) * itemsize
+    bm, bn = TILES[tile]
+    return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn) * itemsize
+
+
+def gemm_tile(rows: int, cols: int) -> str:
+    """The tile shape that pads a rows × cols output least (ties: the square one)."""
+    def padded(tile):
+        bm, bn = TILES[tile]
+        return ceil_div(rows, bm) * bm * ceil_div(cols, bn) * bn
+    return min(TILES, key=padded)
 
 
 BIAS_THREADS = 256
@@ -72,6 +82,8 @@ KERNELS = {
     "avgpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "s: PoolShape")),
     "avgpool2d_bwd": ("pool2d.cu", ("dy: const T*", "dx: T*", "s: PoolShape")),
 }
+for _op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
+    KERNELS[_op + "_narrow"] = KERNELS[_op]
 _STRUCTS = {"ConvShape": CONV_SHAPE, "PoolShape": POOL_SHAPE}
 
 
@@ -221,19 +233,24 @@ class CupyBackend(Backend):
         return (max(1, min(ceil_div(count, ELEMENTWISE_THREADS), 65536)),)
 
     # ---- convolution --------------------------------------------------------------------
+    def _gemm(self, op, dtype, rows, cols, splits, args, shapes):
+        tile = gemm_tile(rows, cols)
+        bm, bn = TILES[tile]
+        self._launch(op + tile, dtype, (ceil_div(cols, bn), ceil_div(rows, bm), splits),
+                     (GEMM_THREADS,), args, shapes, gemm_smem_bytes(tile, np.dtype(dtype).itemsize))
+
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
         s = self._conv_shape(g)
         y = self.xp.empty(g.y_shape, dtype=x.dtype)
-        grid = (ceil_div(g.N * g.P * g.Q, TILE_N), ceil_div(g.K, TILE_M), 1)
-        self._launch("conv2d_fwd", x.dtype, grid, (GEMM_THREADS,), [x, w, b, y, s],
-                     [g.x_shape, g.w_shape, (g.K,), g.y_shape, None],
-                     shared_mem=gemm_smem_bytes(x.dtype.itemsize))
+        self._gemm("conv2d_fwd", x.dtype, g.K, g.N * g.P * g.Q, 1, [x, w, b, y, s],
+                   [g.x_shape, g.w_shape, (g.K,), g.y_shape, None])
         return y, None
 
     def _weight_splits(self, g: ConvGeometry, itemsize: int) -> tuple[int, int]:
         """(splits, chunk) of the weight pass's (n, p, q) reduction."""
         npq, crs = g.N * g.P * g.Q, g.C * g.R * g.S
-        tiles = ceil_div(g.K, TILE_M) * ceil_div(crs, TILE_N)
+        bm, bn = TILES[gemm_tile(g.K, crs)]
+        tiles = ceil_div(g.K, bm) * ceil_div(crs, bn)
         splits = min(ceil_div(npq, TILE_K), max(1, ceil_div(self.target_blocks, tiles)), 65535,
                      max(1, PARTIAL_BYTES // (g.K * crs * itemsize)))
         chunk = ceil_div(ceil_div(npq, splits), TILE_K) * TILE_K
@@ -243,22 +260,19 @@ class CupyBackend(Backend):
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         xp, dtype = self.xp, x.dtype
-        smem = gemm_smem_bytes(dtype.itemsize)
         s = self._conv_shape(g)
 
         dx = xp.empty(g.x_shape, dtype=dtype)
-        grid = (ceil_div(g.N * g.H * g.W, TILE_N), ceil_div(g.C, TILE_M), 1)
-        self._launch("conv2d_bwd_data", dtype, grid, (GEMM_THREADS,), [dy, w, dx, s],
-                     [g.y_shape, g.w_shape, g.x_shape, None], shared_mem=smem)
+        self._gemm("conv2d_bwd_data", dtype, g.C, g.N * g.H * g.W, 1, [dy, w, dx, s],
+                   [g.y_shape, g.w_shape, g.x_shape, None])
 
         crs = g.C * g.R * g.S
         splits, chunk = self._weight_splits(g, dtype.itemsize)
         s = self._conv_shape(g, chunk)
         dw = xp.empty(g.w_shape, dtype=dtype)
         partial = dw if splits == 1 else xp.empty((splits, g.K, crs), dtype=dtype)
-        grid = (ceil_div(crs, TILE_N), ceil_div(g.K, TILE_M), splits)
-        self._launch("conv2d_bwd_weight", dtype, grid, (GEMM_THREADS,), [dy, x, partial, s],
-                     [g.y_shape, g.x_shape, partial.shape, None], shared_mem=smem)
+        self._gemm("conv2d_bwd_weight", dtype, g.K, crs, splits, [dy, x, partial, s],
+                   [g.y_shape, g.x_shape, partial.shape, None])
         if splits > 1:
             count = g.K * crs
             self._launch("conv2d_reduce", dtype, self._elementwise_grid(count),
