@@ -150,7 +150,8 @@ class Optimizer:
     def _buffer(self, state, name, p):
         buf = state.get(name)
         if buf is None:
-            buf = state[name] = p.data * p.data.dtype.type(0)
+            buf = state[name] = p.data.copy()   # same array type as the parameter (any backend)
+            buf.fill(0)
         return buf
 
     # ---- state for checkpoints ---------------------------------------------------------
