@@ -36,6 +36,8 @@ POOL_SHAPE = np.dtype([(f, np.int32) for f in (
 # NOTE: these mirror the #defines of conv2d.cu; the launch shapes depend on them.
 TILE_K = 16
 GEMM_THREADS = 256
+BIAS_THREADS = 256
+ELEMENTWISE_THREADS = 256
 #: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels
 TILES = {"": (64, 64), "_narrow": (16, 256)}
 
@@ -53,9 +55,6 @@ def gemm_tile(rows: int, cols: int) -> str:
         return ceil_div(rows, bm) * bm * ceil_div(cols, bn) * bn
     return min(TILES, key=padded)
 
-
-BIAS_THREADS = 256
-ELEMENTWISE_THREADS = 256
 
 #: Upper bound on the backward-weight partial sums, in bytes.
 PARTIAL_BYTES = 64 * 2**20
@@ -111,9 +110,11 @@ class _Param:
             if value.dtype != want:
                 return TypeError, f"must be {np.dtype(want)}, got {value.dtype}"
             if not value.flags.c_contiguous:
-                return ValueError, f"must be C-contiguous (shape {value.shape}, strides {value.strides})"
+                return ValueError, (f"must be C-contiguous (shape {value.shape},"
+                                    f" strides {value.strides})")
             if value.device.id != device:
-                return ValueError, f"lives on device {value.device.id}, the kernel on device {device}"
+                return ValueError, (f"lives on device {value.device.id}, the kernel on device"
+                                    f" {device}")
             if value.shape != tuple(shape):
                 return ValueError, f"has shape {tuple(value.shape)}, expected {tuple(shape)}"
             return None
