@@ -65,6 +65,7 @@ class _Progress:
     def __init__(self, quiet: bool, as_json: bool):
         self.bar = not quiet and not as_json and sys.stderr.isatty()
         self.lines = not quiet and not as_json
+        self.last_epoch = None
 
     def __call__(self, e: dict) -> None:
         if e["kind"] == "batch":
@@ -74,6 +75,7 @@ class _Progress:
                 click.echo(f"\repoch {e['epoch']}/{e['epochs']} [{bar}] {done:4.0%}  loss {e['loss']:.4f}"
                            f"  acc {e['accuracy']:6.2%}  {e['images_per_s']:,.0f} img/s", err=True, nl=False)
             return
+        self.last_epoch = e["epoch"]
         if self.bar:
             click.echo("\r" + " " * 90 + "\r", err=True, nl=False)
         if self.lines:
@@ -168,10 +170,18 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, image_size,
                    f" images of {run['channels']}x{run['image_size']}x{run['image_size']}, backend"
                    f" {be.name}, {run['optimizer']} lr {run['lr']:g}, batch {run['batch_size']},"
                    f" {run['epochs']} epochs{', augmented' if run['augment'] else ''}")
-    history = pc.fit(model, data["train"], epochs=run["epochs"], batch_size=run["batch_size"],
-                     optimizer=opt, val=data["val"], augment=default_augment() if run["augment"] else None,
-                     seed=None if resume else run["seed"], callback=progress, checkpoint=out,
-                     resume=resume, metadata={"run": run, "classes": list(CLASSES)})
+    try:
+        history = pc.fit(model, data["train"], epochs=run["epochs"], batch_size=run["batch_size"],
+                         optimizer=opt, val=data["val"],
+                         augment=default_augment() if run["augment"] else None,
+                         seed=None if resume else run["seed"], callback=progress, checkpoint=out,
+                         resume=resume, metadata={"run": run, "classes": list(CLASSES)})
+    except KeyboardInterrupt:
+        saved = resume or progress.last_epoch is not None
+        hint = (f"; the last finished epoch is saved in {out}: continue with"
+                f" `polycnn train --resume --out {out}`") if saved else "; no epoch finished"
+        click.echo(f"\ninterrupted{hint}", err=True)
+        sys.exit(130)
     test = pc.evaluate(model, data["test"])
     total = time.perf_counter() - t_start
     train_seconds = float(np.nansum(history["seconds"]))

@@ -102,7 +102,8 @@ def test_train_json_quiet_and_resume_after_ctrl_c(tmp_path, monkeypatch):
     part = str(tmp_path / "part.npz")
     monkeypatch.setattr(train_cli._Progress, "__call__", interrupt_in_epoch_3)
     r = CliRunner().invoke(main, ["train", *TINY, "--epochs", "3", "--out", part])
-    assert r.exit_code != 0 and pc.load(part).training_state["epoch"] == 2
+    assert r.exit_code == 130 and pc.load(part).training_state["epoch"] == 2
+    assert f"continue with `polycnn train --resume --out {part}`" in r.output
     monkeypatch.setattr(train_cli._Progress, "__call__", real_progress)
     r = _run(["train", "--resume", "--out", part, "--backend", "numpy"])
     assert r.exit_code == 0, r.output
