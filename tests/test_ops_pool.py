@@ -102,13 +102,16 @@ def test_maxpool_padding_never_wins_over_real_values(backend, dtype):
 
 
 def test_maxpool_minus_inf_ties_with_padding(backend, dtype):
-    """A window whose real entries are all -inf ties with its -inf padding: the first entry in
-    row-major order (here a padded one) is the argmax, so that window's gradient is dropped."""
+    """A window whose real entries are all -inf: padding is never the argmax (PyTorch's rule),
+    so the first real entry in row-major window order gets the gradient."""
     x = np.full((1, 1, 2, 2), -np.inf, dtype)
     x[0, 0, 1, 1] = 3.0
     dy = np.ones((1, 1, 3, 3))
     y, dx = _maxpool(backend, x, dy.astype(dtype), kernel_size=2, stride=1, padding=1)
-    assert dx[0, 0, 1, 1] == 4.0 and dx[0, 0, 0, 0] == 0.0
+    # 9 windows over the padded 4x4 map: the 4 that see x[1, 1] pick it; of the 5 others,
+    # 3 pick x[0, 0] (their first real entry), one x[0, 1], one x[1, 0] (as PyTorch does)
+    np.testing.assert_array_equal(dx[0, 0], np.array([[3.0, 1.0], [1.0, 4.0]]),
+                                  err_msg=f"maxpool2d backward, backend={backend.name}")
     np.testing.assert_array_equal(y, reference.maxpool2d_forward(x, 2, 1, 1))
     np.testing.assert_array_equal(dx, reference.maxpool2d_backward(dy, x, 2, 1, 1),
                                   err_msg=f"maxpool2d backward, backend={backend.name}")

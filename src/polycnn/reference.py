@@ -82,15 +82,17 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, has_bias=True):
 # ---- max pooling ---------------------------------------------------------------------------
 
 def _max_window(x, n, c, p, q, g):
-    """(value, (h, v)) of the max of one window: -inf padding; the first NaN, else the first
-    of tied maxima in row-major window order. (h, v) may lie in the padding."""
-    best, where = None, None
+    """(value, (h, v)) of the max of one window, over its real entries only (padding is -inf
+    and never the argmax): the first NaN, else the first of tied maxima in row-major order."""
+    best, where = -math.inf, None
     for r in range(g.R):
         for s in range(g.S):
             h = p * g.stride_h - g.pad_h + r
             v = q * g.stride_w - g.pad_w + s
-            value = x[n, c, h, v] if (0 <= h < g.H and 0 <= v < g.W) else -math.inf
-            if best is None:
+            if not (0 <= h < g.H and 0 <= v < g.W):
+                continue
+            value = x[n, c, h, v]
+            if where is None:
                 better = True
             elif math.isnan(best):
                 better = False
@@ -115,7 +117,7 @@ def maxpool2d_forward(x, kernel_size=2, stride=None, padding=0):
 
 
 def maxpool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
-    """dx[n, c, argmax of window (p, q)] += dy[n, c, p, q]; a max in the padding is dropped."""
+    """dx[n, c, argmax of window (p, q)] += dy[n, c, p, q]."""
     dy, x = _f64(dy), _f64(x)
     g = pool_geometry(x.shape, kernel_size, stride, padding)
     if dy.shape != g.y_shape:
@@ -126,8 +128,7 @@ def maxpool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
             for p in range(g.P):
                 for q in range(g.Q):
                     h, v = _max_window(x, n, c, p, q, g)[1]
-                    if 0 <= h < g.H and 0 <= v < g.W:
-                        dx[n, c, h, v] += dy[n, c, p, q]
+                    dx[n, c, h, v] += dy[n, c, p, q]
     return dx
 
 

@@ -38,6 +38,8 @@ maxpool2d_forward(x, kernel_size=2, stride=None, padding=0) -> (y, ctx)
 
     A NaN in a window is its max. When several entries tie, the first in row-major window
     order (smallest r, then smallest s) is the argmax; the backward sends the gradient there.
+    The argmax is always a real entry of x, never padding (PyTorch's rule): a window whose
+    real entries are all -inf sends its gradient to the first of them.
 
 maxpool2d_backward(dy, ctx) -> dx
     dx[n, c, argmax window position of (n, c, p, q)] += dy[n, c, p, q]; zero elsewhere.

@@ -213,6 +213,13 @@ class NumpyBackend(Backend):
                 better |= np.isnan(v) & ~np.isnan(y)
             np.copyto(y, v, where=better)
             np.copyto(arg, idx, where=better)
+        if g.pad_h or g.pad_w:
+            # NOTE: a -inf max may sit on padding (it ties with it); the argmax must be the
+            # window's first real entry then, which lies at offset (r0, s0) of the window
+            r0 = np.maximum(g.pad_h - g.stride_h * np.arange(g.P), 0)
+            s0 = np.maximum(g.pad_w - g.stride_w * np.arange(g.Q), 0)
+            first_real = (r0[:, None] * g.S + s0[None, :]).astype(arg.dtype)
+            np.copyto(arg, first_real, where=y == -np.inf)
         return y, arg
 
     def _maxpool2d_backward(self, dy, ctx):
