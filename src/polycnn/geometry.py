@@ -82,7 +82,7 @@ def check_same_dtype(**arrays) -> np.dtype:
     items = [(k, v) for k, v in arrays.items() if v is not None]
     dtypes = {np.dtype(v.dtype) for _, v in items}
     if len(dtypes) > 1:
-        desc = ", ".join(f"{k} {v.dtype}" for k, v in items)
+        desc = ", ".join(f"{k} {v.dtype} (shape {tuple(v.shape)})" for k, v in items)
         raise TypeError(f"dtypes must match, got {desc}")
     return np.dtype(items[0][1].dtype)
 

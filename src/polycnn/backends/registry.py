@@ -36,7 +36,6 @@ def register(name: str, target: str, summary: str) -> None:
 def _load(entry: _Entry):
     with _LOCK:
         if not entry.tried:
-            entry.tried = True
             module_name, attr = entry.target.split(":")
             try:
                 entry.instance = getattr(importlib.import_module(module_name), attr)()
@@ -44,6 +43,8 @@ def _load(entry: _Entry):
                 entry.error = exc
             except ImportError as exc:
                 entry.error = BackendUnavailable(f"backend {entry.name!r} failed to import: {exc}")
+            # NOTE: set only now: any other exception is a bug that must surface on every call
+            entry.tried = True
     if entry.error is not None:
         raise entry.error
     return entry.instance
