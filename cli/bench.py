@@ -165,7 +165,7 @@ def render(result: dict) -> str:
                  f"{r['warm']['first_call_s']:.2f}", f"{r['compile_s']:.2f}"]
                 for r in result["startup"]]
         out += ["", "start-up: a fresh process imports polycnn, gets the backend, runs a tiny conv"
-                " and pool fwd+bwd; cold = empty compile cache, warm = the cache cold left",
+                " and pool fwd+bwd; cold = empty compile caches, warm = the caches cold left",
                 format_table(headers, rows)]
 
     if result.get("fast_blas"):

@@ -595,10 +595,12 @@ print(json.dumps({"import_s": t1 - t0, "get_backend_s": t2 - t1, "first_call_s":
 
 def _startup_once(name: str, cache_dir: str, timeout: float) -> dict:
     env = dict(os.environ)
-    # NOTE: both, because a backend may keep its compiled code under NUMBA_CACHE_DIR or under
-    # the user's cache folder; either way the cold run starts from an empty one.
-    env["NUMBA_CACHE_DIR"] = os.path.join(cache_dir, "numba")
-    env["XDG_CACHE_HOME"] = os.path.join(cache_dir, "xdg")
+    # NOTE: every cache a backend may compile into: Numba's, CuPy's kernel cache and the user's
+    # cache folder (where polycnn keeps its own when those are not set); the cold run starts
+    # with all of them empty.
+    for variable, folder in (("NUMBA_CACHE_DIR", "numba"), ("CUPY_CACHE_DIR", "cupy"),
+                             ("XDG_CACHE_HOME", "xdg")):
+        env[variable] = os.path.join(cache_dir, folder)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT, name], env=env,
                           capture_output=True, text=True, timeout=timeout)
