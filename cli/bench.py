@@ -124,7 +124,9 @@ def render(result: dict) -> str:
     ]
     if peak:
         out.insert(4, f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f}"
-                      f" GFLOP/s (best of {peak['repeats']})")
+                      f" GFLOP/s (best of {peak['repeats']} before the ops and"
+                      f" {peak['repeats']} after: {peak['gflops_before']:.0f},"
+                      f" {peak['gflops_after']:.0f})")
     has_torch = "torch" in result["engines"]
 
     if result["ops"]:

@@ -226,3 +226,11 @@ def test_training_rows_for_both_models_on_every_engine():
                                                and t["engine"] == "torch")))
     table = render(data)
     assert "images/s" in table and "lenet5" in table and "matmul" not in table
+
+
+def test_peak_fraction_only_for_host_engines_with_flops():
+    rows = [{"gflops": 50.0, "device": False, "peak_fraction": None},
+            {"gflops": 5000.0, "device": True, "peak_fraction": None},
+            {"gflops": None, "device": False, "peak_fraction": None}]
+    B.add_peak_fractions(rows, 200.0)
+    assert [r["peak_fraction"] for r in rows] == [0.25, None, None]
