@@ -19,6 +19,22 @@ def _names(value, option: str):
     return names
 
 
+def _child_argv(params: dict) -> list[str]:
+    """These options again, for the ``--fast-blas`` child (which adds ``--json``)."""
+    argv = ["bench"]
+    for option, key in (("--backends", "backends"), ("--layers", "layers"),
+                        ("--rounds", "rounds"), ("--matmul-size", "matmul_size")):
+        if params[key] is not None:
+            argv += [option, str(params[key])]
+    argv.append("--ops" if params["ops"] else "--no-ops")
+    argv.append("--training" if params["training"] else "--no-training")
+    if params["startup"] is not None:
+        argv.append("--startup" if params["startup"] else "--no-startup")
+    argv += [flag for flag, key in (("--no-torch", "no_torch"), ("--quick", "quick"))
+             if params[key]]
+    return argv
+
+
 def _progress(message: str) -> None:
     click.echo(f"bench: {message}", err=True)
 
@@ -45,7 +61,8 @@ def _progress(message: str) -> None:
               help="re-run in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"
                    " there, and say which OpenBLAS kernel ran")
 @json_option
-def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick, fast_blas, as_json):
+def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick,
+          fast_blas, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
     backend_names, layer_names = _names(backends, "--backends"), _names(layers, "--layers")
@@ -53,31 +70,14 @@ def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startu
     B.select_layers(layer_names)
     B.select_backends(backend_names)
     if fast_blas:
-        argv = ["bench"]
-        if backends:
-            argv += ["--backends", backends]
-        if layers:
-            argv += ["--layers", layers]
-        if rounds:
-            argv += ["--rounds", str(rounds)]
-        if matmul_size:
-            argv += ["--matmul-size", str(matmul_size)]
-        if not ops:
-            argv.append("--no-ops")
-        if no_torch:
-            argv.append("--no-torch")
-        argv.append("--training" if training else "--no-training")
-        if startup is not None:
-            argv.append("--startup" if startup else "--no-startup")
-        if quick:
-            argv.append("--quick")
         try:
-            result = B.run_in_child(argv)
+            result = B.run_in_child(_child_argv(click.get_current_context().params))
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops, matmul_n=matmul_size,
-                       torch=not no_torch, training=training, startup=startup)
+        options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops,
+                       matmul_n=matmul_size, torch=not no_torch, training=training,
+                       startup=startup)
         if quick:
             config = B.BenchConfig.quick_defaults(**options)
         else:

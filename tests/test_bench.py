@@ -13,7 +13,8 @@ from polycnn import bench as B
 from polycnn.cli.bench import render
 from polycnn.cli.main import main
 
-TINY = ["bench", "--quick", "--rounds", "1", "--no-training", "--no-startup", "--matmul-size", "256"]
+TINY = ["bench", "--quick", "--rounds", "1", "--no-training", "--no-startup",
+        "--matmul-size", "256"]
 
 
 def _invoke(*args):
