@@ -41,18 +41,20 @@ template <typename T> struct __align__(16) Vec4 { T v[4]; };
 
 // C[m0.., n0..] = sum over kk in [k_begin, k_end) of a(m, kk) * b(kk, n), then out(m, n, value).
 // Each thread owns a 4×4 register tile: rows 4*ty + i, columns 4*tx + j, read from shared memory
-// as vectors. The table of B's reduction rows is double-buffered: the next tile's entries are
-// written while the current tile's are read, so it needs no barrier of its own.
+// as vectors. Software pipeline: the next tile's operands are fetched from global memory into
+// registers while the current tile is multiplied out of shared memory. The table of B's
+// reduction rows is double-buffered the same way, so it needs no barrier of its own.
 // NOTE: every thread of the block reaches every __syncthreads: the loop bounds depend only on
 // blockIdx and the shape.
 template <typename T, int BM, int BN, class A, class B, class Out>
 __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int cols,
                           int k_begin, int k_end) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
     constexpr int A_STRIDE = BM + 4;
+    constexpr int A_LOADS = BM * TILE_K / GEMM_THREADS, B_LOADS = BN * TILE_K / GEMM_THREADS;
     static_assert((BM / 4) * (BN / 4) == GEMM_THREADS, "one 4x4 register tile per thread");
     static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B loads");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
     T* As = reinterpret_cast<T*>(smem_raw + 2 * TILE_K * sizeof(RowInfo));  // [TILE_K][A_STRIDE]
     T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][BN]
 
@@ -60,10 +62,24 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     const int tx = t % (BN / 4), ty = t / (BN / 4);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
 
-    // This thread always loads A entries of reduction column a_kk and B entries of column b_nn.
-    const int a_kk = t % TILE_K;
-    const int b_nn = t % BN;
+    // This thread always loads A entries of reduction column a_kk (rows a_row + i*GEMM_THREADS/
+    // TILE_K) and B entries of column b_nn (reduction rows b_kk + i*GEMM_THREADS/BN).
+    const int a_kk = t % TILE_K, a_row = t / TILE_K;
+    const int b_nn = t % BN, b_kk = t / BN;
     const typename B::Col bcol = b.column(n0 + b_nn, n0 + b_nn < cols);
+    T a_next[A_LOADS], b_next[B_LOADS];
+    auto fetch = [&](int k0, const RowInfo* rows_of_tile) {
+        const int ka = k0 + a_kk;
+        const typename A::Red ared = a.reduction(ka, ka < k_end);
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int m = m0 + a_row + i * (GEMM_THREADS / TILE_K);
+            a_next[i] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
+        }
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int kk = b_kk + i * (GEMM_THREADS / BN);
+            b_next[i] = (k0 + kk < k_end) ? b(rows_of_tile[kk], bcol) : T(0);
+        }
+    };
 
     T acc[4][4];
     for (int i = 0; i < 4; ++i)
@@ -71,21 +87,16 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
 
     if (t < TILE_K) table[t] = b.row(k_begin + t);
     __syncthreads();
+    fetch(k_begin, table);
     int buf = 0;
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        const int ka = k0 + a_kk;
-        const typename A::Red ared = a.reduction(ka, ka < k_end);
-        for (int i = 0; i < BM * TILE_K / GEMM_THREADS; ++i) {
-            const int mm = t / TILE_K + i * (GEMM_THREADS / TILE_K);
-            const int m = m0 + mm;
-            As[a_kk * A_STRIDE + mm] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
-        }
-        for (int i = 0; i < BN * TILE_K / GEMM_THREADS; ++i) {
-            const int kk = t / BN + i * (GEMM_THREADS / BN);
-            Bs[kk * BN + b_nn] = (k0 + kk < k_end) ? b(table[buf * TILE_K + kk], bcol) : T(0);
-        }
-        if (t < TILE_K && k0 + TILE_K < k_end) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
+        for (int i = 0; i < A_LOADS; ++i)
+            As[a_kk * A_STRIDE + a_row + i * (GEMM_THREADS / TILE_K)] = a_next[i];
+        for (int i = 0; i < B_LOADS; ++i) Bs[(b_kk + i * (GEMM_THREADS / BN)) * BN + b_nn] = b_next[i];
+        const bool more = k0 + TILE_K < k_end;
+        if (t < TILE_K && more) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
         __syncthreads();
+        if (more) fetch(k0 + TILE_K, table + (buf ^ 1) * TILE_K);
         for (int kk = 0; kk < TILE_K; ++kk) {
             const Vec4<T> av = *reinterpret_cast<const Vec4<T>*>(&As[kk * A_STRIDE + 4 * ty]);
             const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * BN + 4 * tx]);

@@ -83,9 +83,11 @@ def test_reference_kernels_match_numpy_in_both_thread_orders(monkeypatch):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
 def test_a_removed_syncthreads_is_caught(tmp_path, monkeypatch, reverse):
-    """Without the barrier after the tile loads, threads read shared memory that others have not
-    written yet (NaN fill) or already overwrote: the result is wrong, visibly."""
-    folder = seeded_copy(tmp_path, "conv2d.cu", "        __syncthreads();\n        for (int kk", "        for (int kk")
+    """Without the barrier between storing a tile to shared memory and multiplying it out,
+    threads read entries that others have not written yet (NaN fill) or already overwrote with
+    the next tile: the result is wrong, visibly."""
+    folder = seeded_copy(tmp_path, "conv2d.cu", "        __syncthreads();\n        if (more) fetch",
+                         "        if (more) fetch")
     monkeypatch.setitem(runtime.options, "reverse", reverse)
     x, w, b = conv_case()
     expected = run_conv(NumpyBackend(), x, w, b)[0]
