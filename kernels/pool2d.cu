@@ -4,9 +4,11 @@
 // Legend: N batch, C channels, H×W input, R×S window, P×Q output, sh/sw stride, ph/pw padding
 // (both sides). Layout NCHW.
 //
-// Max pooling reads padding as -inf and records, per output, the window offset r*S + s of its max
-// (the first in row-major window order on ties; a NaN is the max of its window, the first NaN
-// wins). Average pooling counts padding as zeros (divides by R*S).
+// Max pooling records, per output, the window offset r*S + s of its max: the first in row-major
+// window order on ties, a NaN is the max of its window (the first NaN wins), and padding is never
+// the argmax (PyTorch's rule; it is -inf, so it only matters for windows whose real entries are
+// all -inf). The host keeps padding <= half the window, so every window holds a real entry.
+// Average pooling counts padding as zeros (divides by R*S).
 // Both backward passes are gathers, one thread per input pixel, summing the windows that contain
 // it in (p, q) order: no atomics, so overlapping windows give bit-identical results run to run.
 //
@@ -16,12 +18,6 @@ struct PoolShape {
     int N, C, H, W, R, S, P, Q;
     int sh, sw, ph, pw;
 };
-
-template <typename T> __device__ T negative_infinity();
-template <> __device__ float negative_infinity<float>() { return __int_as_float(0xff800000); }
-template <> __device__ double negative_infinity<double>() {
-    return __longlong_as_double(0xfff0000000000000LL);
-}
 
 template <typename T>
 __device__ bool is_nan(T v) { return v != v; }
@@ -44,15 +40,16 @@ __device__ void maxpool2d_fwd(const T* x, T* y, int* argmax, PoolShape s) {
         const int q = i % s.Q, p = (i / s.Q) % s.P;
         const long long plane = (i / ((long long)s.P * s.Q)) * s.H * s.W;  // offset of x[n, c]
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        T best = negative_infinity<T>();
+        T best = T(0);
         int arg = 0;
         bool first = true;
         for (int r = 0; r < s.R; ++r) {
             const int h = h0 + r;
+            if (h < 0 || h >= s.H) continue;
             for (int c = 0; c < s.S; ++c) {
                 const int w = w0 + c;
-                const bool inside = h >= 0 && h < s.H && w >= 0 && w < s.W;
-                const T v = inside ? x[plane + (long long)h * s.W + w] : negative_infinity<T>();
+                if (w < 0 || w >= s.W) continue;
+                const T v = x[plane + (long long)h * s.W + w];
                 if (first || v > best || (is_nan(v) && !is_nan(best))) {
                     best = v;
                     arg = r * s.S + c;
