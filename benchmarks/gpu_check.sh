@@ -156,6 +156,37 @@ for r in rows:
           f" {r['torch_tf32_fb']*1e3:10.3f} {r['torch_tf32_fb']/r['cupy_fb']:6.2f} {r['max_err_vs_torch']:8.1e}")
 sys.stdout.flush()
 
+# where the time of cupy's fwd+bwd goes, kernel by kernel (layers b and c)
+from polycnn.backends import cupy_backend as cb  # noqa: E402
+from polycnn.geometry import conv_geometry  # noqa: E402
+
+for name in ("b", "c"):
+    xs, ws, stride, pad = LAYERS[name]
+    g = conv_geometry(xs, ws, stride, pad)
+    x = be.asarray(np.random.default_rng(0).standard_normal(xs).astype(np.float32))
+    w = be.asarray(np.random.default_rng(1).standard_normal(ws).astype(np.float32))
+    y = be.xp.empty(g.y_shape, np.float32)
+    dx = be.xp.empty(g.x_shape, np.float32)
+    splits, chunk = be._weight_splits(g, 4)
+    crs = g.C * g.R * g.S
+    partial = be.xp.empty((splits, g.K, crs), np.float32)
+    s0, s1 = be._conv_shape(g), be._conv_shape(g, chunk)
+    parts = {
+        "fwd": lambda: be._gemm("conv2d_fwd", np.float32, g.K, g.N * g.P * g.Q, 1,
+                                [x, w, None, y, s0], [g.x_shape, g.w_shape, (g.K,), g.y_shape, None]),
+        "bwd_data": lambda: be._gemm("conv2d_bwd_data", np.float32, g.C, g.N * g.H * g.W, 1,
+                                     [y, w, dx, s0], [g.y_shape, g.w_shape, g.x_shape, None]),
+        f"bwd_weight ({splits} splits)": lambda: be._gemm(
+            "conv2d_bwd_weight", np.float32, g.K, crs, splits, [y, x, partial, s1],
+            [g.y_shape, g.x_shape, partial.shape, None]),
+    }
+    times = {k: timed(f, cupy_sync) * 1e3 for k, f in parts.items()}
+    tiles = {op: "x".join(map(str, cb.TILES[cb.gemm_tile(r, c)])) for op, r, c in (
+        ("fwd", g.K, g.N * g.P * g.Q), ("bwd_data", g.C, g.N * g.H * g.W), ("bwd_weight", g.K, crs))}
+    print(f"layer {name} kernels (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items())
+          + f"; tiles {tiles}")
+sys.stdout.flush()
+
 # ---- training throughput: the shapes CNN of perf-baseline.md at batch 128 ----
 BATCH, STEPS = 128, 20
 rng = np.random.default_rng(0)
@@ -232,11 +263,11 @@ def breakdown():
 cupy_ips = images_per_s(pc_epoch)
 print("\nshapes CNN training, batch 128, 3x64x64, SGD momentum 0.9, host batches copied each step")
 print(f"  cupy backend           {cupy_ips:10.0f} images/s   step breakdown (ms): {breakdown()}")
-for flag, tag in ((False, "fp32"), (True, "tf32 (PyTorch's default for cuDNN convs)")):
+for flag, tag in ((False, "fp32"), (True, "tf32")):
     set_tf32(flag)
     tips = images_per_s(torch_epoch)
-    print(f"  PyTorch + cuDNN {tag:6}  {tips:10.0f} images/s   cupy/torch = {cupy_ips / tips:.2f}"
-          " (target >= 0.7)")
+    print(f"  PyTorch + cuDNN {tag}   {tips:10.0f} images/s   cupy/torch = {cupy_ips / tips:.2f}"
+          " (target >= 0.7)" + ("  [tf32: PyTorch's default for cuDNN convolutions]" if flag else ""))
 PY
 rc=$?
 echo "benchmark exit status: $rc"
