@@ -144,24 +144,50 @@ def _pad_planes(src, dst, top, left):
 # ---- convolution ------------------------------------------------------------------------------
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
-def _gather_gemm(src, A, tab, geo, bias, out):
-    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · src[n].flat[t*ish*Ws + u*isw + tab[j]]
+@njit(parallel=True, cache=True)
+def _pad_nhwc(src, dst, top, left):
+    """dst[n, i, j, c] = src[n, c, i - top, j - left] where that is inside src, else 0: a
+    zero-padded channel-last copy (``top``/``left`` may be negative, as in ``_pad_planes``)."""
+    N, C, H, W = src.shape
+    Hd, Wd = dst.shape[1], dst.shape[2]
+    for ni in prange(N * Hd):
+        n = ni // Hd
+        i = ni - n * Hd
+        h = i - top
+        for j in range(Wd):
+            w = j - left
+            if 0 <= h < H and 0 <= w < W:
+                for c in range(C):
+                    dst[n, i, j, c] = src[n, c, h, w]
+            else:
+                for c in range(C):
+                    dst[n, i, j, c] = 0
 
-    for t < To, u < Uo, m < M. ``geo`` = (ish, isw, To, Uo, M, oh0, ow0, osh, osw, TP, chunks);
-    ``bias`` has length M or 0 (no bias). A is (Mp, Lp) with zero padding."""
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _gather_gemm(src, A, seg, geo, bias, out):
+    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · row(n, t, u)[j]
+
+    for t < To, u < Uo, m < M, where row(n, t, u) is the concatenation over k of the ``plen``
+    contiguous source elements at ``n*plane + t*ish*rs + u*isw*cs + seg[k]`` (rs/cs: the
+    source's row and pixel strides; channel-last sources give long segments, so the rows are
+    built with vectorised copies). ``geo`` = (ish, isw, To, Uo, M, oh0, ow0, osh, osw, TP,
+    chunks, rs, cs, plen); ``bias`` has length M or 0. A is (Mp, Lp) with zero padding."""
     ish, isw, To, Uo, M = geo[0], geo[1], geo[2], geo[3], geo[4]
     oh0, ow0, osh, osw, TP, chunks = geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
+    rs, cs, plen = geo[11], geo[12], geo[13]
     N = src.shape[0]
-    Ws = src.shape[3]
-    plane = src.shape[1] * src.shape[2] * Ws
+    plane = src.size // N
     Mp, Lp = A.shape
-    L = tab.shape[0]
+    nseg = seg.shape[0]
     npix = To * Uo
     ntile = (npix + TP - 1) // TP
     ntask = N * ntile
     has_bias = bias.shape[0] > 0
-    flat = src.reshape(N * plane)
+    flat = src.reshape(src.size)
+    # NOTE: unsigned offsets (see _direct_conv) so the segment copies vectorise
+    useg = seg.astype(np.uint64)
+    uplen = np.uint64(plen)
     for ch in prange(chunks):
         rows = np.zeros((TP, Lp), dtype=A.dtype)
         tile = np.empty((Mp, TP), dtype=A.dtype)
@@ -172,14 +198,17 @@ def _gather_gemm(src, A, tab, geo, bias, out):
             for t in range(t0, t1):
                 p = t // Uo
                 q = t - p * Uo
-                base = n * plane + p * ish * Ws + q * isw
+                base = np.uint64(n * plane + p * ish * rs + q * isw * cs)
                 row = rows[t - t0]
-                for j in range(L):
-                    row[j] = flat[base + tab[j]]
+                for k in range(nseg):
+                    o = base + useg[k]
+                    d = np.uint64(k) * uplen
+                    for l in range(uplen):
+                        row[d + l] = flat[o + l]
             T4 = (t1 - t0 + 3) // 4 * 4
             _mm_nt(A, rows, tile, Mp, T4, Lp, False, True)
             for m in range(M):
-                bm = bias[m] if has_bias else 0
+                bm = bias[m] if has_bias else np.float32(0)
                 for t in range(t0, t1):
                     p = t // Uo
                     q = t - p * Uo
@@ -249,41 +278,49 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
 def _conv_weight_partials(src, dy, tab, geo, partial):
     """partial[g, k, j] = Σ over samples n of chunk g, pixels t of dy[n, k, t] · src[n].flat[base(t) + tab[j]]
 
-    ``geo`` = (sh, sw, TP); chunk g holds samples [g*N//G, (g+1)*N//G) with G = partial.shape[0]
-    (a function of N only). ``partial`` is zero on entry, shape (G, Kp, Lp)."""
-    sh, sw, TP = geo[0], geo[1], geo[2]
+    with base(p, q) = p*sh*Ws + q*sw over an NCHW source. Pixels go in tiles of ``TR`` whole
+    output rows, so a tile of columns is built with one strided (for sw = 1, contiguous) copy
+    per (j, output row). ``geo`` = (sh, sw, TR); chunk g holds samples [g*N//G, (g+1)*N//G)
+    with G = partial.shape[0] (a function of N only). ``partial`` is zero on entry, shape
+    (G, Kp, Lp)."""
+    sh, sw, TR = geo[0], geo[1], geo[2]
     N, K, P, Q = dy.shape
     Ws = src.shape[3]
     plane = src.shape[1] * src.shape[2] * Ws
     G, Kp, Lp = partial.shape
     L = tab.shape[0]
-    npix = P * Q
+    TP = TR * Q
     flat = src.reshape(N * plane)
+    uQ = np.uint64(Q)
+    usw = np.uint64(sw)
     for g in prange(G):
         cols = np.zeros((Lp, TP), dtype=dy.dtype)
         dyt = np.zeros((Kp, TP), dtype=dy.dtype)
-        bases = np.zeros(TP, dtype=np.int64)
         acc = partial[g]
         for n in range(g * N // G, (g + 1) * N // G):
-            dyn = dy[n].reshape(K, npix)
-            for t0 in range(0, npix, TP):
-                cnt = min(TP, npix - t0)
-                for tt in range(cnt):
-                    t = t0 + tt
-                    p = t // Q
-                    q = t - p * Q
-                    bases[tt] = n * plane + p * sh * Ws + q * sw
+            dyn = dy[n].reshape(K, P * Q)
+            for p0 in range(0, P, TR):
+                rows = min(TR, P - p0)
+                cnt = rows * Q
                 for j in range(L):
-                    off = tab[j]
                     col = cols[j]
-                    for tt in range(cnt):
-                        col[tt] = flat[bases[tt] + off]
+                    for pr in range(rows):
+                        o = np.uint64(n * plane + (p0 + pr) * sh * Ws + tab[j])
+                        d = np.uint64(pr * Q)
+                        if sw == 1:  # NOTE: a separate unit-stride loop, so it vectorises
+                            for q in range(uQ):
+                                col[d + q] = flat[o + q]
+                        else:
+                            for q in range(uQ):
+                                col[d + q] = flat[o + q * usw]
                     for tt in range(cnt, TP):
                         col[tt] = 0
                 for k in range(K):
                     drow = dyt[k]
-                    for tt in range(cnt):
-                        drow[tt] = dyn[k, t0 + tt]
+                    src_row = dyn[k]
+                    o = np.uint64(p0 * Q)
+                    for tt in range(np.uint64(cnt)):
+                        drow[tt] = src_row[o + tt]
                     for tt in range(cnt, TP):
                         drow[tt] = 0
                 _mm_nt(dyt, cols, acc, Kp, Lp, TP, True, False)

@@ -34,12 +34,16 @@ from .base import Backend, OpContext
 #: thread count, so the summation order, hence the result, is the same on any machine setting)
 WEIGHT_GRAD_CHUNKS = 16
 
+#: pixels per weight-gradient tile (rounded to whole output rows): the reduction length of
+#: each dot product, traded against keeping the tile of dy in L1
+WEIGHT_GRAD_TILE = 256
+
 #: target bytes of one tile of gathered rows (kept in L1 next to 4 rows of weights)
 ROW_TILE_BYTES = 32 * 1024
 
-#: convolutions with at most this many output channels (input channels, for backward-data)
-#: run the row-direct kernel when the source stride is 1
-DIRECT_MAX_OUTPUTS = 1 << 30
+#: unit-stride passes with (output channels × source channels) up to this run the row-direct
+#: kernel (no gather; measured faster there), larger ones the tiled GEMM; see _use_direct
+DIRECT_MAX_WORK = 512
 
 #: accumulator length of the row-direct kernel (whole padded rows, about this many elements)
 DIRECT_ROW_ELEMENTS = 2048
@@ -208,36 +212,59 @@ class NumbaBackend(Backend):
             return x, None
         return self._padded(x, g.pad_h, g.pad_w, Hp, Wp, slack)
 
-    def _use_direct(self, M: int, L: int) -> bool:
-        """Row-direct kernel (no gather) for few output channels; tiled GEMM otherwise."""
-        return M <= DIRECT_MAX_OUTPUTS
+    def _use_direct(self, M: int, C: int) -> bool:
+        """Row-direct kernel (no gather) for few output channels M or few source channels C
+        (short channel-last segments); tiled GEMM otherwise."""
+        return M * C <= DIRECT_MAX_WORK
 
-    def _launch(self, src, flat, A, tab, M, grid, place, bias, out, direct: bool):
-        """One gather-GEMM (or row-direct) pass: ``grid`` = (ish, isw, To, Uo), ``place`` =
+    def _padded_nhwc(self, src, top: int, left: int, Hs: int, Ws: int):
+        dst = np.empty((src.shape[0], Hs, Ws, src.shape[1]), dtype=src.dtype)
+        self._k._pad_nhwc(src, dst, top, left)
+        return dst
+
+    def _direct(self, src, flat, A, tab, M, grid, place, bias, out):
+        """Row-direct pass over a unit-stride NCHW source: ``grid`` = (To, Uo), ``place`` =
         (oh0, ow0, osh, osw) where output pixel (t, u) lands."""
+        To, Uo = grid
+        tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.shape[3]))
+        ntask = src.shape[0] * ceil_div(To, tb) * M
+        geo = np.array([1, 1, To, Uo, M, *place, tb, self._chunks(ntask)], dtype=np.int64)
+        self._k._direct_conv(src, flat, A, tab, geo, bias, out)
+
+    def _gemm(self, src, A, seg, plen, M, grid, place, bias, out):
+        """Gather-GEMM pass over a channel-last source (N, Hs, Ws, Cs): ``grid`` = (ish, isw,
+        To, Uo); segments of ``plen`` elements at offsets ``seg`` make one row."""
         ish, isw, To, Uo = grid
-        if direct:
-            tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.shape[3]))
-            ntask = src.shape[0] * ceil_div(To, tb) * M
-            geo = np.array([ish, isw, To, Uo, M, *place, tb, self._chunks(ntask)], dtype=np.int64)
-            self._k._direct_conv(src, flat, A, tab, geo, bias, out)
-        else:
-            tp = self._row_tile(A.shape[1], src.dtype.itemsize, To * Uo)
-            ntask = src.shape[0] * ceil_div(To * Uo, tp)
-            geo = np.array([ish, isw, To, Uo, M, *place, tp, self._chunks(ntask)], dtype=np.int64)
-            self._k._gather_gemm(src, A, tab, geo, bias, out)
+        Ws, Cs = src.shape[2], src.shape[3]
+        tp = self._row_tile(A.shape[1], src.dtype.itemsize, To * Uo)
+        ntask = src.shape[0] * ceil_div(To * Uo, tp)
+        geo = np.array([ish, isw, To, Uo, M, *place, tp, self._chunks(ntask), Ws * Cs, Cs, plen],
+                       dtype=np.int64)
+        self._k._gather_gemm(src, A, seg, geo, bias, out)
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
         self._set_threads()
         L = g.C * g.R * g.S
-        direct = g.stride_h == g.stride_w == 1 and self._use_direct(g.K, L)
-        xp, flat = self._padded_input(x, g, slack=direct)
-        A = _padded_matrix(w.reshape(g.K, L), _round_up(g.K, 4), _round_up(L, 16))
-        tab = self._forward_table(g, xp.shape[2], xp.shape[3])
         y = np.empty(g.y_shape, dtype=x.dtype)
         bias = b if b is not None else np.zeros(0, dtype=x.dtype)
-        self._launch(xp, flat, A, tab, g.K, (g.stride_h, g.stride_w, g.P, g.Q), (0, 0, 1, 1),
-                     bias, y, direct)
+        Kp, Lp = _round_up(g.K, 4), _round_up(L, 16)
+        if g.stride_h == g.stride_w == 1 and self._use_direct(g.K, g.C):
+            xp, flat = self._padded_input(x, g, slack=True)
+            A = _padded_matrix(w.reshape(g.K, L), Kp, Lp)
+            tab = self._forward_table(g, xp.shape[2], xp.shape[3])
+            self._direct(xp, flat, A, tab, g.K, (g.P, g.Q), (0, 0, 1, 1), bias, y)
+            return y, None
+        Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
+        Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
+        xh = self._padded_nhwc(x, g.pad_h, g.pad_w, Hp, Wp)
+        A = _padded_matrix(w.transpose(0, 2, 3, 1).reshape(g.K, L), Kp, Lp)  # (r, s, c) order
+        r, s = np.meshgrid(np.arange(g.R), np.arange(g.S), indexing="ij")
+        if g.dil_w == 1:  # a kernel row is one run of S*C channel-last elements
+            seg, plen = np.arange(g.R) * (g.dil_h * Wp * g.C), g.S * g.C
+        else:
+            seg, plen = ((r * g.dil_h * Wp + s * g.dil_w) * g.C).ravel(), g.C
+        self._gemm(xh, A, seg.astype(np.int64), plen, g.K, (g.stride_h, g.stride_w, g.P, g.Q),
+                   (0, 0, 1, 1), bias, y)
         return y, None
 
     def _conv2d_backward(self, dy, ctx: OpContext):
@@ -258,11 +285,11 @@ class NumbaBackend(Backend):
         L = g.C * g.R * g.S
         tab = self._forward_table(g, Hp, Wp)
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
-        # a pixel tile of dy (Kp × TP) and of columns (Lp × TP); TP a multiple of 16 lanes
-        tp = max(16, min(256, _round_up(g.P * g.Q, 16)))
+        # tiles of whole output rows, about WEIGHT_GRAD_TILE pixels: dy (Kp × TP), columns (Lp × TP)
+        tile_rows = max(1, min(g.P, WEIGHT_GRAD_TILE // g.Q))
         chunks = min(g.N, WEIGHT_GRAD_CHUNKS)
         partial = np.zeros((chunks, Kp, Lp), dtype=dy.dtype)
-        geo = np.array([g.stride_h, g.stride_w, tp], dtype=np.int64)
+        geo = np.array([g.stride_h, g.stride_w, tile_rows], dtype=np.int64)
         self._k._conv_weight_partials(xp, dy, tab, geo, partial)
         dw = np.empty((g.K, L), dtype=dy.dtype)
         self._k._sum_partials(partial, dw)
@@ -277,25 +304,35 @@ class NumbaBackend(Backend):
         cols = [self._phase_taps(b, g.W, g.pad_w, g.S, g.dil_w, sw) for b in range(sw)]
         top, Hs = self._source_extent(rows)
         left, Ws = self._source_extent(cols)
-        direct = self._use_direct(g.C, g.K * g.R * g.S)
-        dyp, flat = self._padded(dy, top, left, Hs, Ws, slack=direct)
-        wt = w.transpose(1, 0, 2, 3)  # (C, K, R, S)
+        direct = self._use_direct(g.C, g.K)
+        if direct:
+            dyp, flat = self._padded(dy, top, left, Hs, Ws, slack=True)
+        else:
+            dyh = self._padded_nhwc(dy, top, left, Hs, Ws)
         empty_phase = any(not t[1] for t in rows) or any(not t[1] for t in cols)
         dx = (np.zeros if empty_phase else np.empty)(g.x_shape, dtype=dy.dtype)
         bias = np.zeros(0, dtype=dy.dtype)
+        Cp = _round_up(g.C, 4)
         for a, (Ta, rtaps, roffs) in enumerate(rows):
             for b, (Ub, staps, soffs) in enumerate(cols):
                 if not rtaps or not staps or Ta == 0 or Ub == 0:
                     continue
-                k, ri, si = np.meshgrid(np.arange(g.K), np.arange(len(rtaps)),
-                                        np.arange(len(staps)), indexing="ij")
-                roff = np.asarray(roffs, dtype=np.int64)[ri] + top
-                soff = np.asarray(soffs, dtype=np.int64)[si] + left
-                tab = (k * (Hs * Ws) + roff * Ws + soff).ravel().astype(np.int64)
-                sub = wt[:, :, rtaps][:, :, :, staps].reshape(g.C, -1)
-                A = _padded_matrix(sub, _round_up(g.C, 4), _round_up(sub.shape[1], 16))
-                self._launch(dyp, flat, A, tab, g.C, (1, 1, Ta, Ub), (a, b, sh, sw), bias, dx,
-                             direct)
+                sub = w[:, :, rtaps][:, :, :, staps]  # (K, C, taps r, taps s)
+                ro = np.asarray(roffs, dtype=np.int64) + top
+                so = np.asarray(soffs, dtype=np.int64) + left
+                place = (a, b, sh, sw)
+                if direct:
+                    k, ri, si = np.meshgrid(np.arange(g.K), np.arange(len(rtaps)),
+                                            np.arange(len(staps)), indexing="ij")
+                    tab = (k * (Hs * Ws) + ro[ri] * Ws + so[si]).ravel()
+                    A = sub.transpose(1, 0, 2, 3).reshape(g.C, -1)  # (c; k, r, s)
+                    A = _padded_matrix(A, Cp, _round_up(A.shape[1], 16))
+                    self._direct(dyp, flat, A, tab, g.C, (Ta, Ub), place, bias, dx)
+                else:
+                    seg = ((ro[:, None] * Ws + so[None, :]) * g.K).ravel()
+                    A = sub.transpose(1, 2, 3, 0).reshape(g.C, -1)  # (c; r, s, k)
+                    A = _padded_matrix(A, Cp, _round_up(A.shape[1], 16))
+                    self._gemm(dyh, A, seg, g.K, g.C, (1, 1, Ta, Ub), place, bias, dx)
         return dx
 
     @staticmethod
