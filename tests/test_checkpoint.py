@@ -101,6 +101,11 @@ def test_foreign_and_missing_files(tmp_path):
     text.write_text("hello")
     with pytest.raises(ValueError, match="truncated or corrupt"):
         pc.load(text)
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ValueError, match="single array, not a polycnn checkpoint"):
+        pc.load(single)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         pc.load(tmp_path / "missing.npz")
 

@@ -85,8 +85,15 @@ def read(path) -> tuple[dict, dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} holds a single array, not a polycnn checkpoint (.npz archive)")
+        with z:
             arrays = {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "not a polycnn checkpoint" in str(exc):
+            raise
+        raise ValueError(f"{path} is not a readable polycnn checkpoint (truncated or corrupt): {exc}") from None
     except (OSError, EOFError) as exc:
         if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
