@@ -133,7 +133,8 @@ for name, (xs, ws, stride, pad) in LAYERS.items():
         y = F.conv2d(tx, tw, tb, stride=stride, padding=pad)
         return torch.autograd.grad(y, (tx, tw, tb), tdy)
 
-    # correctness on the very inputs timed
+    # correctness on the very inputs timed, against cuDNN in strict float32
+    set_tf32(False)
     y, ctx = c_fwd()
     err = float(np.abs(be.to_numpy(y) - t_fwd().cpu().numpy()).max())
     r = {"layer": name, "gflop": flops / 1e9, "max_err_vs_torch": err,
