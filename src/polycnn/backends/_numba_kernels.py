@@ -357,8 +357,9 @@ def _sum_partials(partial, out):
 
 @njit(parallel=True, cache=True)
 def _maxpool_fwd(x, geo, y, arg):
-    """y = window max (a NaN wins; ties: first in row-major order, padding included as -inf);
-    arg = flat h*W + w of it, or -1 when it is padding. ``geo`` = (R, S, sh, sw, ph, pw)."""
+    """y = window max over the real pixels (a NaN wins; ties: first in row-major order; padding
+    is never the argmax, as in PyTorch); arg = flat h*W + w of it. ``geo`` = (R, S, sh, sw,
+    ph, pw); the contract's padding limit leaves every window a real pixel."""
     R, S, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
@@ -369,13 +370,8 @@ def _maxpool_fwd(x, geo, y, arg):
             h0 = p * sh - ph
             for q in range(Q):
                 w0 = q * sw - pw
-                # the window's first entry (row-major) starts as the max; a padded one is
-                # -inf at "no pixel" (-1), so a tie with padding drops the gradient
                 best = -np.inf
                 at = -1
-                if 0 <= h0 < H and 0 <= w0 < W:
-                    best = x[n, c, h0, w0]
-                    at = h0 * W + w0
                 for r in range(R):
                     h = h0 + r
                     if h < 0 or h >= H:
@@ -385,7 +381,7 @@ def _maxpool_fwd(x, geo, y, arg):
                         if w < 0 or w >= W:
                             continue
                         v = x[n, c, h, w]
-                        if v > best or (v != v and best == best):
+                        if at < 0 or v > best or (v != v and best == best):
                             best = v
                             at = h * W + w
                 y[n, c, p, q] = best
@@ -394,8 +390,7 @@ def _maxpool_fwd(x, geo, y, arg):
 
 @njit(parallel=True, cache=True)
 def _maxpool_bwd(dy, arg, dx):
-    """dx (zero on entry) [n, c, arg] += dy (none where arg is -1, a padded argmax), one plane
-    per thread, in (p, q) order."""
+    """dx (zero on entry) [n, c, arg] += dy, one plane per thread, in (p, q) order."""
     N, C, P, Q = dy.shape
     W = dx.shape[3]
     for nc in prange(N * C):
@@ -404,8 +399,6 @@ def _maxpool_bwd(dy, arg, dx):
         for p in range(P):
             for q in range(Q):
                 a = arg[n, c, p, q]
-                if a < 0:
-                    continue
                 h = a // W
                 dx[n, c, h, a - h * W] += dy[n, c, p, q]
 
