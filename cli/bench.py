@@ -20,10 +20,12 @@ def _names(value, option: str):
 
 
 def _child_argv(params: dict) -> list[str]:
-    """These options again, for the ``--fast-blas`` child (which adds ``--json``)."""
+    """These options again, for the child process of ``--threads`` / ``--fast-blas`` (the
+    environment does their work there; ``run_in_child`` adds ``--json``)."""
     argv = ["bench"]
     for option, key in (("--backends", "backends"), ("--layers", "layers"),
-                        ("--rounds", "rounds"), ("--matmul-size", "matmul_size")):
+                        ("--rounds", "rounds"), ("--matmul-size", "matmul_size"),
+                        ("--threads", "threads")):
         if params[key] is not None:
             argv += [option, str(params[key])]
     argv.append("--ops" if params["ops"] else "--no-ops")
@@ -57,27 +59,31 @@ def _progress(message: str) -> None:
 @click.option("--startup/--no-startup", default=None,
               help="cold and warm start-up time per backend (default: on, off with --quick)")
 @click.option("--quick", is_flag=True, help="fewer rounds, smaller batches: a smoke run")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="threads for every backend and PyTorch (default: all cores); runs in a child"
+                   " process with OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS=N")
 @click.option("--fast-blas", "fast_blas", is_flag=True,
               help="re-run in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"
                    " there, and say which OpenBLAS kernel ran")
 @json_option
 def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick,
-          fast_blas, as_json):
+          threads, fast_blas, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
     backend_names, layer_names = _names(backends, "--backends"), _names(layers, "--layers")
     # fail on bad names here, before any measuring (or a child process)
     B.select_layers(layer_names)
     B.select_backends(backend_names)
-    if fast_blas:
+    if (fast_blas or threads) and not B.in_child():
         try:
-            result = B.run_in_child(_child_argv(click.get_current_context().params))
+            result = B.run_in_child(_child_argv(click.get_current_context().params),
+                                    unset=B.BLAS_ENV if fast_blas else (), threads=threads)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     else:
         options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops,
                        matmul_n=matmul_size, torch=not no_torch, training=training,
-                       startup=startup)
+                       startup=startup, threads=threads)
         if quick:
             config = B.BenchConfig.quick_defaults(**options)
         else:
@@ -170,13 +176,14 @@ def render(result: dict) -> str:
                 " and pool fwd+bwd; cold = empty compile caches, warm = the caches cold left",
                 format_table(headers, rows)]
 
-    if result.get("fast_blas"):
-        fb = result["fast_blas"]
-        unset = ", ".join(f"{k} (was {'not set' if v is None else v})"
-                          for k, v in fb["unset"].items())
-        out += ["", f"--fast-blas: measured in a child process with {unset} unset there",
-                f"OpenBLAS kernel in that child: {fb['kernel_in_child']};"
-                f" here: {fb['kernel_here']}"]
+    if result.get("child"):
+        child = result["child"]
+        changes = ", ".join(
+            (f"{k} unset" if v is None else f"{k}={v}") + f" (was {child['was'][k] or 'not set'})"
+            for k, v in child["changed"].items())
+        out += ["", f"measured in a child process with {changes}",
+                f"BLAS kernel in that child: {child['kernel_in_child']};"
+                f" here: {child['kernel_here']}"]
 
     out += [""] + [f"note: {n}" for n in result["notes"]] if result["notes"] else []
     return "\n".join(out)

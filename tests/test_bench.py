@@ -4,6 +4,7 @@ selection rules and errors. Never asserts on a time (a shared machine makes timi
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -190,9 +191,32 @@ def test_fast_blas_runs_in_a_child_without_the_openblas_settings():
     data = json.loads(result.stdout)
     # the child saw neither variable, whatever this process has
     assert data["environment"]["blas_env"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
-    assert set(data["fast_blas"]["unset"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
-    assert data["fast_blas"]["kernel_in_child"] and data["fast_blas"]["kernel_here"]
+    assert data["child"]["changed"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    assert data["child"]["kernel_in_child"] and data["child"]["kernel_here"]
     assert [(r["layer"], r["engine"]) for r in data["ops"]] == [("a", "numpy")] * 2
+    text = render(data)
+    assert "measured in a child process with OPENBLAS_CORETYPE unset" in text
+    assert "BLAS kernel in that child" in text
+
+
+def test_threads_runs_in_a_child_with_every_pool_limited():
+    result = _invoke(*TINY, "--backends", "numpy", "--layers", "pool", "--no-torch",
+                     "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["environment"]["threads"] == 1
+    assert data["child"]["changed"] == {name: "1" for name in B.THREAD_ENV}
+    assert str(data["environment"]["backend_threads"]["numpy"]) == "1"
+
+
+def test_child_env_changes_only_what_it_says(monkeypatch):
+    monkeypatch.setenv("POLYCNN_TEST_KEEP", "yes")
+    env, changed = B.child_env(unset=("POLYCNN_TEST_KEEP",), threads=3)
+    assert "POLYCNN_TEST_KEEP" not in env and changed["POLYCNN_TEST_KEEP"] is None
+    assert all(env[name] == "3" == changed[name] for name in B.THREAD_ENV)
+    assert env[B.CHILD_MARKER] == "1"
+    env, changed = B.child_env()
+    assert changed == {} and env["PATH"] == os.environ["PATH"]
 
 
 def test_training_is_skipped_with_a_note_without_the_model_stack(monkeypatch):

@@ -750,19 +750,45 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
     return result
 
 
-def run_in_child(argv: list[str], unset=BLAS_ENV) -> dict:
-    """Run ``polycnn <argv> --json`` in a child process with the ``unset`` environment variables
-    removed there only (the parent keeps them), and return its result with what was unset and
-    which BLAS kernel ran here and there. Progress on the child's stderr passes through."""
+#: set in a child process that runs the benchmark for a parent, so it does not spawn another
+CHILD_MARKER = "POLYCNN_BENCH_CHILD"
+
+#: what every thread pool here reads: OpenBLAS, OpenMP (PyTorch, Numba's omp layer), MKL, Numba
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def in_child() -> bool:
+    return os.environ.get(CHILD_MARKER) == "1"
+
+
+def child_env(unset=(), threads: int | None = None) -> tuple[dict, dict]:
+    """The environment for a child run: ``unset`` removed, and with ``threads`` every thread
+    pool's variable set to it; also what changed, for the report."""
     env = {k: v for k, v in os.environ.items() if k not in unset}
+    changed = {name: None for name in unset}
+    if threads is not None:
+        for name in THREAD_ENV:
+            env[name] = changed[name] = str(threads)
+    env[CHILD_MARKER] = "1"
+    return env, changed
+
+
+def run_in_child(argv: list[str], unset=(), threads: int | None = None) -> dict:
+    """Run ``polycnn <argv> --json`` in a child process whose environment differs from this one
+    as :func:`child_env` says (thread counts and BLAS kernel choice are read once, when the
+    libraries load, so only a fresh process can change them), and return its result with what
+    was changed and which BLAS kernel ran here and there. The child's progress passes through
+    on stderr."""
+    env, changed = child_env(unset, threads)
     proc = subprocess.run([sys.executable, "-m", "polycnn.cli.main", *argv, "--json"], env=env,
                           stdout=subprocess.PIPE, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the --fast-blas child run failed with exit code {proc.returncode}")
+        raise RuntimeError(f"the benchmark's child process failed with exit code {proc.returncode}")
     result = json.loads(lines[-1])
-    result["fast_blas"] = {
-        "unset": {name: os.environ.get(name) for name in unset},
+    result["child"] = {
+        "changed": changed,
+        "was": {name: os.environ.get(name) for name in changed},
         "kernel_here": blas_kernel(blas_info()),
         "kernel_in_child": blas_kernel(result["environment"]["blas"]),
     }
