@@ -259,3 +259,18 @@ def test_peak_fraction_only_for_host_engines_with_flops():
             {"gflops": None, "device": False, "peak_fraction": None}]
     B.add_peak_fractions(rows, 200.0)
     assert [r["peak_fraction"] for r in rows] == [0.25, None, None]
+
+
+def test_benchmark_script_prints_the_same_table():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "conv_layers.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--rounds", "1", "--layers", "a",
+                           "--backends", "numpy", "--no-torch", "--matmul-size", "256"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "conv and max pool, float32" in proc.stdout and "training" not in proc.stdout
+    assert [line.split()[:2] for line in proc.stdout.splitlines() if line.startswith("a ")] == [
+        ["a", "fwd"], ["a", "fwd+bwd"]]
