@@ -150,13 +150,15 @@ class BenchConfig:
     min_round_s: float = 0.05
     #: conv, pool and training batch sizes are divided by this (``--quick`` uses 8)
     batch_divisor: int = 1
-    #: training steps per round and per engine
+    #: SGD steps (batches) in each timed training epoch
     train_steps: int = 8
     #: numpy.matmul size for the machine's peak, and how many timed repeats (best counts)
     matmul_n: int = 4096
     matmul_repeats: int = 3
     #: torch.set_num_threads for the comparison (default: the usable cores, which is what the
-    #: CPU backends use unless told otherwise)
+    #: CPU backends use unless told otherwise). NOTE: the backends' thread pools read their
+    #: environment variables once, when they load: ``polycnn bench --threads N`` therefore runs
+    #: in a child process with them set (:func:`child_env`) and passes N here.
     threads: int | None = None
 
     @classmethod
