@@ -46,7 +46,7 @@ def _progress(message: str) -> None:
               help="comma-separated backends (default: every available one except cupy-emu)")
 @click.option("--layers", default=None, metavar="A,B",
               help=f"comma-separated layers of {', '.join(B.LAYERS)} (default: all)")
-@click.option("--rounds", type=click.IntRange(min=1), default=None,
+@click.option("--rounds", type=click.IntRange(min=1), default=None, metavar="N",
               help="interleaved rounds per measurement; the median counts (default 7, --quick 3)")
 @click.option("--matmul-size", "matmul_size", type=click.IntRange(min=16), default=None,
               metavar="N", help="numpy.matmul N^3 float32 for the machine's peak"
