@@ -689,7 +689,7 @@ def select_layers(names: list[str] | None) -> list:
 def _import_torch():
     try:
         import torch
-    except ImportError:
+    except (ImportError, OSError):  # OSError: installed, but a shared library fails to load
         return None
     return torch
 
