@@ -143,11 +143,18 @@ inline thread_local dim3 tls_grid_dim;
 
 inline std::mutex error_lock;
 inline std::string error_message;
+inline unsigned long long error_block = 0;
 inline std::atomic<bool> failed{false};
 
-inline void fail(const std::string& msg) {
+// Records an error of block `block` (linear index). The lowest block's error wins, so the message
+// is the one a sequential run would give: blocks are handed out in increasing order, so every
+// lower block has started and runs to its end.
+inline void fail(const std::string& msg, unsigned long long block = 0) {
     std::lock_guard<std::mutex> guard(error_lock);
-    if (!failed.exchange(true)) error_message = msg;
+    if (!failed.exchange(true) || block < error_block) {
+        error_message = msg;
+        error_block = block;
+    }
 }
 
 inline void to_scheduler(Worker* w, Fiber* f) {
@@ -252,9 +259,12 @@ inline bool run_block(Worker& w, unsigned int nthreads, std::size_t shared_bytes
             for (unsigned int t = 0; t < nthreads; ++t) w.fibers[t].state = RUNNABLE;
             continue;
         }
+        const uint3 b = tls_block_idx;
+        const dim3 g = tls_grid_dim;
+        const unsigned long long linear = b.x + (unsigned long long)g.x * (b.y + (unsigned long long)g.y * b.z);
         fail("__syncthreads() not reached by every thread of " + block_name() + ": " +
              std::to_string(done) + " of " + std::to_string(nthreads) +
-             " threads exited while the others wait at a barrier");
+             " threads exited while the others wait at a barrier", linear);
         return false;
     }
 }
@@ -301,7 +311,7 @@ inline int launch(Invoker invoke, void* fn, const unsigned int grid[3], const un
         tls_block_dim = dim3(block[0], block[1], block[2]);
         tls_grid_dim = dim3(grid[0], grid[1], grid[2]);
         for (;;) {
-            if (failed) return;
+            if (failed) return;  // NOTE: blocks below a failed one have all been handed out
             const unsigned long long b = next.fetch_add(1);
             if (b >= nblocks) return;
             tls_block_idx = uint3{(unsigned)(b % grid[0]), (unsigned)((b / grid[0]) % grid[1]),
