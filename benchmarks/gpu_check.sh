@@ -157,11 +157,11 @@ for r in rows:
           f" {r['torch_tf32_fb']*1e3:10.3f} {r['torch_tf32_fb']/r['cupy_fb']:6.2f} {r['max_err_vs_torch']:8.1e}")
 sys.stdout.flush()
 
-# where the time of cupy's fwd+bwd goes, kernel by kernel (layers b and c)
+# where the time of cupy's fwd+bwd goes, kernel by kernel (layers b to e)
 from polycnn.backends import cupy_backend as cb  # noqa: E402
 from polycnn.geometry import conv_geometry  # noqa: E402
 
-for name in ("b", "c"):
+for name in ("b", "c", "d", "e"):
     xs, ws, stride, pad = LAYERS[name]
     g = conv_geometry(xs, ws, stride, pad)
     x = be.asarray(np.random.default_rng(0).standard_normal(xs).astype(np.float32))
@@ -171,6 +171,8 @@ for name in ("b", "c"):
     splits, chunk = be._weight_splits(g, 4)
     crs = g.C * g.R * g.S
     partial = be.xp.empty((splits, g.K, crs), np.float32)
+    dw = be.xp.empty(g.w_shape, np.float32)
+    db = be.xp.empty((g.K,), np.float32)
     s0, s1 = be._conv_shape(g), be._conv_shape(g, chunk)
     parts = {
         "fwd": lambda: be._gemm("conv2d_fwd", np.float32, g.K, g.N * g.P * g.Q, 1,
@@ -180,6 +182,12 @@ for name in ("b", "c"):
         f"bwd_weight ({splits} splits)": lambda: be._gemm(
             "conv2d_bwd_weight", np.float32, g.K, crs, splits, [y, x, partial, s1],
             [g.y_shape, g.x_shape, partial.shape, None]),
+        "reduce": lambda: be._launch(
+            "conv2d_reduce", np.float32, be._elementwise_grid(g.K * crs), (cb.ELEMENTWISE_THREADS,),
+            [partial, dw, np.int64(g.K * crs), np.int32(splits)], [partial.shape, g.w_shape, None, None]),
+        "bias_grad": lambda: be._launch(
+            "conv2d_bias_grad", np.float32, (g.K,), (cb.BIAS_THREADS,), [y, db, s0],
+            [g.y_shape, (g.K,), None], shared_mem=cb.BIAS_THREADS * 4),
     }
     times = {k: timed(f, cupy_sync) * 1e3 for k, f in parts.items()}
     tiles = {op: "x".join(map(str, cb.TILES[cb.gemm_tile(r, c)])) for op, r, c in (

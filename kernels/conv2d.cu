@@ -329,11 +329,10 @@ __device__ void conv2d_bias_grad(const T* dy, T* db, ConvShape s) {
     T* part = reinterpret_cast<T*>(smem_raw);
     const int k = blockIdx.x, t = threadIdx.x;
     const int pq = s.P * s.Q;
-    const long long total = (long long)s.N * pq;
     T sum = T(0);
-    for (long long i = t; i < total; i += BIAS_THREADS) {
-        const long long nb = i / pq, rem = i % pq;
-        sum += dy[(nb * s.K + k) * pq + rem];
+    for (int n = 0; n < s.N; ++n) {
+        const T* plane = dy + ((long long)n * s.K + k) * pq;
+        for (int i = t; i < pq; i += BIAS_THREADS) sum += plane[i];
     }
     part[t] = sum;
     __syncthreads();
