@@ -32,24 +32,42 @@ __device__ void windows_containing(int h, int size, int stride, int pad, int out
     *last = hi < outputs - 1 ? hi : outputs - 1;
 }
 
+// Output i (flat over N, C, P, Q): the offset of its input plane x[n, c] and its window's corner.
+struct Window { long long plane; int h0, w0; };
+__device__ Window window_of(long long i, const PoolShape& s) {
+    const int q = i % s.Q, p = (i / s.Q) % s.P;
+    return Window{(i / ((long long)s.P * s.Q)) * s.H * s.W, p * s.sh - s.ph, q * s.sw - s.pw};
+}
+
+// Input i (flat over N, C, H, W): the offset of its plane of outputs dy[n, c], its position, and
+// the outputs [p0, p1] × [q0, q1] whose windows contain it.
+struct Covering { long long plane; int h, w, p0, p1, q0, q1; };
+__device__ Covering covering(long long i, const PoolShape& s) {
+    Covering c;
+    c.w = i % s.W;
+    c.h = (i / s.W) % s.H;
+    c.plane = (i / ((long long)s.H * s.W)) * s.P * s.Q;
+    windows_containing(c.h, s.R, s.sh, s.ph, s.P, &c.p0, &c.p1);
+    windows_containing(c.w, s.S, s.sw, s.pw, s.Q, &c.q0, &c.q1);
+    return c;
+}
+
 template <typename T>
 __device__ void maxpool2d_fwd(const T* x, T* y, int* argmax, PoolShape s) {
     const long long total = (long long)s.N * s.C * s.P * s.Q;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int q = i % s.Q, p = (i / s.Q) % s.P;
-        const long long plane = (i / ((long long)s.P * s.Q)) * s.H * s.W;  // offset of x[n, c]
-        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
+        const Window win = window_of(i, s);
         T best = T(0);
         int arg = 0;
         bool first = true;
         for (int r = 0; r < s.R; ++r) {
-            const int h = h0 + r;
+            const int h = win.h0 + r;
             if (h < 0 || h >= s.H) continue;
             for (int c = 0; c < s.S; ++c) {
-                const int w = w0 + c;
+                const int w = win.w0 + c;
                 if (w < 0 || w >= s.W) continue;
-                const T v = x[plane + (long long)h * s.W + w];
+                const T v = x[win.plane + (long long)h * s.W + w];
                 if (first || v > best || (is_nan(v) && !is_nan(best))) {
                     best = v;
                     arg = r * s.S + c;
@@ -67,16 +85,12 @@ __device__ void maxpool2d_bwd(const T* dy, const int* argmax, T* dx, PoolShape s
     const long long total = (long long)s.N * s.C * s.H * s.W;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int w = i % s.W, h = (i / s.W) % s.H;
-        const long long plane = (i / ((long long)s.H * s.W)) * s.P * s.Q;  // offset of dy[n, c]
-        int p0, p1, q0, q1;
-        windows_containing(h, s.R, s.sh, s.ph, s.P, &p0, &p1);
-        windows_containing(w, s.S, s.sw, s.pw, s.Q, &q0, &q1);
+        const Covering c = covering(i, s);
         T sum = T(0);
-        for (int p = p0; p <= p1; ++p) {
-            for (int q = q0; q <= q1; ++q) {
-                const long long o = plane + (long long)p * s.Q + q;
-                const int offset = (h + s.ph - p * s.sh) * s.S + (w + s.pw - q * s.sw);
+        for (int p = c.p0; p <= c.p1; ++p) {
+            for (int q = c.q0; q <= c.q1; ++q) {
+                const long long o = c.plane + (long long)p * s.Q + q;
+                const int offset = (c.h + s.ph - p * s.sh) * s.S + (c.w + s.pw - q * s.sw);
                 if (argmax[o] == offset) sum += dy[o];
             }
         }
@@ -90,16 +104,14 @@ __device__ void avgpool2d_fwd(const T* x, T* y, PoolShape s) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     const T scale = T(1) / T(s.R * s.S);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int q = i % s.Q, p = (i / s.Q) % s.P;
-        const long long plane = (i / ((long long)s.P * s.Q)) * s.H * s.W;
-        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
+        const Window win = window_of(i, s);
         T sum = T(0);
         for (int r = 0; r < s.R; ++r) {
-            const int h = h0 + r;
+            const int h = win.h0 + r;
             if (h < 0 || h >= s.H) continue;
             for (int c = 0; c < s.S; ++c) {
-                const int w = w0 + c;
-                if (w >= 0 && w < s.W) sum += x[plane + (long long)h * s.W + w];
+                const int w = win.w0 + c;
+                if (w >= 0 && w < s.W) sum += x[win.plane + (long long)h * s.W + w];
             }
         }
         y[i] = sum * scale;
@@ -112,14 +124,10 @@ __device__ void avgpool2d_bwd(const T* dy, T* dx, PoolShape s) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     const T scale = T(1) / T(s.R * s.S);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int w = i % s.W, h = (i / s.W) % s.H;
-        const long long plane = (i / ((long long)s.H * s.W)) * s.P * s.Q;
-        int p0, p1, q0, q1;
-        windows_containing(h, s.R, s.sh, s.ph, s.P, &p0, &p1);
-        windows_containing(w, s.S, s.sw, s.pw, s.Q, &q0, &q1);
+        const Covering c = covering(i, s);
         T sum = T(0);
-        for (int p = p0; p <= p1; ++p)
-            for (int q = q0; q <= q1; ++q) sum += dy[plane + (long long)p * s.Q + q];
+        for (int p = c.p0; p <= c.p1; ++p)
+            for (int q = c.q0; q <= c.q1; ++q) sum += dy[c.plane + (long long)p * s.Q + q];
         dx[i] = sum * scale;
     }
 }
