@@ -368,22 +368,22 @@ def _maxpool_fwd(x, geo, y, arg):
         c = nc - n * C
         for p in range(P):
             h0 = p * sh - ph
+            r0 = max(0, -h0)
+            r1 = min(R, H - h0)
             for q in range(Q):
                 w0 = q * sw - pw
-                best = -np.inf
-                at = -1
-                for r in range(R):
+                s0 = max(0, -w0)
+                s1 = min(S, W - w0)
+                # the window clipped to the image; its first pixel starts as the max
+                best = x[n, c, h0 + r0, w0 + s0]
+                at = (h0 + r0) * W + w0 + s0
+                for r in range(r0, r1):
                     h = h0 + r
-                    if h < 0 or h >= H:
-                        continue
-                    for s in range(S):
-                        w = w0 + s
-                        if w < 0 or w >= W:
-                            continue
-                        v = x[n, c, h, w]
-                        if at < 0 or v > best or (v != v and best == best):
+                    for s in range(s0, s1):
+                        v = x[n, c, h, w0 + s]
+                        if v > best or (v != v and best == best):
                             best = v
-                            at = h * W + w
+                            at = h * W + w0 + s
                 y[n, c, p, q] = best
                 arg[n, c, p, q] = at
 

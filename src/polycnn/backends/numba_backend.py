@@ -39,7 +39,7 @@ WEIGHT_GRAD_CHUNKS = 16
 WEIGHT_GRAD_TILE = 256
 
 #: target bytes of one tile of gathered rows (kept in L1 next to 4 rows of weights)
-ROW_TILE_BYTES = 32 * 1024
+ROW_TILE_BYTES = 128 * 1024
 
 #: unit-stride passes with (output channels × source channels) up to this run the row-direct
 #: kernel (no gather; measured faster there), larger ones the tiled GEMM; see _use_direct
@@ -253,7 +253,8 @@ class NumbaBackend(Backend):
             A = _padded_matrix(w.reshape(g.K, L), Kp, Lp)
             tab = self._forward_table(g, xp.shape[2], xp.shape[3])
             self._direct(xp, flat, A, tab, g.K, (g.P, g.Q), (0, 0, 1, 1), bias, y)
-            return y, None
+            return y, xp  # the weight gradient reads the same padded input
+
         Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
         Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
         xh = self._padded_nhwc(x, g.pad_h, g.pad_w, Hp, Wp)
@@ -271,7 +272,7 @@ class NumbaBackend(Backend):
         self._set_threads()
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
-        dw = self._conv_weight_grad(x, dy, g)
+        dw = self._conv_weight_grad(x, dy, g, ctx.saved)
         dx = self._conv_data_grad(dy, w, g)
         db = None
         if ctx.inputs["has_bias"]:
@@ -279,8 +280,9 @@ class NumbaBackend(Backend):
             self._k._bias_grad(dy, db)
         return dx, dw, db
 
-    def _conv_weight_grad(self, x, dy, g: ConvGeometry):
-        xp, _ = self._padded_input(x, g)
+    def _conv_weight_grad(self, x, dy, g: ConvGeometry, xp=None):
+        if xp is None:
+            xp, _ = self._padded_input(x, g)
         Hp, Wp = xp.shape[2:]
         L = g.C * g.R * g.S
         tab = self._forward_table(g, Hp, Wp)
