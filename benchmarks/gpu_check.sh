@@ -9,15 +9,15 @@
 # numba. Installs nothing: polycnn runs from this checkout through PYTHONPATH (a folder of links
 # that mirrors the installed layout, polycnn.kernels and polycnn.cli included).
 # Usage: bash benchmarks/gpu_check.sh   (53 s on an H100 with POLYCNN_BENCH_TIMEOUT=0; each step has
-#        its own timeout, so the whole script ends within 9 minutes whatever happens)
-# Environment: PYTHON (default python3), PYTEST_TIMEOUT (240 s), BENCH_TIMEOUT (180 s),
+#        its own timeout, so the whole script ends within 8 minutes whatever happens)
+# Environment: PYTHON (default python3), PYTEST_TIMEOUT (200 s), BENCH_TIMEOUT (150 s),
 #              POLYCNN_BENCH_TIMEOUT (90 s; 0 skips step 3).
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 2
 PY="${PYTHON:-python3}"
-PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-240}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}"
+PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-200}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
 POLYCNN_BENCH_TIMEOUT="${POLYCNN_BENCH_TIMEOUT:-90}"
 status=0
 section() { printf '\n==== %s ==== (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
