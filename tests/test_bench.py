@@ -274,3 +274,14 @@ def test_benchmark_script_prints_the_same_table():
     assert "conv and max pool, float32" in proc.stdout and "training" not in proc.stdout
     assert [line.split()[:2] for line in proc.stdout.splitlines() if line.startswith("a ")] == [
         ["a", "fwd"], ["a", "fwd+bwd"]]
+
+
+@pytest.mark.parametrize("load, noted", [(3.0, True), (0.2, False), (None, False)])
+def test_a_busy_machine_is_noted(monkeypatch, load, noted):
+    monkeypatch.setattr(B, "load_average", lambda: load)
+    result = B.run(B.BenchConfig(backends=["numpy"], ops=False, training=False, startup=False,
+                                 torch=False))
+    busy = [n for n in result["notes"] if n.startswith("the load average was")]
+    assert bool(busy) == noted
+    if noted:
+        assert "3.0" in busy[0] and "--threads 1" in busy[0]

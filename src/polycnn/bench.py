@@ -237,6 +237,10 @@ def environment(threads: int, backend_infos: dict, torch_version) -> dict:
     }
 
 
+#: a 1-minute load average from this much on means other work was running before the bench
+BUSY_LOAD = 1.0
+
+
 def load_average():
     """The 1-minute load average: above the core count, other work shared the CPU and every
     ratio in the run is less certain."""
@@ -749,6 +753,11 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
         result["startup"] = rows
         notes.extend(start_notes)
     env["load_average_end"] = load_average()
+    if env["load_average"] is not None and env["load_average"] >= BUSY_LOAD:
+        notes.append(
+            f"the load average was {env['load_average']:.1f} on {env['usable_cores']} cores before"
+            " the run: other processes shared the CPU, which slows multi-threaded code most;"
+            " rerun when the machine is idle, or compare with --threads 1")
     return result
 
 
