@@ -389,6 +389,41 @@ def _maxpool_fwd(x, geo, y, arg):
 
 
 @njit(parallel=True, cache=True)
+def _maxpool2x2_fwd(x, y, arg):
+    """:func:`_maxpool_fwd` for the common 2×2 window, stride 2, no padding, written without
+    branches (compares become selects, so a row of outputs vectorises)."""
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h = 2 * p
+            top = x[n, c, h]
+            bot = x[n, c, h + 1]
+            yr = y[n, c, p]
+            ar = arg[n, c, p]
+            for q in range(Q):
+                w = 2 * q
+                best = top[w]
+                at = h * W + w
+                v = top[w + 1]
+                take = v > best or (v != v and best == best)
+                best = v if take else best
+                at = h * W + w + 1 if take else at
+                v = bot[w]
+                take = v > best or (v != v and best == best)
+                best = v if take else best
+                at = (h + 1) * W + w if take else at
+                v = bot[w + 1]
+                take = v > best or (v != v and best == best)
+                best = v if take else best
+                at = (h + 1) * W + w + 1 if take else at
+                yr[q] = best
+                ar[q] = at
+
+
+@njit(parallel=True, cache=True)
 def _maxpool_bwd(dy, arg, dx):
     """dx (zero on entry) [n, c, arg] += dy, one plane per thread, in (p, q) order."""
     N, C, P, Q = dy.shape
