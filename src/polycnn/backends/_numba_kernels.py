@@ -191,6 +191,8 @@ def _gather_gemm(src, A, seg, geo, bias, out):
     for ch in prange(chunks):
         rows = np.zeros((TP, Lp), dtype=A.dtype)
         tile = np.empty((Mp, TP), dtype=A.dtype)
+        hh = np.empty(TP, dtype=np.int64)  # where each pixel of the tile lands in out
+        ww = np.empty(TP, dtype=np.int64)
         for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
             n = task // ntile
             t0 = (task - n * ntile) * TP
@@ -205,14 +207,16 @@ def _gather_gemm(src, A, seg, geo, bias, out):
                     d = np.uint64(k) * uplen
                     for l in range(uplen):
                         row[d + l] = flat[o + l]
+                hh[t - t0] = oh0 + p * osh
+                ww[t - t0] = ow0 + q * osw
             T4 = (t1 - t0 + 3) // 4 * 4
             _mm_nt(A, rows, tile, Mp, T4, Lp, False, True)
             for m in range(M):
                 bm = bias[m] if has_bias else np.float32(0)
-                for t in range(t0, t1):
-                    p = t // Uo
-                    q = t - p * Uo
-                    out[n, m, oh0 + p * osh, ow0 + q * osw] = tile[m, t - t0] + bm
+                om = out[n, m]
+                tm = tile[m]
+                for tt in range(t1 - t0):
+                    om[hh[tt], ww[tt]] = tm[tt] + bm
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
