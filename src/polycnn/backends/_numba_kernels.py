@@ -229,7 +229,8 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
     computed and dropped; that keeps one long vectorised loop per tap. The reads then run up to
     Ws elements past a sample's planes, so the data comes as ``flat``: a 1-D buffer whose first
     elements are ``src`` (which gives only the shape) followed by at least Ws zeros.
-    ``geo`` as in :func:`_gather_gemm`, its TP entry the number of output rows per task."""
+    ``geo`` as in :func:`_gather_gemm`, its TP entry the number of output rows per task.
+    ``A`` has a multiple of 4 rows, zero past M."""
     To, Uo, M = geo[2], geo[3], geo[4]
     oh0, ow0, osh, osw, TB, chunks = geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
     N = src.shape[0]
@@ -238,44 +239,63 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
     L = tab.shape[0]
     L4 = L // 4 * 4
     nrb = (To + TB - 1) // TB
-    ntask = N * nrb * M
+    Mh = (M + 1) // 2  # outputs go in pairs (m, m+1): each source load feeds two of them
+    ntask = N * nrb * Mh
     has_bias = bias.shape[0] > 0
     # NOTE: unsigned offsets: numba adds a negative-index fix-up to signed indices, which
     # stops LLVM from vectorising the loop.
     utab = tab.astype(np.uint64)
     for ch in prange(chunks):
-        acc = np.empty(TB * Ws, dtype=A.dtype)
+        acc = np.empty((2, TB * Ws), dtype=A.dtype)
         for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
-            m = task % M
-            rb = task // M
+            m = 2 * (task % Mh)
+            rb = task // Mh
             n = rb // nrb
             t0 = (rb - n * nrb) * TB
             t1 = min(To, t0 + TB)
             zlen = np.uint64((t1 - t0) * Ws)
             base = np.uint64(n * plane + t0 * Ws)
-            wm = A[m]
-            bm = bias[m] if has_bias else np.float32(0)
+            # NOTE: row m+1 exists (A has a multiple of 4 rows, zero past M); for m+1 = M it
+            # is computed and not written
+            wa = A[m]
+            wb = A[m + 1]
+            acc_a = acc[0]
+            acc_b = acc[1]
+            ba = bias[m] if has_bias else np.float32(0)
+            bb = bias[m + 1] if has_bias and m + 1 < M else np.float32(0)
             for z in range(zlen):
-                acc[z] = bm
+                acc_a[z] = ba
+                acc_b[z] = bb
             for j in range(0, L4, 4):
-                w0, w1, w2, w3 = wm[j], wm[j + 1], wm[j + 2], wm[j + 3]
+                a0, a1, a2, a3 = wa[j], wa[j + 1], wa[j + 2], wa[j + 3]
+                b0, b1, b2, b3 = wb[j], wb[j + 1], wb[j + 2], wb[j + 3]
                 o0 = base + utab[j]
                 o1 = base + utab[j + 1]
                 o2 = base + utab[j + 2]
                 o3 = base + utab[j + 3]
                 for z in range(zlen):
-                    acc[z] += (w0 * flat[o0 + z] + w1 * flat[o1 + z]
-                               + w2 * flat[o2 + z] + w3 * flat[o3 + z])
+                    s0 = flat[o0 + z]
+                    s1 = flat[o1 + z]
+                    s2 = flat[o2 + z]
+                    s3 = flat[o3 + z]
+                    acc_a[z] += a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3
+                    acc_b[z] += b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3
             for j in range(L4, L):
-                w0 = wm[j]
+                a0 = wa[j]
+                b0 = wb[j]
                 o0 = base + utab[j]
                 for z in range(zlen):
-                    acc[z] += w0 * flat[o0 + z]
+                    s0 = flat[o0 + z]
+                    acc_a[z] += a0 * s0
+                    acc_b[z] += b0 * s0
             for t in range(t0, t1):
                 h = oh0 + t * osh
                 r0 = (t - t0) * Ws
                 for u in range(Uo):
-                    out[n, m, h, ow0 + u * osw] = acc[r0 + u]
+                    out[n, m, h, ow0 + u * osw] = acc_a[r0 + u]
+                if m + 1 < M:
+                    for u in range(Uo):
+                        out[n, m + 1, h, ow0 + u * osw] = acc_b[r0 + u]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
