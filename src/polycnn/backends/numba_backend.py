@@ -44,7 +44,7 @@ ROW_TILE_BYTES = 128 * 1024
 
 #: unit-stride passes with (output channels × source channels) up to this run the row-direct
 #: kernel (no gather; measured faster there), larger ones the tiled GEMM; see _use_direct
-DIRECT_MAX_WORK = 512
+DIRECT_MAX_WORK = 2048
 
 #: accumulator length of the row-direct kernel (whole padded rows, about this many elements)
 DIRECT_ROW_ELEMENTS = 2048
