@@ -121,27 +121,32 @@ def _mm_nt(A, B, C, M, T, L, accumulate, rows_of_a_outer):
 
 
 @njit(parallel=True, cache=True)
-def _pad_planes(src, dst, top, left):
-    """dst[n, c, i, j] = src[n, c, i - top, j - left] where that is inside src, else 0.
+def _pad_planes(src, dst, top, left, sh, sw):
+    """Zero padding and space-to-depth in one copy: dst (N, C*sh*sw, Hd, Wd) with
+    dst[n, (c*sh + a)*sw + b, i, j] = src[n, c, i*sh + a - top, j*sw + b - left] where that is
+    inside src, else 0. With sh = sw = 1 it is plain padding; ``top``/``left`` may be
+    negative (the destination window starts inside the source).
 
-    ``top``/``left`` may be negative (the destination window starts inside the source)."""
+    A convolution with stride (sh, sw) reads such a copy with unit stride: tap (r, s) of
+    output (p, q) is dst[n, (c*sh + r % sh)*sw + s % sw, p + r // sh, q + s // sw] (with
+    r, s the dilated tap offsets)."""
     N, C, H, W = src.shape
-    Hd, Wd = dst.shape[2], dst.shape[3]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
+    CC, Hd, Wd = dst.shape[1], dst.shape[2], dst.shape[3]
+    for ncc in prange(N * CC):
+        n = ncc // CC
+        cc = ncc - n * CC
+        c = cc // (sh * sw)
+        a = (cc // sw) % sh
+        b = cc % sw
         for i in range(Hd):
-            h = i - top
+            h = i * sh + a - top
             if h < 0 or h >= H:
                 for j in range(Wd):
-                    dst[n, c, i, j] = 0
+                    dst[n, cc, i, j] = 0
             else:
                 for j in range(Wd):
-                    w = j - left
-                    dst[n, c, i, j] = src[n, c, h, w] if 0 <= w < W else 0
-
-
-# ---- convolution ------------------------------------------------------------------------------
+                    w = j * sw + b - left
+                    dst[n, cc, i, j] = src[n, c, h, w] if 0 <= w < W else 0
 
 
 @njit(parallel=True, cache=True)

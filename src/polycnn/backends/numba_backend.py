@@ -196,29 +196,38 @@ class NumbaBackend(Backend):
         return max(1, min(tasks, 4 * self.threads))
 
     @staticmethod
-    def _forward_table(g: ConvGeometry, Hp: int, Wp: int):
+    def _forward_table(g: ConvGeometry, Hs: int, Ws: int):
+        """Flat offset of tap (c, r, s) in one sample of the space-to-depth input (see
+        ``_pad_planes``), in (c, r, s) order: the weight matrix's column order."""
         c, r, s = np.meshgrid(np.arange(g.C), np.arange(g.R), np.arange(g.S), indexing="ij")
-        return (c * (Hp * Wp) + r * (g.dil_h * Wp) + s * g.dil_w).ravel().astype(np.int64)
+        rr, ss = r * g.dil_h, s * g.dil_w
+        plane = (c * g.stride_h + rr % g.stride_h) * g.stride_w + ss % g.stride_w
+        return (plane * (Hs * Ws) + (rr // g.stride_h) * Ws + ss // g.stride_w).ravel()
 
-    def _padded(self, src, top: int, left: int, Hs: int, Ws: int, slack: bool):
-        """``src`` (N, C, H, W) placed at (top, left) in a zero (N, C, Hs, Ws) array; with
-        ``slack``, also returns the flat buffer it lives in, with Ws zeros after it (see
-        ``_direct_conv``)."""
+    def _padded(self, src, top: int, left: int, Hs: int, Ws: int, slack: bool,
+                stride=(1, 1)):
+        """``src`` (N, C, H, W) zero-padded by (top, left) and split into ``stride`` phases
+        (space-to-depth, see ``_pad_planes``): (N, C*sh*sw, Hs, Ws). With ``slack``, it lives
+        at the start of a flat buffer with Ws zeros after it (see ``_direct_conv``); returns
+        (array, buffer)."""
         N, C = src.shape[:2]
-        size = N * C * Hs * Ws
+        sh, sw = stride
+        size = N * C * sh * sw * Hs * Ws
         buf = np.empty(size + (Ws if slack else 0), dtype=src.dtype)
         buf[size:] = 0
-        dst = buf[:size].reshape(N, C, Hs, Ws)
-        self._k._pad_planes(src, dst, top, left)
+        dst = buf[:size].reshape(N, C * sh * sw, Hs, Ws)
+        self._k._pad_planes(src, dst, top, left, sh, sw)
         return dst, buf
 
     def _padded_input(self, x, g: ConvGeometry, slack: bool = False):
-        """x zero-padded to exactly the extent the output grid reads (and its flat buffer)."""
-        Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
-        Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
-        if not slack and (Hp, Wp) == (g.H, g.W) and g.pad_h == 0 and g.pad_w == 0:
+        """x padded and split into stride phases, so that the output grid reads it with unit
+        stride: (N, C*sh*sw, P + (R-1)*dh//sh, Q + (S-1)*dw//sw), and its flat buffer."""
+        Hs = g.P + (g.R - 1) * g.dil_h // g.stride_h
+        Ws = g.Q + (g.S - 1) * g.dil_w // g.stride_w
+        if (not slack and (Hs, Ws) == (g.H, g.W) and g.pad_h == g.pad_w == 0
+                and g.stride_h == g.stride_w == 1):
             return x, None
-        return self._padded(x, g.pad_h, g.pad_w, Hp, Wp, slack)
+        return self._padded(x, g.pad_h, g.pad_w, Hs, Ws, slack, (g.stride_h, g.stride_w))
 
     def _use_direct(self, M: int, C: int) -> bool:
         """Row-direct kernel (no gather) for few output channels M or few source channels C
@@ -256,7 +265,7 @@ class NumbaBackend(Backend):
         y = np.empty(g.y_shape, dtype=x.dtype)
         bias = b if b is not None else np.zeros(0, dtype=x.dtype)
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 16)
-        if g.stride_h == g.stride_w == 1 and self._use_direct(g.K, g.C):
+        if self._use_direct(g.K, g.C):
             xp, flat = self._padded_input(x, g, slack=True)
             A = _padded_matrix(w.reshape(g.K, L), Kp, Lp)
             tab = self._forward_table(g, xp.shape[2], xp.shape[3])
@@ -291,15 +300,14 @@ class NumbaBackend(Backend):
     def _conv_weight_grad(self, x, dy, g: ConvGeometry, xp=None):
         if xp is None:
             xp, _ = self._padded_input(x, g)
-        Hp, Wp = xp.shape[2:]
         L = g.C * g.R * g.S
-        tab = self._forward_table(g, Hp, Wp)
+        tab = self._forward_table(g, xp.shape[2], xp.shape[3])
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
         # tiles of whole output rows, about WEIGHT_GRAD_TILE pixels: dy (Kp × TP), columns (Lp × TP)
         tile_rows = max(1, min(g.P, WEIGHT_GRAD_TILE // g.Q))
         chunks = min(g.N, WEIGHT_GRAD_CHUNKS)
         partial = np.zeros((chunks, Kp, Lp), dtype=dy.dtype)
-        geo = np.array([g.stride_h, g.stride_w, tile_rows], dtype=np.int64)
+        geo = np.array([1, 1, tile_rows], dtype=np.int64)  # unit stride in the phase-split input
         self._k._conv_weight_partials(xp, dy, tab, geo, partial)
         dw = np.empty((g.K, L), dtype=dy.dtype)
         self._k._sum_partials(partial, dw)
