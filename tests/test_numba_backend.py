@@ -221,3 +221,39 @@ def test_digest_helper_sees_a_change():
     b = a.copy()
     b[2] = np.nextafter(b[2], np.float32(2))
     assert hashlib.sha256(a.tobytes()).hexdigest() != hashlib.sha256(b.tobytes()).hexdigest()
+
+
+_GEOMETRIES = [
+    # (x shape, w shape, stride, padding, dilation)
+    ((2, 3, 7, 8), (5, 3, 3, 3), 1, 1, 1),
+    ((3, 4, 9, 7), (6, 4, 3, 2), (2, 3), (1, 2), 1),
+    ((2, 3, 10, 11), (4, 3, 3, 3), 1, "same", 2),
+    ((2, 3, 8, 8), (4, 3, 4, 4), 1, "same", 1),  # asymmetric 'same' padding
+    ((2, 2, 9, 9), (3, 2, 3, 3), 2, 3, (2, 1)),
+    ((2, 2, 9, 9), (3, 2, 1, 1), 2, 0, 1),  # stride > kernel: phases no tap reaches
+    ((1, 2, 5, 5), (9, 2, 3, 3), 3, 4, 1),  # padding wider than the kernel
+    ((5, 1, 6, 5), (2, 1, 2, 3), (1, 2), 0, 1),
+]
+
+
+@pytest.mark.parametrize("path", ["direct", "gemm"])
+@pytest.mark.parametrize("geometry", _GEOMETRIES, ids=lambda g: "x{}w{}s{}p{}d{}".format(*g))
+def test_both_conv_kernels_match_numpy(monkeypatch, path, geometry):
+    """The row-direct and the gather-GEMM kernels each run every pass of every geometry (the
+    op tests reach only the one the size heuristic picks for small layers)."""
+    from polycnn.backends import numba_backend
+
+    monkeypatch.setattr(numba_backend, "DIRECT_MAX_WORK", 1 << 30 if path == "direct" else 0)
+    x_shape, w_shape, stride, padding, dilation = geometry
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    nb, ref = NumbaBackend(), NumpyBackend()
+    (y1, c1), (y2, c2) = nb.conv2d_forward(x, w, b, **kw), ref.conv2d_forward(x, w, b, **kw)
+    dy = rng.standard_normal(y1.shape)
+    got = (y1,) + nb.conv2d_backward(dy, c1)
+    want = (y2,) + ref.conv2d_backward(dy, c2)
+    for part, a, e in zip(("y", "dx", "dw", "db"), got, want):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12,
+                                   err_msg=f"conv2d {part}, backend=numba ({path}), {geometry}")
