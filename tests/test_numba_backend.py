@@ -207,6 +207,25 @@ def test_glue_matches_the_base_defaults():
             np.testing.assert_allclose(d1, d2, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("n, f, o, bias", [(64, 400, 120, True), (5, 7, 3, False), (1, 1, 1, True)])
+def test_linear_matches_the_base_default(n, f, o, bias):
+    nb, ref = NumbaBackend(), NumpyBackend()
+    rng = np.random.default_rng(2)
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        x, w = rng.standard_normal((n, f)).astype(dt), rng.standard_normal((o, f)).astype(dt)
+        b = rng.standard_normal(o).astype(dt) if bias else None
+        (y1, c1), (y2, c2) = nb.linear_forward(x, w, b), ref.linear_forward(x, w, b)
+        dy = rng.standard_normal(y1.shape).astype(dt)
+        got, want = (y1,) + nb.linear_backward(dy, c1), (y2,) + ref.linear_backward(dy, c2)
+        for part, a, e in zip(("y", "dx", "dw", "db"), got, want):
+            if e is None:
+                assert a is None, f"linear {part}: expected None without a bias"
+                continue
+            assert a.dtype == dt and a.shape == e.shape, (part, a.dtype, a.shape, e.shape)
+            np.testing.assert_allclose(a, e, rtol=tol, atol=tol * np.sqrt(f),
+                                       err_msg=f"linear {part}, backend=numba, {dt.__name__}")
+
+
 def test_cross_entropy_rejects_labels_out_of_range():
     nb = NumbaBackend()
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):

@@ -117,6 +117,17 @@ def _mm_nt(A, B, C, M, T, L, accumulate, rows_of_a_outer):
                 _mm_block(A, i, B, j, C, L, accumulate)
 
 
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _matmul_nt(A, B, C):
+    """C = A · Bᵀ for A (Mp, L), B (Tp, L), C (Mp, Tp), Mp and Tp multiples of 4; blocks of 4
+    rows of A in parallel (each element has one writer: the result is thread-independent)."""
+    Mp, L = A.shape
+    Tp = B.shape[0]
+    for ib in prange(Mp // 4):
+        for j in range(0, Tp, 4):
+            _mm_block(A, 4 * ib, B, j, C, L, False)
+
+
 # ---- layout helpers ---------------------------------------------------------------------------
 
 
