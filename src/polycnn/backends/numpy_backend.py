@@ -4,7 +4,8 @@ Optimisations:
 - conv as im2col + one GEMM per chunk of samples. The column buffer is built with one copy per
   kernel offset (R·S Python iterations, never one per sample, channel or pixel) and holds at most
   ``COLUMN_BUFFER_BYTES``: a large batch is processed in chunks of samples, so memory stays
-  bounded whatever N is. With stride 1 the copies are contiguous ("wide rows", see ``_layout``).
+  bounded whatever N is. The copies are contiguous runs of stride-phase planes ("wide rows",
+  see ``_layout``), for every stride and dilation.
 - the backward recomputes the columns chunk by chunk (no buffer kept between passes), gets dw
   from the same columns and dx by adding ``wᵀ·dy`` back with one add per offset (col2im).
 - pools run one vectorised pass per window offset over (N, C, P, Q) views; max-pool keeps the
@@ -90,75 +91,83 @@ class NumpyBackend(Backend):
     # ---- convolution --------------------------------------------------------------------
     @staticmethod
     def _layout(g: ConvGeometry):
-        """How the column buffer is laid out: ``(wide, row, L)``.
+        """``(Hph, Wph, L, slack)`` of the phase planes and the column buffer.
 
-        NOTE: with stride 1 every kernel offset sees a *contiguous* run of the flattened padded
-        input, shifted by ``r*dh*Wp + s*dw``. Columns then hold "wide" output rows of ``Wp``
-        pixels (the last ``Wp - Q`` of each are garbage, cropped from y and zeroed in dy), so
-        im2col and col2im are plain contiguous copies and adds instead of 2-D strided ones.
+        NOTE: split the zero-padded input into stride phases, plane ``(a, b)`` holding the padded
+        pixels ``(a + i*sh, b + j*sw)``. Kernel offset ``(r, s)`` then reads plane
+        ``(r*dh % sh, s*dw % sw)`` at a *contiguous* run of its flattened pixels, starting at
+        ``(r*dh // sh) * Wph + s*dw // sw``. Columns hold "wide" output rows of ``Wph`` pixels
+        (the last ``Wph - Q`` of each are garbage: cropped from y and zero in dy), so im2col and
+        col2im are plain contiguous copies and adds, for any stride and dilation.
         """
-        Wp = g.W + g.pad_w + g.pad_right
-        wide = g.stride_h == 1 and g.stride_w == 1
-        row = Wp if wide else g.Q
-        return wide, row, g.P * row
-
-    def _flat_padded(self, x, g: ConvGeometry):
-        """Samples (n, C, H, W) zero-padded and flattened to (n, C, Hp*Wp + slack)."""
-        n = x.shape[0]
         Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
-        flat = self._scratch("flat", (n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), x.dtype, zero=True)
-        flat[:, :, :Hp * Wp].reshape(n, g.C, Hp, Wp)[
-            :, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W] = x
-        return flat
+        Hph, Wph = -(-Hp // g.stride_h), -(-Wp // g.stride_w)
+        return Hph, Wph, g.P * Wph, (g.S - 1) * g.dil_w // g.stride_w
+
+    @staticmethod
+    def _offsets(g: ConvGeometry):
+        """(r, s, plane, start) for every kernel offset; ``plane`` indexes ``_planes``."""
+        Wph = NumpyBackend._layout(g)[1]
+        for r in range(g.R):
+            for s in range(g.S):
+                a, b = r * g.dil_h % g.stride_h, s * g.dil_w % g.stride_w
+                yield r, s, (a, b), (r * g.dil_h // g.stride_h) * Wph + s * g.dil_w // g.stride_w
+
+    @staticmethod
+    def _phase_slices(g: ConvGeometry, plane):
+        """(x rows/cols of this phase plane, where they sit inside the plane)."""
+        a, b = plane
+        h0, w0 = (a - g.pad_h) % g.stride_h, (b - g.pad_w) % g.stride_w
+        i0, j0 = (h0 + g.pad_h) // g.stride_h, (w0 + g.pad_w) // g.stride_w
+        hn, wn = len(range(h0, g.H, g.stride_h)), len(range(w0, g.W, g.stride_w))
+        src = (slice(None), slice(None), slice(h0, None, g.stride_h), slice(w0, None, g.stride_w))
+        dst = (slice(None), slice(None), slice(i0, i0 + hn), slice(j0, j0 + wn))
+        return src, dst
+
+    def _planes(self, g: ConvGeometry, n: int, dtype, key: str):
+        """Zeroed flat phase planes, one per plane that some kernel offset reads."""
+        Hph, Wph, _, slack = self._layout(g)
+        used = sorted({plane for _, _, plane, _ in self._offsets(g)})
+        buf = self._scratch(key, (len(used), n, g.C, Hph * Wph + slack), dtype, zero=True)
+        return {plane: buf[i] for i, plane in enumerate(used)}
 
     def _columns(self, x, g: ConvGeometry, out):
         """im2col of samples ``x`` (n, C, H, W) into ``out`` (C, R, S, n, L)."""
-        wide, row, L = self._layout(g)
-        Wp = g.W + g.pad_w + g.pad_right
-        if wide:
-            flat = self._flat_padded(x, g)
-        else:
-            xpad = _padded(x, g.pad_h, g.pad_bottom, g.pad_w, g.pad_right, 0)
-        for r in range(g.R):
-            for s in range(g.S):
-                if wide:
-                    off = r * g.dil_h * Wp + s * g.dil_w
-                    out[:, r, s] = flat[:, :, off:off + L].transpose(1, 0, 2)
-                else:
-                    out[:, r, s].reshape(g.C, -1, g.P, g.Q)[...] = _window(
-                        xpad, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w
-                    ).transpose(1, 0, 2, 3)
+        Hph, Wph, L, _ = self._layout(g)
+        n = x.shape[0]
+        planes = self._planes(g, n, x.dtype, "planes")
+        for plane, flat in planes.items():
+            src, dst = self._phase_slices(g, plane)
+            flat[:, :, :Hph * Wph].reshape(n, g.C, Hph, Wph)[dst] = x[src]
+        for r, s, plane, start in self._offsets(g):
+            out[:, r, s] = planes[plane][:, :, start:start + L].transpose(1, 0, 2)
         return out
 
-    def _col2im(self, dcols, g: ConvGeometry, n: int):
-        """The adjoint of :meth:`_columns`: (C, R, S, n, L) summed back to (n, C, H, W)."""
-        wide, row, L = self._layout(g)
-        Hp, Wp = g.H + g.pad_h + g.pad_bottom, g.W + g.pad_w + g.pad_right
-        if wide:
-            flat = self._scratch("flat", (n, g.C, Hp * Wp + g.dil_w * (g.S - 1)), dcols.dtype,
-                                 zero=True)
-            for r in range(g.R):
-                for s in range(g.S):
-                    off = r * g.dil_h * Wp + s * g.dil_w
-                    flat[:, :, off:off + L] += dcols[:, r, s].transpose(1, 0, 2)
-            dxpad = flat[:, :, :Hp * Wp].reshape(n, g.C, Hp, Wp)
-        else:
-            dxpad = self._scratch("flat", (n, g.C, Hp, Wp), dcols.dtype, zero=True)
-            for r in range(g.R):
-                for s in range(g.S):
-                    _window(dxpad, r * g.dil_h, s * g.dil_w, g.P, g.Q, g.stride_h, g.stride_w
-                            )[...] += dcols[:, r, s].reshape(g.C, n, g.P, g.Q).transpose(1, 0, 2, 3)
-        return dxpad[:, :, g.pad_h:g.pad_h + g.H, g.pad_w:g.pad_w + g.W]
+    def _col2im(self, dcols, g: ConvGeometry, out):
+        """The adjoint of :meth:`_columns`: (C, R, S, n, L) summed into ``out`` (n, C, H, W)."""
+        Hph, Wph, L, _ = self._layout(g)
+        n = out.shape[0]
+        planes = self._planes(g, n, dcols.dtype, "planes")
+        for r, s, plane, start in self._offsets(g):
+            planes[plane][:, :, start:start + L] += dcols[:, r, s].transpose(1, 0, 2)
+        covered = np.zeros((g.stride_h, g.stride_w), dtype=bool)
+        for plane, flat in planes.items():
+            src, dst = self._phase_slices(g, plane)
+            out[src] = flat[:, :, :Hph * Wph].reshape(n, g.C, Hph, Wph)[dst]
+            covered[plane] = True
+        for a, b in zip(*np.nonzero(~covered)):  # pixels no kernel offset reads: no gradient
+            out[self._phase_slices(g, (a, b))[0]] = 0
+        return out
 
     def _col_chunks(self, g: ConvGeometry, dtype):
         """(n0, n1, buffer) per chunk of samples; the buffer is (C, R, S, n, L), within the cap."""
-        _, _, L = self._layout(g)
+        L = self._layout(g)[2]
         per_sample = g.C * g.R * g.S * L * np.dtype(dtype).itemsize
         for n0, n1 in _chunks(g.N, per_sample, self.column_buffer_bytes):
             yield n0, n1, self._scratch("cols", (g.C, g.R, g.S, n1 - n0, L), dtype)
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
-        _, row, L = self._layout(g)
+        _, row, L, _ = self._layout(g)
         crs = g.C * g.R * g.S
         y = np.empty(g.y_shape, dtype=x.dtype)
         w2 = w.reshape(g.K, crs)
@@ -176,10 +185,10 @@ class NumpyBackend(Backend):
     def _conv2d_backward(self, dy, ctx):
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
-        _, row, L = self._layout(g)
+        _, row, L, _ = self._layout(g)
         crs = g.C * g.R * g.S
         w2 = w.reshape(g.K, crs)
-        dw = np.zeros((g.K, crs), dtype=x.dtype)
+        dw_t = np.zeros((crs, g.K), dtype=x.dtype)  # dwᵀ: see the NOTE below
         dx = np.empty(g.x_shape, dtype=x.dtype)
         for n0, n1, buf in self._col_chunks(g, x.dtype):
             n = n1 - n0
@@ -188,11 +197,14 @@ class NumpyBackend(Backend):
             dyw[..., :g.Q] = dy[n0:n1].transpose(1, 0, 2, 3)
             dyw = dyw.reshape(g.K, n * L)
             cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
-            dw += dyw @ cols.T                     # chunks summed in a fixed order
+            # NOTE: OpenBLAS threads a GEMM with few output rows and a long inner dimension
+            # badly (17x slower on 2 busy cores for K=64 rows); dwᵀ = cols · dywᵀ has CRS rows.
+            # Chunks are summed in a fixed order (deterministic).
+            dw_t += cols @ dyw.T
             dcols = np.matmul(w2.T, dyw, out=cols)  # reuse the column buffer
-            dx[n0:n1] = self._col2im(dcols.reshape(g.C, g.R, g.S, n, L), g, n)
+            self._col2im(dcols.reshape(g.C, g.R, g.S, n, L), g, dx[n0:n1])
         db = dy.sum(axis=(0, 2, 3)) if ctx.inputs["has_bias"] else None
-        return dx, dw.reshape(g.w_shape), db
+        return dx, np.ascontiguousarray(dw_t.T).reshape(g.w_shape), db
 
     # ---- pooling ------------------------------------------------------------------------
     def _pool_views(self, xpad, g: PoolGeometry):
