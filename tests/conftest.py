@@ -26,6 +26,20 @@ GPU_BACKENDS = {"cupy"}
 DTYPES = [np.float32, np.float64]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_blas_thread():
+    """NOTE: on a shared 2-core machine OpenBLAS's worker threads busy-wait after each GEMM and
+    steal the cores from the next one, from Numba's threads and from the CUDA emulator (small
+    GEMMs get 10-30x slower). One BLAS thread keeps the suite fast; no result depends on it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 @functools.lru_cache(maxsize=None)
 def cuda_device_reason() -> str | None:
     """None when CuPy sees a CUDA device, else why not."""

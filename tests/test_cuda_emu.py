@@ -27,18 +27,6 @@ except BackendUnavailable as exc:  # pragma: no cover - machines without g++
     pytest.skip(f"cupy-emu unavailable: {exc}", allow_module_level=True)
 
 
-@pytest.fixture(autouse=True)
-def _single_blas_thread(monkeypatch):
-    """NOTE: OpenBLAS threads spin after a matmul and steal the CPU from the emulator."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
 def seeded_copy(tmp_path, filename: str, old: str, new: str, count: int = 1) -> Path:
     """A copy of kernels/ in which ``old`` is replaced by ``new`` in ``filename``."""
     folder = tmp_path / "kernels"

@@ -8,19 +8,6 @@ import pytest
 import polycnn as pc
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # NOTE: on a shared 2-core machine, multi-threaded OpenBLAS busy-waits and small GEMMs get
-    # 10-30x slower; one thread keeps these tests fast (results do not depend on it)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
 def test_shapes_types_ranges_and_determinism():
     x, y = pc.datasets.shapes(n=300, image_size=24, channels=3, seed=5)
     assert x.shape == (300, 3, 24, 24) and x.dtype == np.float32

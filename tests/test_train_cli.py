@@ -17,19 +17,6 @@ TINY = ["--backend", "numpy", "--epochs", "2", "--n-train", "64", "--image-size"
 
 
 @pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # NOTE: on a shared 2-core machine, multi-threaded OpenBLAS busy-waits and small GEMMs get
-    # 10-30x slower; one thread keeps these tests fast (results do not depend on it)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
-@pytest.fixture(autouse=True)
 def _small_splits(monkeypatch):
     """Keep the validation and test splits small so the CLI runs in a second."""
     from polycnn.cli import train as train_cli

@@ -8,19 +8,6 @@ import pytest
 import polycnn as pc
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # NOTE: on a shared 2-core machine, multi-threaded OpenBLAS busy-waits and small GEMMs get
-    # 10-30x slower; one thread keeps these tests fast (results do not depend on it)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def data():
     s = pc.datasets.shapes_splits(n_train=96, n_val=32, n_test=40, image_size=16, seed=2)
