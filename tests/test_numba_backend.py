@@ -28,9 +28,9 @@ _SCRIPT = textwrap.dedent(
     """
     import hashlib, json, sys
     import numpy as np
-    from polycnn.backends.numba_backend import NumbaBackend
+    from polycnn.backends import numba_backend
 
-    be = NumbaBackend(**json.loads(sys.argv[1]))
+    be = numba_backend.NumbaBackend(**json.loads(sys.argv[1]))
     rng = np.random.default_rng(7)
     out = {}
     for dt in (np.float32, np.float64):
@@ -42,10 +42,15 @@ _SCRIPT = textwrap.dedent(
         ]:
             w = rng.standard_normal(w_shape).astype(dt)
             b = rng.standard_normal(w_shape[0]).astype(dt)
-            y, ctx = be.conv2d_forward(x, w, b, **kw)
-            dy = rng.standard_normal(y.shape).astype(dt)
-            for part, arr in zip(("y", "dx", "dw", "db"), (y,) + be.conv2d_backward(dy, ctx)):
-                out[f"{dt.__name__}/{name}/{part}"] = hashlib.sha256(arr.tobytes()).hexdigest()
+            dy = None
+            for kernel, work in (("direct", 1 << 30), ("gemm", 0)):
+                numba_backend.DIRECT_MAX_WORK = work
+                y, ctx = be.conv2d_forward(x, w, b, **kw)
+                if dy is None:
+                    dy = rng.standard_normal(y.shape).astype(dt)
+                for part, arr in zip(("y", "dx", "dw", "db"), (y,) + be.conv2d_backward(dy, ctx)):
+                    key = f"{dt.__name__}/{name}/{kernel}/{part}"
+                    out[key] = hashlib.sha256(arr.tobytes()).hexdigest()
         xr = np.round(x * 2) / 2  # ties in the pooling windows
         for op in ("maxpool2d", "avgpool2d"):
             y, ctx = getattr(be, op + "_forward")(xr, 3, 2, 1)
@@ -75,7 +80,7 @@ def test_bit_identical_across_thread_counts_and_runs():
     one = _run({"NUMBA_NUM_THREADS": "1"})
     two = _run({"NUMBA_NUM_THREADS": "2"})
     again = _run({"NUMBA_NUM_THREADS": "2"})
-    assert len(one) == 2 * (3 * 4 + 2)
+    assert len(one) == 2 * (3 * 2 * 4 + 2)
     assert not _differences(one, two), f"outputs differ between 1 and 2 threads: {_differences(one, two)}"
     assert not _differences(two, again), f"outputs differ run to run: {_differences(two, again)}"
 
