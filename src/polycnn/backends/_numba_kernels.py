@@ -4,12 +4,17 @@ Legend: N batch, C input channels, H×W input, K output channels, R×S kernel, P
 L reduction length of a GEMM, T a tile of output pixels. A trailing ``p`` (Kp, Lp) is a size
 rounded up for the register-blocked micro-kernel; the padding is zero-filled.
 
-Every convolution pass is one *gather GEMM*: an output pixel ``t`` (a point of an output grid)
-reads ``L`` values ``src[base(t) + tab[j]]`` from a zero-padded source, where ``tab`` holds one
-flat offset per reduction index ``j`` (channel, tap) and ``base(t)`` is the pixel's corner in the
-padded source. Forward, backward-data (one stride phase at a time) and backward-weight all build
-small tiles of those rows in a thread-local buffer and multiply them with ``_mm_block``, a 4×4
-register-blocked dot-product kernel whose reduction loop LLVM vectorises.
+Every convolution pass computes, for each output pixel ``t`` of an output grid and output
+channel ``m``, ``Σ_j A[m, j] · src[base(t) + tab[j]]``: ``tab`` holds one flat offset per
+reduction index ``j`` (channel, tap) into a zero-padded, stride-phase-split source and
+``base(t)`` is the pixel's corner there. Two kernels compute it:
+- ``_direct_conv`` walks whole padded rows with an accumulator per output channel (few
+  channels: no buffer, vectorised along the row);
+- ``_gather_gemm`` copies tiles of those rows (channel-last source: long contiguous segments)
+  into a thread-local buffer and multiplies them with ``_mm_block``, a 4×4 register-blocked
+  dot-product kernel whose reduction loop LLVM vectorises.
+Backward-weight (``_conv_weight_partials``) uses the same tables with the reduction over
+pixels.
 
 Determinism: every output element is computed by one thread in a fixed order; the weight
 gradient is summed per fixed chunk of samples (the chunking depends on N only, never on the
@@ -27,9 +32,6 @@ from numba import njit, prange
 
 #: fast-math flags for the GEMM loops (vectorised reductions); see the module NOTE
 FAST = {"reassoc", "contract", "nsz"}
-
-#: reduction lengths are rounded up to this (one AVX-512 float32 vector)
-LANES = 16
 
 # ---- the micro-kernel -------------------------------------------------------------------------
 

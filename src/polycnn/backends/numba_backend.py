@@ -1,15 +1,20 @@
 """The Numba backend: see :mod:`polycnn.backends.base` for the contract.
 
 Optimisations (kernels in :mod:`._numba_kernels`):
-- every convolution pass is a *gather GEMM* over tiles of output pixels: a thread builds a
-  small tile of im2row rows from a zero-padded copy of the source through a table of flat
-  offsets, and multiplies it with the (zero-padded) weight matrix in a 4×4 register-blocked
-  dot-product kernel whose reduction LLVM vectorises (AVX-512 where the CPU has it);
-- backward-data is the same kernel run on the padded ``dy`` with the transposed weights, once
-  per stride phase (for stride 1 there is one phase), so no scatter and no wasted zeros;
+- a convolution pass reads a zero-padded copy of its source that is also split into stride
+  phases (space-to-depth), so every pass, whatever its stride, reads with unit stride;
+- layers with few channels run the *row-direct* kernel: for each pair of output channels an
+  accumulator runs along whole padded rows, four taps per pass, vectorised by LLVM (AVX-512
+  where the CPU has it), no im2col buffer;
+- larger layers run a *gather GEMM*: tiles of im2row rows built by contiguous copies from a
+  channel-last copy, multiplied in a 4×4 register-blocked dot-product kernel;
+- backward-data is a forward pass over the padded ``dy`` with the transposed kernel, once per
+  stride phase, so no scatter and no multiplications by inserted zeros;
 - backward-weight sums per fixed chunk of samples, then adds the chunks in order: results are
-  bit-identical for any thread count;
-- pooling, ReLU and the cross-entropy are single compiled passes (one plane per thread).
+  bit-identical for any thread count (every other output has a single writer);
+- pooling (a branch-free 2×2 max-pool), ReLU, the linear layers (the same dot-product kernel:
+  OpenBLAS's spinning threads would slow the next parallel loop) and the cross-entropy are
+  compiled too.
 
 Compiled code is cached in the user's cache folder (``$XDG_CACHE_HOME/polycnn/numba`` or
 ``~/.cache/polycnn/numba``) unless ``NUMBA_CACHE_DIR`` is set, so it is reused across processes
@@ -39,11 +44,12 @@ WEIGHT_GRAD_CHUNKS = 16
 #: each dot product, traded against keeping the tile of dy in L1
 WEIGHT_GRAD_TILE = 256
 
-#: target bytes of one tile of gathered rows (kept in L1 next to 4 rows of weights)
+#: target bytes of one tile of gathered rows of the GEMM path (measured: 16-128 KiB perform
+#: alike)
 ROW_TILE_BYTES = 128 * 1024
 
-#: unit-stride passes with (output channels × source channels) up to this run the row-direct
-#: kernel (no gather; measured faster there), larger ones the tiled GEMM; see _use_direct
+#: passes with (output channels × source channels) up to this run the row-direct kernel (no
+#: gather; measured faster there), larger ones the gather GEMM; see _use_direct
 DIRECT_MAX_WORK = 2048
 
 #: accumulator length of the row-direct kernel (whole padded rows, about this many elements)
@@ -230,8 +236,7 @@ class NumbaBackend(Backend):
         return self._padded(x, g.pad_h, g.pad_w, Hs, Ws, slack, (g.stride_h, g.stride_w))
 
     def _use_direct(self, M: int, C: int) -> bool:
-        """Row-direct kernel (no gather) for few output channels M or few source channels C
-        (short channel-last segments); tiled GEMM otherwise."""
+        """Row-direct kernel for M output and C source channels, or the gather GEMM."""
         return M * C <= DIRECT_MAX_WORK
 
     def _padded_nhwc(self, src, top: int, left: int, Hs: int, Ws: int):
