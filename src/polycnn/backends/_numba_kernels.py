@@ -257,36 +257,38 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
     L = tab.shape[0]
     L4 = L // 4 * 4
     nrb = (To + TB - 1) // TB
-    Mh = (M + 1) // 2  # outputs go in pairs (m, m+1): each source load feeds two of them
+    Mh = (M + 2) // 3  # outputs go in threes: each source load feeds three accumulators
     ntask = N * nrb * Mh
     has_bias = bias.shape[0] > 0
+    Mp = A.shape[0]
     # NOTE: unsigned offsets: numba adds a negative-index fix-up to signed indices, which
     # stops LLVM from vectorising the loop.
     utab = tab.astype(np.uint64)
     for ch in prange(chunks):
-        acc = np.empty((2, TB * Ws), dtype=A.dtype)
+        acc = np.empty((3, TB * Ws), dtype=A.dtype)
         for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
-            m = 2 * (task % Mh)
+            m = 3 * (task % Mh)
             rb = task // Mh
             n = rb // nrb
             t0 = (rb - n * nrb) * TB
             t1 = min(To, t0 + TB)
             zlen = np.uint64((t1 - t0) * Ws)
             base = np.uint64(n * plane + t0 * Ws)
-            # NOTE: row m+1 exists (A has a multiple of 4 rows, zero past M); for m+1 = M it
-            # is computed and not written
+            # NOTE: past the last row of A, a row is reused and its result not written
             wa = A[m]
-            wb = A[m + 1]
+            wb = A[min(m + 1, Mp - 1)]
+            wc = A[min(m + 2, Mp - 1)]
             acc_a = acc[0]
             acc_b = acc[1]
-            ba = bias[m] if has_bias else np.float32(0)
-            bb = bias[m + 1] if has_bias and m + 1 < M else np.float32(0)
-            for z in range(zlen):
-                acc_a[z] = ba
-                acc_b[z] = bb
+            acc_c = acc[2]
+            for i in range(3):
+                bi = bias[m + i] if has_bias and m + i < M else np.float32(0)
+                for z in range(zlen):
+                    acc[i, z] = bi
             for j in range(0, L4, 4):
                 a0, a1, a2, a3 = wa[j], wa[j + 1], wa[j + 2], wa[j + 3]
                 b0, b1, b2, b3 = wb[j], wb[j + 1], wb[j + 2], wb[j + 3]
+                c0, c1, c2, c3 = wc[j], wc[j + 1], wc[j + 2], wc[j + 3]
                 o0 = base + utab[j]
                 o1 = base + utab[j + 1]
                 o2 = base + utab[j + 2]
@@ -298,22 +300,21 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
                     s3 = flat[o3 + z]
                     acc_a[z] += a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3
                     acc_b[z] += b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3
+                    acc_c[z] += c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3
             for j in range(L4, L):
-                a0 = wa[j]
-                b0 = wb[j]
+                a0, b0, c0 = wa[j], wb[j], wc[j]
                 o0 = base + utab[j]
                 for z in range(zlen):
                     s0 = flat[o0 + z]
                     acc_a[z] += a0 * s0
                     acc_b[z] += b0 * s0
-            for t in range(t0, t1):
-                h = oh0 + t * osh
-                r0 = (t - t0) * Ws
-                for u in range(Uo):
-                    out[n, m, h, ow0 + u * osw] = acc_a[r0 + u]
-                if m + 1 < M:
+                    acc_c[z] += c0 * s0
+            for i in range(min(3, M - m)):
+                for t in range(t0, t1):
+                    h = oh0 + t * osh
+                    r0 = (t - t0) * Ws
                     for u in range(Uo):
-                        out[n, m + 1, h, ow0 + u * osw] = acc_b[r0 + u]
+                        out[n, m + i, h, ow0 + u * osw] = acc[i, r0 + u]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)

@@ -249,7 +249,7 @@ class NumbaBackend(Backend):
         (oh0, ow0, osh, osw) where output pixel (t, u) lands."""
         To, Uo = grid
         tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.shape[3]))
-        ntask = src.shape[0] * ceil_div(To, tb) * ceil_div(M, 2)
+        ntask = src.shape[0] * ceil_div(To, tb) * ceil_div(M, 3)
         geo = np.array([1, 1, To, Uo, M, *place, tb, self._chunks(ntask)], dtype=np.int64)
         self._k._direct_conv(src, flat, A, tab, geo, bias, out)
 
