@@ -240,8 +240,9 @@ def _gather_gemm(src, A, seg, geo, bias, out):
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _direct_conv(src, flat, A, tab, geo, bias, out):
     """:func:`_gather_gemm`'s result for a unit-stride source (ish = isw = 1), computed without
-    gathering: for each (n, m, block of output rows) an accumulator runs along the flat padded
-    source, ``acc[z] += A[m, j] * src[n].flat[z0 + z + tab[j]]``, four taps per pass.
+    gathering: for each (n, three output channels m, block of output rows) accumulators run
+    along the flat padded source, ``acc[z] += A[m, j] * src[n].flat[z0 + z + tab[j]]``, four
+    taps per pass, so each source load feeds twelve multiply-adds.
 
     NOTE: z spans whole padded rows (Ws wide), so the Ws - Uo columns past each output row are
     computed and dropped; that keeps one long vectorised loop per tap. The reads then run up to

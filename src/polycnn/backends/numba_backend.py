@@ -3,8 +3,8 @@
 Optimisations (kernels in :mod:`._numba_kernels`):
 - a convolution pass reads a zero-padded copy of its source that is also split into stride
   phases (space-to-depth), so every pass, whatever its stride, reads with unit stride;
-- layers with few channels run the *row-direct* kernel: for each pair of output channels an
-  accumulator runs along whole padded rows, four taps per pass, vectorised by LLVM (AVX-512
+- layers with few channels run the *row-direct* kernel: for three output channels at a time,
+  accumulators run along whole padded rows, four taps per pass, vectorised by LLVM (AVX-512
   where the CPU has it), no im2col buffer;
 - larger layers run a *gather GEMM*: tiles of im2row rows built by contiguous copies from a
   channel-last copy, multiplied in a 4×4 register-blocked dot-product kernel;
