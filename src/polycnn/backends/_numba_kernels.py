@@ -370,16 +370,19 @@ def _conv_weight_partials(src, dy, tab, geo, partial):
                 _mm_nt(dyt, cols, acc, Kp, Lp, TP, True, False)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=FAST, cache=True)
 def _bias_grad(dy, db):
-    """db[k] = Σ over n, p, q of dy[n, k, p, q], summed in that order."""
+    """db[k] = Σ over n, p, q of dy[n, k, p, q]: one thread per k, a vectorised sum per plane
+    (its order fixed at compile time), planes added in n order."""
     N, K, P, Q = dy.shape
     for k in prange(K):
         s = np.float32(0)
         for n in range(N):
-            for p in range(P):
-                for q in range(Q):
-                    s += dy[n, k, p, q]
+            plane = dy[n, k].reshape(P * Q)
+            t = np.float32(0)
+            for i in range(P * Q):
+                t += plane[i]
+            s += t
         db[k] = s
 
 
