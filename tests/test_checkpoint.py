@@ -99,13 +99,18 @@ def test_foreign_and_missing_files(tmp_path):
         pc.load(other)
     text = tmp_path / "text.npz"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="truncated or corrupt"):
+    with pytest.raises(ValueError, match="not a polycnn checkpoint \\(not an .npz archive\\)"):
         pc.load(text)
     single = tmp_path / "single.npz"
     with open(single, "wb") as f:
         np.save(f, np.zeros(3))
-    with pytest.raises(ValueError, match="single array, not a polycnn checkpoint"):
+    with pytest.raises(ValueError, match="not a polycnn checkpoint \\(not an .npz archive\\)"):
         pc.load(single)
+    zipped = tmp_path / "cut.npz"  # a zip archive cut short: np.load itself fails
+    _model().save(zipped)
+    zipped.write_bytes(zipped.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        pc.load(zipped)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         pc.load(tmp_path / "missing.npz")
 

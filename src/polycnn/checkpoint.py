@@ -84,10 +84,11 @@ def read(path) -> tuple[dict, dict]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # NOTE: every .npz is a zip archive
+            raise ValueError(f"{path} is not a polycnn checkpoint (not an .npz archive)")
     try:
         z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} holds a single array, not a polycnn checkpoint (.npz archive)")
         with z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as exc:
