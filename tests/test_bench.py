@@ -285,3 +285,20 @@ def test_a_busy_machine_is_noted(monkeypatch, load, noted):
     assert bool(busy) == noted
     if noted:
         assert "3.0" in busy[0] and "--threads 1" in busy[0]
+
+
+def test_step_share_script_times_conv_and_pool_apart(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_share.py"
+    spec = importlib.util.spec_from_file_location("step_share", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.measure("numpy", steps=2, rounds=2, batch=8)
+    assert 0.0 < r["outside_share"] < 1.0 and r["step_ms"] > 0
+    be = __import__("polycnn").get_backend("numpy")
+    assert "conv2d_forward" not in vars(be)  # the timers were taken off the shared backend
+    mod.main(["--backends", "numpy", "--steps", "1", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "outside conv+pool" in out and out.splitlines()[-1].startswith("numpy")
