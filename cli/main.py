@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "ops",
     "bench",
     "parity",
+    "visualize",
 ]
 
 
