@@ -1,0 +1,110 @@
+"""``polycnn visualize CHECKPOINT``: PNG pictures of a trained network (needs matplotlib)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+
+import polycnn as pc
+
+from ._common import backend_option
+
+
+def _test_split(run: dict):
+    from . import train as train_cli
+
+    return train_cli._splits(run)["test"]
+
+
+def _input_image(path: str, model, run) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input not found: {path}")
+    if not path.lower().endswith(".npy"):
+        raise ValueError(f"--input {path}: expected a .npy array (C, H, W) or (1, C, H, W)")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"--input {path}: not a readable .npy array ({exc})") from None
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"--input {path}: array of shape {x.shape} and dtype {x.dtype}, expected"
+                         " numbers shaped (C, H, W) like one training image")
+    if run is not None and x.shape != (run["channels"], run["image_size"], run["image_size"]):
+        raise ValueError(f"--input {path}: shape {x.shape}, but the model was trained on"
+                         f" ({run['channels']}, {run['image_size']}, {run['image_size']}) images")
+    return x.astype(model.dtype)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="folder for the PNG files (default: CHECKPOINT's name with _viz, e.g. shapes_viz/)")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="a .npy image (C, H, W) whose feature maps to draw (default: a test image)")
+@click.option("--index", type=int, default=0, show_default=True,
+              help="which test image's feature maps to draw (when --input is not given)")
+@backend_option
+def visualize(checkpoint, out_dir, input_path, index, backend):
+    """Draw a trained network: its first layer's filters, the feature maps after every
+    convolution / ReLU / pooling layer for one input, the training curves and the confusion
+    matrix on the test split. Writes PNG files and prints their paths."""
+    from polycnn import viz
+
+    viz.pyplot()  # fail first, in one line, when matplotlib is missing
+    model = pc.load(checkpoint, backend=backend)
+    state = model.training_state
+    meta = state["metadata"]
+    run = meta.get("run")
+    classes = meta.get("classes") or [str(i) for i in range(model.layers[-1].out_features)]
+    if out_dir is None:
+        out_dir = os.path.splitext(checkpoint)[0] + "_viz"
+    if index < 0:
+        raise click.BadParameter(f"must be >= 0, got {index}", param_hint="--index")
+    if input_path is not None and click.get_current_context().get_parameter_source("index") \
+            is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --input or --index, not both")
+    test = None
+    if run is not None:
+        test = _test_split(run)
+    elif input_path is None:
+        raise ValueError(f"{checkpoint} does not say which data it was trained on (not written by"
+                         " `polycnn train`); pass --input FILE.npy to choose an image")
+
+    written = [viz.plot_filters(model, os.path.join(out_dir, "filters.png"))]
+    if input_path is not None:
+        x = _input_image(input_path, model, run)
+        label = f"input {os.path.basename(input_path)}"
+    else:
+        n = test[0].shape[0]
+        if index >= n:
+            raise click.BadParameter(f"the test split has {n} images (0..{n - 1}), got {index}",
+                                     param_hint="--index")
+        x = test[0][index]
+        label = f"test image {index}, true class: {classes[int(test[1][index])]}"
+    probs = pc.predict(model, x[None].astype(model.dtype))[0]
+    label += f"; predicted {classes[int(probs.argmax())]} ({probs.max():.0%})"
+    written += viz.plot_feature_maps(model, x, out_dir, label=label)
+
+    history = state.get("history")
+    if history and history.get("epoch"):
+        written.append(viz.plot_history(history, os.path.join(out_dir, "training_curves.png"),
+                                        title=f"training curves of {os.path.basename(checkpoint)}"))
+    else:
+        click.echo(f"note: {checkpoint} has no training history; no training curves", err=True)
+    if test is not None:
+        r = pc.evaluate(model, (test[0].astype(model.dtype), test[1]))
+        written.append(viz.plot_confusion(r["confusion_matrix"], classes,
+                                          os.path.join(out_dir, "confusion_matrix.png"),
+                                          title="test split"))
+    else:
+        click.echo("note: no test split for this checkpoint; no confusion matrix", err=True)
+    for path in written:
+        click.echo(path)
+
+
+COMMANDS = [visualize]

@@ -1,0 +1,135 @@
+"""`polycnn visualize` and `polycnn demo --plot`: every picture is written, is a PNG of the
+documented size and is not blank; a missing matplotlib is a one-line error."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import polycnn as pc
+from polycnn.cli.main import main
+
+pytest.importorskip("matplotlib", reason="the pictures need matplotlib (pip install 'polycnn[viz]')")
+from PIL import Image  # noqa: E402  (matplotlib depends on Pillow)
+
+from polycnn import viz  # noqa: E402
+
+CLASSES = ["triangle", "square", "circle"]
+
+
+def _png_size(path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def _check_picture(path, kind):
+    assert os.path.exists(path), path
+    assert _png_size(path) == viz.SIZES[kind], (path, _png_size(path))
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    assert pixels.std() > 10, f"{path} looks blank (pixel std {pixels.std():.1f})"
+    colours = np.unique(pixels.reshape(-1, 3)[::7], axis=0)
+    assert len(colours) > 20, f"{path} has only {len(colours)} distinct colours"
+
+
+def _tiny_model(channels, seed=0):
+    return pc.Sequential(
+        pc.Conv2d(channels, 4, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+        pc.Conv2d(4, 6, kernel_size=3, padding=1), pc.ReLU(), pc.AvgPool2d(2),
+        pc.Flatten(), pc.Linear(6 * 4 * 4, 3), backend="numpy", seed=seed)
+
+
+@pytest.fixture(scope="module")
+def grey_checkpoint(tmp_path_factory):
+    """A greyscale shapes model trained 2 epochs through the API, with the run record that
+    `polycnn train` writes (so visualize can rebuild the test split)."""
+    run = {"epochs": 2, "batch_size": 16, "lr": 0.05, "optimizer": "sgd", "seed": 3,
+           "augment": False, "image_size": 16, "channels": 1, "n_train": 48, "n_val": 16,
+           "n_test": 24}
+    splits = pc.datasets.shapes_splits(48, 16, 24, 16, 1, 3)
+    model = _tiny_model(1)
+    path = tmp_path_factory.mktemp("viz") / "grey.npz"
+    pc.fit(model, splits["train"], epochs=2, batch_size=16, val=splits["val"], seed=3,
+           checkpoint=str(path), metadata={"run": run, "classes": CLASSES})
+    return path
+
+
+def test_visualize_writes_every_picture(grey_checkpoint, tmp_path):
+    out = tmp_path / "pics"
+    r = CliRunner().invoke(main, ["visualize", str(grey_checkpoint), "--out", str(out),
+                                  "--index", "5", "--backend", "numpy"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    paths = r.output.split()
+    names = [os.path.basename(p) for p in paths]
+    assert names == ["filters.png",
+                     "feature_maps_01_layer0_conv2d.png", "feature_maps_02_layer1_relu.png",
+                     "feature_maps_03_layer2_maxpool2d.png", "feature_maps_04_layer3_conv2d.png",
+                     "feature_maps_05_layer4_relu.png", "feature_maps_06_layer5_avgpool2d.png",
+                     "training_curves.png", "confusion_matrix.png"], names
+    kinds = ["filters"] + ["feature_maps"] * 6 + ["history", "confusion"]
+    for path, kind in zip(paths, kinds):
+        assert os.path.dirname(os.path.abspath(path)) == str(out)
+        _check_picture(path, kind)
+
+
+def test_visualize_rgb_input_file_without_run_record(tmp_path):
+    x, y = pc.datasets.shapes(24, image_size=16, channels=3, seed=1)
+    model = _tiny_model(3, seed=1)
+    ckpt = tmp_path / "rgb.npz"
+    pc.fit(model, (x, y), epochs=1, batch_size=12, seed=1, checkpoint=str(ckpt))
+    np.save(tmp_path / "one.npy", x[2])
+    r = CliRunner().invoke(main, ["visualize", str(ckpt), "--input", str(tmp_path / "one.npy"),
+                                  "--backend", "numpy"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    paths = [line for line in r.output.splitlines() if line.endswith(".png")]
+    assert all(os.path.dirname(p) == str(tmp_path / "rgb_viz") for p in paths), paths
+    assert "no confusion matrix" in r.output       # no test split without the run record
+    assert len(paths) == 1 + 6 + 1
+    _check_picture(paths[0], "filters")
+    _check_picture(paths[-1], "history")
+
+    r = CliRunner().invoke(main, ["visualize", str(ckpt), "--backend", "numpy"])
+    assert r.exit_code == 2 and "pass --input FILE.npy" in r.output
+
+
+def test_feature_maps_are_the_layer_outputs(grey_checkpoint):
+    model = pc.load(grey_checkpoint, backend="numpy")
+    x = pc.datasets.shapes(1, image_size=16, channels=1, seed=4)[0]
+    maps = viz.feature_maps(model, x[0])
+    assert [i for i, _, _ in maps] == [0, 1, 2, 3, 4, 5]
+    model.eval()
+    y = model.to_backend(x)
+    for i, layer in enumerate(model.layers[:6]):
+        y = layer.forward(y)
+        np.testing.assert_allclose(maps[i][2], model.backend.to_numpy(y)[0], rtol=1e-6,
+                                   err_msg=f"layer {i}")
+
+
+def test_visualize_bad_input(grey_checkpoint, tmp_path):
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 16, 16), np.float32))
+    cases = [
+        (["--index", "999"], "the test split has 24 images"),
+        (["--input", str(tmp_path / "wrong.npy")], "trained on (1, 16, 16)"),
+        (["--input", str(tmp_path / "missing.npy")], "--input not found"),
+    ]
+    for args, message in cases:
+        r = CliRunner().invoke(main, ["visualize", str(grey_checkpoint), "--out", str(tmp_path / "o"),
+                                      "--backend", "numpy", *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_missing_matplotlib_is_one_line_exit_2(grey_checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # `import matplotlib` raises ImportError
+    for args in (["visualize", str(grey_checkpoint), "--out", str(tmp_path / "o")],):
+        r = CliRunner().invoke(main, [*args, "--backend", "numpy"])
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and "pip install 'polycnn[viz]'" in lines[0], r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "demo.png").exists()
