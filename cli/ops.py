@@ -41,14 +41,25 @@ def backends(as_json):
 @click.command()
 @backend_option
 @json_option
-def demo(backend, as_json):
+@click.option("--plot", is_flag=True,
+              help="also draw the example as annotated heat maps in a PNG (needs matplotlib)")
+@click.option("--out", type=click.Path(dir_okay=False), default="worked_example.png", show_default=True,
+              help="where --plot writes its picture")
+def demo(backend, as_json, plot, out):
     """The tutorial's worked example, step by step, computed by a backend."""
     from polycnn.tutorial import side_by_side, worked_example
 
+    if plot:
+        from polycnn import viz
+
+        viz.pyplot()  # fail first, in one line, when matplotlib is missing
     be = pc.get_backend(backend)
     r = worked_example(be)
+    if plot:
+        viz.plot_worked_example(r, out, backend_name=be.name)
     if as_json:
-        echo_json({"backend": be.name, **{k: v.tolist() for k, v in r.items()}})
+        extra = {"plot": out} if plot else {}
+        echo_json({"backend": be.name, **{k: v.tolist() for k, v in r.items()}, **extra})
         return
     steps = [
         ("A 6x6 greyscale image (255 = white) and one 3x3 filter.",
@@ -67,6 +78,8 @@ def demo(backend, as_json):
         click.echo(f"{i}. {text}\n")
         click.echo(side_by_side(blocks))
         click.echo()
+    if plot:
+        click.echo(f"picture of the worked example saved to {out}")
 
 
 COMMANDS = [backends, demo]

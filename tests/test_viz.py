@@ -127,9 +127,24 @@ def test_visualize_bad_input(grey_checkpoint, tmp_path):
 
 def test_missing_matplotlib_is_one_line_exit_2(grey_checkpoint, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # `import matplotlib` raises ImportError
-    for args in (["visualize", str(grey_checkpoint), "--out", str(tmp_path / "o")],):
+    for args in (["visualize", str(grey_checkpoint), "--out", str(tmp_path / "o")],
+                 ["demo", "--plot", "--out", str(tmp_path / "demo.png")]):
         r = CliRunner().invoke(main, [*args, "--backend", "numpy"])
         assert r.exit_code == 2, r.output
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and "pip install 'polycnn[viz]'" in lines[0], r.output
     assert not (tmp_path / "o").exists() and not (tmp_path / "demo.png").exists()
+
+
+def test_demo_plot_draws_the_worked_example(tmp_path):
+    out = tmp_path / "sub" / "example.png"
+    r = CliRunner().invoke(main, ["demo", "--plot", "--out", str(out), "--backend", "numpy"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert " 155 -155  155 -155" in r.output            # the text is still printed
+    assert f"saved to {out}" in r.output
+    _check_picture(out, "worked_example")
+    r = CliRunner().invoke(main, ["demo", "--plot", "--out", str(tmp_path / "j.png"), "--json",
+                                  "--backend", "numpy"], catch_exceptions=False)
+    assert r.exit_code == 0 and '"plot": ' in r.output
+    _check_picture(tmp_path / "j.png", "worked_example")
