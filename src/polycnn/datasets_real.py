@@ -1,0 +1,490 @@
+"""Real data sets: MNIST, Fashion-MNIST, CIFAR-10, a folder of images, and the UCI digits.
+
+Every loader returns host arrays: images float32 NCHW, labels int64. ``load_splits(name, ...)``
+returns ``{"train": (x, y), "val": (x, y), "test": (x, y)}`` with the validation split carved
+from the training set by a seeded permutation.
+
+Files on disk (``data_dir``):
+- MNIST / Fashion-MNIST: the four IDX files under their standard names, gzipped (``.gz``) or raw:
+  ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+  ``t10k-labels-idx1-ubyte``. Pixels are scaled to 0..1 and then normalised with the data set's
+  usual mean and standard deviation (:data:`NORMALIZE`).
+- CIFAR-10, binary version: ``data_batch_1.bin`` .. ``data_batch_5.bin`` and ``test_batch.bin``,
+  in ``data_dir`` or its ``cifar-10-batches-bin/`` sub-folder; normalised per channel.
+- Image folder: one sub-folder per class holding PNG/JPEG files (needs Pillow), resized to a
+  square; ``train/`` and ``test/`` sub-folders, when both exist, are used as the splits.
+
+``download(name, data_dir)`` fetches the files from the mirrors in :data:`MIRRORS` (or the
+``POLYCNN_MIRRORS`` environment variable: base URLs separated by commas), checks each against
+its SHA-256 in :data:`SHA256`, and writes through a temporary file in the same folder that is
+renamed only after the checksum matched: a failed download leaves no file behind. A file whose
+checksum is not in the table is refused rather than trusted.
+
+The UCI digits ship inside the package (``polycnn/data/digits.csv.gz``): E. Alpaydin and
+C. Kaynak, "Optical Recognition of Handwritten Digits", UCI Machine Learning Repository, 1998,
+https://doi.org/10.24432/C50P49, licensed CC BY 4.0. 1,797 images of 8x8 pixels with values
+0..16 (the copy distributed with scikit-learn, ``sklearn/datasets/data/digits.csv.gz``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import os
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+#: the data sets :func:`load_splits` knows
+NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+CIFAR_SUBDIR = "cifar-10-batches-bin"
+CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
+#: records in each CIFAR-10 batch file (each record: 1 label byte + 3 x 32 x 32 pixel bytes)
+CIFAR_BATCH_RECORDS = 10000
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+CLASSES = {
+    "digits": tuple(str(i) for i in range(10)),
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                      "sneaker", "bag", "ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"),
+}
+
+#: (mean, std) per channel, applied after scaling pixels to 0..1
+NORMALIZE = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+#: base URLs tried in order by :func:`download`; ``POLYCNN_MIRRORS`` overrides them
+MIRRORS = {
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+              "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
+}
+MIRRORS_ENV = "POLYCNN_MIRRORS"
+
+#: SHA-256 of each downloadable file. NOTE: only values confirmed by several independent sources
+#: are filled in; None means unknown here, and download() refuses such a file.
+SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+    "fashion-mnist": {f"{name}.gz": None for name in IDX_FILES.values()},
+    "cifar10": {CIFAR_ARCHIVE: None},
+}
+
+#: validation images carved from the training set when the caller does not say
+DEFAULT_VAL = {"mnist": 5000, "fashion-mnist": 5000, "cifar10": 5000}
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+# ---- IDX (MNIST, Fashion-MNIST) --------------------------------------------------------------
+def _read_bytes(path: str) -> bytes:
+    if path.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path}: not a complete gzip file ({exc}); delete it and fetch it"
+                             " again") from None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_idx(path, ndim: int, tail: tuple | None = None) -> np.ndarray:
+    """The unsigned-byte IDX array in ``path`` (``.gz`` or raw), checked: magic number
+    ``00 00 08 ndim``, positive dimensions, ``tail`` (the dimensions after the first, if given)
+    and the exact file size."""
+    path = os.fspath(path)
+    raw = _read_bytes(path)
+    want = f"an IDX file of unsigned bytes with {ndim} dimension{'s' if ndim > 1 else ''}"
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: {len(raw)} bytes, too short for {want} (truncated?)")
+    magic = raw[:4]
+    if magic[:2] != b"\0\0" or magic[2] != 0x08 or magic[3] != ndim:
+        raise ValueError(f"{path}: magic number {magic.hex()} but expected {want}"
+                         f" (magic 000008{ndim:02x})")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    if tail is not None and dims[1:] != tuple(tail):
+        raise ValueError(f"{path}: dimensions {dims} but expected (N, {', '.join(map(str, tail))})")
+    if min(dims) < 1:
+        raise ValueError(f"{path}: dimensions {dims} include an empty one")
+    body = len(raw) - 4 - 4 * ndim
+    expected = int(np.prod(dims))
+    if body != expected:
+        raise ValueError(f"{path}: {body:,} data bytes but its header {dims} says {expected:,}"
+                         f" ({'truncated' if body < expected else 'trailing data'})")
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(data_dir: str, names) -> tuple[dict, list]:
+    """-> ({name: existing path}, [missing names]); a name matches ``name`` or ``name.gz``."""
+    found, missing = {}, []
+    for name in names:
+        for candidate in (name + ".gz", name) if not name.endswith(".bin") else (name,):
+            path = os.path.join(data_dir, candidate)
+            if os.path.isfile(path):
+                found[name] = path
+                break
+        else:
+            missing.append(name)
+    return found, missing
+
+
+def _missing_error(name: str, data_dir: str, files) -> FileNotFoundError:
+    listed = ", ".join(files)
+    how = (f"download them with --download (or pc.datasets.download({name!r}, {data_dir!r}))"
+           if any(SHA256.get(name, {}).values()) else "copy them there by hand")
+    return FileNotFoundError(f"{name}: missing {len(files)} file(s) in {os.path.abspath(data_dir)}:"
+                             f" {listed}; put them in that folder or {how}")
+
+
+def _scale(x_uint8: np.ndarray, name: str) -> np.ndarray:
+    x = x_uint8.astype(np.float32) / np.float32(255.0)
+    mean, std = NORMALIZE[name]
+    shape = (1, len(mean), 1, 1)
+    return (x - np.array(mean, np.float32).reshape(shape)) / np.array(std, np.float32).reshape(shape)
+
+
+def _idx_split(name: str, data_dir: str, split: str, download_missing: bool, mirrors):
+    data_dir = os.fspath(data_dir)
+    found, missing = _find(data_dir, IDX_FILES.values())
+    if missing and download_missing:
+        download(name, data_dir, mirrors=mirrors)
+        found, missing = _find(data_dir, IDX_FILES.values())
+    if missing:
+        raise _missing_error(name, data_dir, [m + ".gz" for m in missing])
+    prefix = "train" if split == "train" else "test"
+    images = read_idx(found[IDX_FILES[prefix + "_images"]], 3, (28, 28))
+    labels = read_idx(found[IDX_FILES[prefix + "_labels"]], 1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{found[IDX_FILES[prefix + '_labels']]}: {labels.shape[0]:,} labels for"
+                         f" {images.shape[0]:,} images in {found[IDX_FILES[prefix + '_images']]}")
+    if labels.max() > 9:
+        raise ValueError(f"{found[IDX_FILES[prefix + '_labels']]}: label {labels.max()} outside 0..9")
+    return _scale(images[:, None], name), labels.astype(np.int64)
+
+
+def _check_split(split: str) -> str:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
+def mnist(data_dir, split: str = "train", download: bool = False, mirrors=None):
+    """MNIST from the IDX files in ``data_dir``: (x float32 (N, 1, 28, 28) normalised, y int64)."""
+    return _idx_split("mnist", data_dir, _check_split(split), download, mirrors)
+
+
+def fashion_mnist(data_dir, split: str = "train", download: bool = False, mirrors=None):
+    """Fashion-MNIST from the IDX files in ``data_dir`` (same format and names as MNIST)."""
+    return _idx_split("fashion-mnist", data_dir, _check_split(split), download, mirrors)
+
+
+# ---- CIFAR-10 ---------------------------------------------------------------------------------
+def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch: (uint8 (N, 3, 32, 32), uint8 (N,)), size and labels checked."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    expected = CIFAR_BATCH_RECORDS * _CIFAR_RECORD
+    if len(raw) != expected:
+        raise ValueError(f"{path}: {len(raw):,} bytes but a CIFAR-10 binary batch has {expected:,}"
+                         f" ({CIFAR_BATCH_RECORDS:,} records of {_CIFAR_RECORD:,} bytes)")
+    rec = np.frombuffer(raw, np.uint8).reshape(CIFAR_BATCH_RECORDS, _CIFAR_RECORD)
+    labels = rec[:, 0]
+    if labels.max() > 9:
+        raise ValueError(f"{path}: label byte {labels.max()} outside 0..9 (not a CIFAR-10 batch;"
+                         " CIFAR-100 has two label bytes)")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_dir(data_dir: str) -> str | None:
+    for d in (data_dir, os.path.join(data_dir, CIFAR_SUBDIR)):
+        if all(os.path.isfile(os.path.join(d, f)) for f in CIFAR_FILES):
+            return d
+    return None
+
+
+def cifar10(data_dir, split: str = "train", download: bool = False, mirrors=None):
+    """CIFAR-10 (binary version) from ``data_dir`` or its ``cifar-10-batches-bin/`` sub-folder:
+    (x float32 (N, 3, 32, 32) normalised per channel, y int64)."""
+    split = _check_split(split)
+    data_dir = os.fspath(data_dir)
+    folder = _cifar_dir(data_dir)
+    if folder is None and download:
+        _download_dataset("cifar10", data_dir, mirrors=mirrors)
+        folder = _cifar_dir(data_dir)
+    if folder is None:
+        have = {f for d in (data_dir, os.path.join(data_dir, CIFAR_SUBDIR)) if os.path.isdir(d)
+                for f in os.listdir(d)}
+        raise _missing_error("cifar10", os.path.join(data_dir, CIFAR_SUBDIR),
+                             [f for f in CIFAR_FILES if f not in have] or list(CIFAR_FILES))
+    names = CIFAR_FILES[:5] if split == "train" else CIFAR_FILES[5:]
+    parts = [read_cifar_batch(os.path.join(folder, f)) for f in names]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    return _scale(x, "cifar10"), y
+
+
+# ---- image folder -----------------------------------------------------------------------------
+def _pillow():
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ValueError("reading an image folder needs Pillow: pip install polycnn[images]") from None
+    return Image, UnidentifiedImageError
+
+
+def _class_folders(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder not found: {root}")
+    classes = sorted(d for d in os.listdir(root)
+                     if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(f"{root}: an image folder needs one sub-folder per class (at least two),"
+                         f" found {classes or 'none'}")
+    return classes
+
+
+def image_folder(root, image_size: int = 32, channels: int = 3, classes=None):
+    """Every PNG/JPEG under ``root/<class>/``, resized to ``image_size`` square, as
+    (x float32 (N, channels, size, size) in 0..1, y int64, class names). ``channels`` 1 reads
+    greyscale, 3 RGB. A file Pillow cannot read raises ``ValueError`` naming it."""
+    Image, Unidentified = _pillow()
+    root = os.fspath(root)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    names = list(classes) if classes is not None else _class_folders(root)
+    xs, ys = [], []
+    for label, cls in enumerate(names):
+        folder = os.path.join(root, cls)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{root}: class folder {cls!r} is missing")
+        for fname in sorted(os.listdir(folder)):
+            if os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = os.path.join(folder, fname)
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB" if channels == 3 else "L")
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.float32)
+            except (Unidentified, OSError, SyntaxError, ValueError) as exc:
+                raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise ValueError(f"{root}: no .png/.jpg/.jpeg files in the class folders {names}")
+    counts = np.bincount(ys, minlength=len(names))
+    if (counts == 0).any():
+        empty = [n for n, c in zip(names, counts) if c == 0]
+        raise ValueError(f"{root}: class folder(s) {empty} hold no .png/.jpg/.jpeg files")
+    x = np.stack(xs) / np.float32(255.0)
+    return x.astype(np.float32), np.array(ys, np.int64), tuple(names)
+
+
+# ---- UCI digits (shipped) ---------------------------------------------------------------------
+def digits(seed: int | None = None):
+    """The UCI optical-recognition digits shipped with polycnn (CC BY 4.0; see the module doc):
+    (x float32 (1797, 1, 8, 8) scaled to 0..1, y int64 0..9); ``seed`` shuffles the order."""
+    from importlib.resources import files
+
+    raw = (files("polycnn") / "data" / "digits.csv.gz").read_bytes()
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64)
+    if table.shape != (1797, 65):
+        raise ValueError(f"polycnn/data/digits.csv.gz: table of shape {table.shape}, expected"
+                         " (1797, 65); the installation is damaged")
+    x = (table[:, :64].reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    y = table[:, 64].astype(np.int64)
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(y))
+        x, y = x[order], y[order]
+    return x, y
+
+
+# ---- splits -----------------------------------------------------------------------------------
+def _carve(x, y, n_val: int, seed: int):
+    """Seeded split of (x, y) into (rest, first n_val of a permutation)."""
+    if not 0 <= n_val < len(y):
+        raise ValueError(f"n_val must be in [0, {len(y) - 1}] for {len(y):,} training images,"
+                         f" got {n_val}")
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 1])).permutation(len(y))
+    val, rest = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return (x[rest], y[rest]), (x[val], y[val])
+
+
+def load_splits(name: str, data_dir=None, *, n_val: int | None = None, seed: int = 0,
+                download: bool = False, mirrors=None, image_size: int = 32,
+                channels: int = 3) -> dict:
+    """``{"train", "val", "test": (x, y), "classes": names, "normalize": (mean, std) or None}``
+    for one of :data:`NAMES`. The validation split is ``n_val`` training images chosen by
+    ``seed`` (default: 5,000 for MNIST, Fashion-MNIST and CIFAR-10, 10% otherwise). ``digits``
+    and a single image folder also hold out a seeded 20% as the test split."""
+    if name not in NAMES:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
+    if name != "digits" and data_dir is None:
+        raise ValueError(f"the {name} data set needs a data folder (--data-dir)")
+    normalize = NORMALIZE.get(name)
+    if name == "digits":
+        x, y = digits()
+        (train, test), classes = _carve(x, y, len(y) // 5, seed + 1000), CLASSES["digits"]
+    elif name == "folder":
+        root = os.fspath(data_dir)
+        parts = [os.path.join(root, s) for s in ("train", "test")]
+        if all(os.path.isdir(p) for p in parts):
+            *train, classes = image_folder(parts[0], image_size, channels)
+            *test, _ = image_folder(parts[1], image_size, channels, classes)
+        else:
+            x, y, classes = image_folder(root, image_size, channels)
+            train, test = _carve(x, y, max(1, len(y) // 5), seed + 1000)
+        train, test = tuple(train), tuple(test)
+    else:
+        loader = {"mnist": mnist, "fashion-mnist": fashion_mnist, "cifar10": cifar10}[name]
+        train = loader(data_dir, "train", download=download, mirrors=mirrors)
+        test = loader(data_dir, "test", download=download, mirrors=mirrors)
+        classes = CLASSES[name]
+    if n_val is None:
+        n_val = DEFAULT_VAL.get(name, len(train[1]) // 10)
+    n_val = min(n_val, len(train[1]) - 1)
+    train, val = _carve(*train, n_val, seed)
+    return {"train": train, "val": val, "test": test, "classes": list(classes),
+            "normalize": normalize}
+
+
+# ---- download ---------------------------------------------------------------------------------
+def mirrors_for(name: str, mirrors=None) -> list[str]:
+    """Base URLs for ``name``: ``mirrors`` if given, else ``$POLYCNN_MIRRORS``, else :data:`MIRRORS`."""
+    if mirrors is None:
+        env = os.environ.get(MIRRORS_ENV, "").strip()
+        mirrors = [m.strip() for m in env.split(",") if m.strip()] if env else MIRRORS.get(name, [])
+    if isinstance(mirrors, str):
+        mirrors = [mirrors]
+    return [m if m.endswith("/") else m + "/" for m in mirrors]
+
+
+def _fetch(url: str, dest: str, sha256: str, timeout: float) -> None:
+    """Stream ``url`` to a temporary file next to ``dest``, check length and SHA-256, rename."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=folder)
+    try:
+        h, got = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            while True:
+                chunk = resp.read(1 << 16)
+                if not chunk:
+                    break
+                h.update(chunk)
+                out.write(chunk)
+                got += len(chunk)
+        if length is not None and got != int(length):
+            raise ValueError(f"transfer cut short: {got:,} of {int(length):,} bytes")
+        if h.hexdigest() != sha256:
+            raise ValueError(f"SHA-256 {h.hexdigest()} does not match the expected {sha256}")
+        os.replace(tmp, dest)
+    except http.client.IncompleteRead as exc:
+        raise ValueError(f"transfer cut short: {len(exc.partial):,} bytes, {exc.expected} more"
+                         " expected") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float = 60.0) -> list[str]:
+    """Fetch the files of ``name`` (mnist, fashion-mnist, cifar10) missing from ``data_dir``;
+    returns the paths written. Each mirror is tried in turn; a file is kept only when its SHA-256
+    matches ``checksums`` (default :data:`SHA256`). Raises ``ValueError`` naming the file and what
+    each mirror did when none gave a good copy; never leaves a partial file."""
+    if name not in SHA256:
+        raise ValueError(f"cannot download {name!r}; downloadable: {', '.join(SHA256)}")
+    data_dir = os.fspath(data_dir)
+    table = SHA256[name] if checksums is None else checksums
+    urls = mirrors_for(name, mirrors)
+    if not urls:
+        raise ValueError(f"no mirror for {name}: pass mirrors or set {MIRRORS_ENV}")
+    if name == "cifar10":
+        if _cifar_dir(data_dir) is not None:
+            return []
+        wanted = [CIFAR_ARCHIVE]
+    else:
+        _, missing = _find(data_dir, IDX_FILES.values())
+        wanted = [m + ".gz" for m in missing]
+    for fname in wanted:
+        if not table.get(fname):
+            raise ValueError(f"{name}: no known SHA-256 for {fname}, so polycnn will not download"
+                             f" it unchecked; fetch it yourself into {os.path.abspath(data_dir)}")
+    os.makedirs(data_dir, exist_ok=True)
+    written = []
+    for fname in wanted:
+        dest = os.path.join(data_dir, fname)
+        errors = []
+        for base in urls:
+            try:
+                _fetch(base + fname, dest, table[fname], timeout)
+                break
+            except (ValueError, OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+                errors.append(f"{base + fname}: {exc}")
+        else:
+            raise ValueError(f"{name}: could not download {fname} ({'; '.join(errors)});"
+                             f" nothing was written to {os.path.abspath(data_dir)}")
+        written.append(dest)
+    if name == "cifar10":
+        written = _extract_cifar(os.path.join(data_dir, CIFAR_ARCHIVE), data_dir)
+    return written
+
+
+_download_dataset = download   # NOTE: the loaders' `download` flag shadows the function
+
+
+def _extract_cifar(archive: str, data_dir: str) -> list[str]:
+    """Unpack only the six batch files of a verified archive into ``data_dir/cifar-10-batches-bin``."""
+    target = os.path.join(data_dir, CIFAR_SUBDIR)
+    os.makedirs(target, exist_ok=True)
+    out = []
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for fname in CIFAR_FILES:
+                member = tar.extractfile(f"{CIFAR_SUBDIR}/{fname}")
+                if member is None:
+                    raise ValueError(f"{archive}: {CIFAR_SUBDIR}/{fname} is not a regular file")
+                fd, tmp = tempfile.mkstemp(prefix=".extract-", dir=target)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(member.read())
+                    os.replace(tmp, os.path.join(target, fname))
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+                out.append(os.path.join(target, fname))
+    except (KeyError, tarfile.TarError) as exc:
+        raise ValueError(f"{archive}: not the CIFAR-10 binary archive ({exc})") from None
+    os.unlink(archive)
+    return out
+
+
+__all__ = ["NAMES", "CLASSES", "NORMALIZE", "MIRRORS", "MIRRORS_ENV", "SHA256", "read_idx",
+           "read_cifar_batch", "mnist", "fashion_mnist", "cifar10", "image_folder", "digits",
+           "load_splits", "download", "mirrors_for"]
