@@ -1,0 +1,110 @@
+"""`polycnn train --dataset ...` end to end on generated files (IDX, an image folder of PNGs)
+and on the shipped digits; evaluate finds the checkpoint's own test split."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import polycnn as pc
+from polycnn.cli.main import main
+
+from test_data_real import write_mnist
+
+PIL = pytest.importorskip("PIL.Image", reason="the image-folder data set needs Pillow")
+
+
+def _run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def _fail(args):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and ("error: " in r.output or "Error: " in r.output), r.output
+    return r.output
+
+
+def test_mnist_through_the_cli_and_evaluate_with_a_moved_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_mnist(tmp_path / "mnist", n_train=80, n_test=30)
+    r = _run(["train", "--dataset", "mnist", "--data-dir", "mnist", "--model", "lenet5", "--epochs",
+              "1", "--backend", "numpy", "--out", "m.npz", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["run"]["dataset"] == "mnist" and summary["run"]["image_size"] == 28
+    assert summary["run"]["data_dir"] == str(tmp_path / "mnist")
+    assert len(summary["per_class_accuracy"]) == 10
+    r = _run(["evaluate", "m.npz", "--json", "--backend", "numpy"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["n"] == 30
+    shutil.move(tmp_path / "mnist", tmp_path / "moved")
+    msg = _fail(["evaluate", "m.npz", "--backend", "numpy"])
+    assert "missing 4 file(s)" in msg and "train-images-idx3-ubyte.gz" in msg
+    r = _run(["evaluate", "m.npz", "--json", "--backend", "numpy", "--data-dir", "moved", "--n-test", "12"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["n"] == 12
+
+
+def test_cli_errors_for_data_options(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--data-dir" in _fail(["train", "--dataset", "mnist"])
+    msg = _fail(["train", "--dataset", "fashion-mnist", "--data-dir", "empty"])
+    assert "t10k-labels-idx1-ubyte.gz" in msg and str(tmp_path / "empty") in msg
+    assert "fixed size" in _fail(["train", "--dataset", "digits", "--image-size", "16"])
+    assert "needs no files" in _fail(["train", "--dataset", "digits", "--data-dir", "x"])
+    assert "--channels" in _fail(["train", "--channels", "1"])
+
+
+def _png_folder(root, per_class=6, size=12):
+    """Two classes told apart by where the bright half is: left or right."""
+    rng = np.random.default_rng(0)
+    for label, cls in enumerate(["left", "right"]):
+        os.makedirs(root / cls)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+            img[:, half] += 150
+            PIL.fromarray(img).save(root / cls / f"{i}.png")
+
+
+def test_image_folder_trains_and_predicts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _png_folder(tmp_path / "pics")
+    r = _run(["train", "--dataset", "folder", "--data-dir", "pics", "--image-size", "16",
+              "--channels", "1", "--epochs", "2", "--backend", "numpy", "--out", "f.npz", "--quiet"])
+    assert r.exit_code == 0, r.output
+    run = pc.load("f.npz").training_state["metadata"]["run"]
+    assert (run["channels"], run["image_size"], run["classes"]) == (1, 16, ["left", "right"])
+    r = _run(["predict", "f.npz", "pics/left/0.png", "pics/right/1.png", "--json", "--backend", "numpy"])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(r.output)["predictions"]
+    assert [set(p["probabilities"]) for p in preds] == [{"left", "right"}] * 2
+    r = _run(["evaluate", "f.npz", "--json", "--backend", "numpy"])
+    assert r.exit_code == 0 and json.loads(r.output)["n"] == 2
+
+
+def test_image_folder_reads_rgb_and_names_a_corrupt_file(tmp_path):
+    _png_folder(tmp_path)
+    x, y, classes = pc.datasets.image_folder(tmp_path, image_size=8, channels=3)
+    assert x.shape == (12, 3, 8, 8) and x.dtype == np.float32 and classes == ("left", "right")
+    assert 0.0 <= x.min() and x.max() <= 1.0 and y.tolist() == [0] * 6 + [1] * 6
+    # the bright half is where the class says
+    assert (x[y == 0][..., :4].mean() > x[y == 0][..., 4:].mean())
+    (tmp_path / "right" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match=r"right[/\\]broken.png: not a readable image"):
+        pc.datasets.image_folder(tmp_path, image_size=8)
+
+
+def test_digits_cnn_beats_chance_by_far(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = _run(["train", "--dataset", "digits", "--epochs", "6", "--backend", "numpy", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["test_accuracy"] > 0.8          # chance is 0.1
+    assert set(summary["per_class_accuracy"]) == {str(i) for i in range(10)}
