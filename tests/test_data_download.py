@@ -119,3 +119,44 @@ def test_unknown_checksum_refuses(tmp_path):
     with pytest.raises(ValueError, match=r"no known SHA-256 for train-images-idx3-ubyte.gz"):
         pc.datasets.download("fashion-mnist", tmp_path, mirrors=["http://127.0.0.1:9/"])
     assert os.listdir(tmp_path) == []
+
+
+def test_cifar10_archive_is_verified_and_unpacked(server, tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    handler, url = server
+    monkeypatch.setattr(dr, "CIFAR_BATCH_RECORDS", 2)
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in dr.CIFAR_FILES + ("readme.html",):
+            rec = rng.integers(0, 10, (2, 3073)).astype(np.uint8).tobytes()
+            info = tarfile.TarInfo(f"{dr.CIFAR_SUBDIR}/{name}")
+            info.size = len(rec)
+            tar.addfile(info, io.BytesIO(rec))
+    archive = buf.getvalue()
+    monkeypatch.setitem(handler.files, dr.CIFAR_ARCHIVE, archive)
+    sums = {dr.CIFAR_ARCHIVE: hashlib.sha256(archive).hexdigest()}
+    written = pc.datasets.download("cifar10", tmp_path, mirrors=[url], checksums=sums)
+    assert sorted(os.path.basename(p) for p in written) == sorted(dr.CIFAR_FILES)
+    assert os.listdir(tmp_path) == [dr.CIFAR_SUBDIR]            # the archive is gone
+    assert sorted(os.listdir(tmp_path / dr.CIFAR_SUBDIR)) == sorted(dr.CIFAR_FILES)
+    x, y = pc.datasets.cifar10(tmp_path, "test")
+    assert x.shape == (2, 3, 32, 32)
+
+
+def test_cli_download_flag(server, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from polycnn.cli.main import main
+
+    handler, url = server
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(dr.MIRRORS_ENV, url)
+    monkeypatch.setitem(dr.SHA256, "mnist", _sums(handler.files))
+    r = CliRunner().invoke(main, ["train", "--dataset", "mnist", "--data-dir", "got", "--download",
+                                  "--epochs", "1", "--backend", "numpy", "--quiet"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / "got")) == sorted(handler.files)
