@@ -63,9 +63,31 @@ def default_augment(dataset: str = "shapes") -> pc.Augment:
     return pc.Augment(hflip=0.5, vflip=0.5, shear=0.15, rotate=10.0, translate=0.05)
 
 
-def make_optimizer(name: str, params, lr: float, total_steps: int):
-    schedule = pc.optim.CosineLR(total_steps, warmup_steps=min(100, total_steps // 10),
-                                 min_factor=0.01)
+#: learning-rate schedules of --schedule
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def make_schedule(kind: str, total_steps: int, warmup: int | None):
+    """cosine: warm-up then a half cosine down to 1% of the peak; step: the rate divided by 10
+    after each third of the run; constant: the peak rate after the warm-up. ``warmup`` in
+    optimiser steps (None: a tenth of the run, at most 100 steps, for cosine; none otherwise)."""
+    if warmup is not None and warmup >= total_steps:
+        raise click.BadParameter(f"must be smaller than the {total_steps} steps of the run, got {warmup}",
+                                 param_hint="--warmup")
+    if kind == "cosine":
+        warmup = min(100, total_steps // 10) if warmup is None else warmup
+        return pc.optim.CosineLR(total_steps, warmup_steps=warmup, min_factor=0.01)
+    if kind == "step":
+        if warmup:
+            raise click.BadParameter("works with --schedule cosine or constant, not step",
+                                     param_hint="--warmup")
+        return pc.optim.StepLR(max(1, math.ceil(total_steps / 3)), gamma=0.1)
+    return pc.optim.WarmupLR(warmup) if warmup else None
+
+
+def make_optimizer(name: str, params, lr: float, total_steps: int, schedule: str = "cosine",
+                   warmup: int | None = None):
+    schedule = make_schedule(schedule, total_steps, warmup)
     if name == "sgd":
         return pc.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule=schedule)
     if name == "adam":
@@ -95,28 +117,48 @@ def _normalize(x: np.ndarray, run: dict) -> np.ndarray:
     return (x - mean) / std
 
 
-class _Progress:
-    """A per-epoch bar on stderr (only on a terminal) and one line per finished epoch."""
+def _clock(seconds: float) -> str:
+    """1:05 or 1:02:05; "?" before a rate is known."""
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
-    def __init__(self, quiet: bool, as_json: bool):
-        self.bar = not quiet and not as_json and sys.stderr.isatty()
-        self.lines = not quiet and not as_json
+
+class _Progress:
+    """A per-epoch bar with ETA on stderr (only on a terminal), one line per finished epoch, and
+    with ``json_lines`` one JSON object per epoch on stdout instead."""
+
+    def __init__(self, quiet: bool, as_json: bool, json_lines: bool = False):
+        self.bar = not quiet and not as_json and not json_lines and sys.stderr.isatty()
+        self.lines = not quiet and not as_json and not json_lines
+        self.json_lines = json_lines
         self.last_epoch = None
+        self._width = 0
 
     def __call__(self, e: dict) -> None:
         if e["kind"] == "batch":
             if self.bar and (e["batch"] % 5 == 0 or e["batch"] == e["batches"]):
                 done = e["batch"] / e["batches"]
                 bar = "#" * int(24 * done) + "-" * (24 - int(24 * done))
-                click.echo(f"\repoch {e['epoch']}/{e['epochs']} [{bar}] {done:4.0%}  loss {e['loss']:.4f}"
-                           f"  acc {e['accuracy']:6.2%}  {e['images_per_s']:,.0f} img/s", err=True, nl=False)
+                eta = f"  ETA {_clock(e['eta_s'])}" if "eta_s" in e else ""
+                if e.get("run_eta_s") is not None and e["epoch"] < e["epochs"]:
+                    eta += f" (run {_clock(e['run_eta_s'])})"
+                text = (f"\repoch {e['epoch']}/{e['epochs']} [{bar}] {done:4.0%}  loss {e['loss']:.4f}"
+                        f"  acc {e['accuracy']:6.2%}  {e['images_per_s']:,.0f} img/s{eta}")
+                self._width = max(self._width, len(text))
+                click.echo(text.ljust(self._width), err=True, nl=False)
             return
         self.last_epoch = e["epoch"]
         if self.bar:
-            click.echo("\r" + " " * 90 + "\r", err=True, nl=False)
+            click.echo("\r" + " " * self._width + "\r", err=True, nl=False)
+        if self.json_lines:
+            echo_json({"event": "epoch", **{k: v for k, v in e.items() if k != "kind"}})
         if self.lines:
             val = "" if math.isnan(e["val_accuracy"]) else (
-                f"  val_loss {e['val_loss']:.4f}  val_acc {e['val_accuracy']:6.2%}")
+                f"  val_loss {e['val_loss']:.4f}{' *' if e.get('best') else '  '}"
+                f"  val_acc {e['val_accuracy']:6.2%}")
             click.echo(f"epoch {e['epoch']:>2}/{e['epochs']}  loss {e['loss']:.4f}  acc {e['accuracy']:6.2%}"
                        f"{val}  {e['images_per_s']:,.0f} img/s  {e['seconds']:.1f} s")
 
@@ -132,7 +174,7 @@ def _check_choice_int(value, name, lo):
               help=f"epochs to train (default {DEFAULTS['epochs']}; with --resume: the planned total)")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True)
 @click.option("--lr", type=float, default=None,
-              help="peak learning rate of the cosine schedule with warm-up (default 0.05 for sgd,"
+              help="peak learning rate of the schedule (default 0.05 for sgd,"
                    " 0.002 for adam and adamw)")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=DEFAULTS["optimizer"],
               help="sgd: Nesterov momentum 0.9, weight decay 1e-4; adamw: weight decay 1e-4",
@@ -164,10 +206,22 @@ def _check_choice_int(value, name, lo):
 @click.option("--out", type=click.Path(dir_okay=False), default=DEFAULT_OUT, show_default=True,
               help="checkpoint written after every epoch")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+              help="learning rate over the run: cosine decay to 1% of --lr, step (divided by 10 after"
+                   " each third), or constant")
+@click.option("--warmup", type=int, default=None, metavar="STEPS",
+              help="optimiser steps of linear warm-up (default: a tenth of the run, at most 100, for"
+                   " cosine; none for step and constant)")
+@click.option("--patience", type=int, default=None, metavar="N",
+              help="stop early when the validation loss has not improved for N epochs (default: off);"
+                   " the best epoch is kept in OUT's .best.npz twin in any case")
 @json_option
+@click.option("--json-lines", is_flag=True,
+              help="print one JSON object per epoch on stdout as it finishes, then the --json summary")
 @click.option("--quiet", "-q", is_flag=True, help="print only the final summary")
 def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, data_dir, download,
-          model_name, image_size, channels, n_train, out, resume, as_json, quiet):
+          model_name, image_size, channels, n_train, out, resume, schedule, warmup, patience, as_json,
+          json_lines, quiet):
     """Train a CNN; by default the tutorial's network on triangles, squares and circles.
 
     The shapes images are generated from --seed (no download); --dataset picks a real data set.
@@ -176,6 +230,11 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
     _check_choice_int(epochs, "--epochs", 1)
     _check_choice_int(batch_size, "--batch-size", 1)
     _check_choice_int(n_train, "--n-train", 10)
+    _check_choice_int(warmup, "--warmup", 0)
+    _check_choice_int(patience, "--patience", 1)
+    if as_json and json_lines:
+        raise click.UsageError("choose --json (one summary) or --json-lines (one line per epoch, then"
+                               " the summary), not both")
     if dataset == "shapes":
         image_size = DEFAULTS["image_size"] if image_size is None else image_size
         n_train = DEFAULTS["n_train"] if n_train is None else n_train
@@ -204,12 +263,12 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         ctx = click.get_current_context()
         fixed = [f"--{name.replace('_', '-')}" for name in
                  ("batch_size", "lr", "optimizer", "seed", "augment", "image_size", "n_train",
-                  "dataset", "data_dir", "download", "model_name", "channels")
+                  "dataset", "data_dir", "download", "model_name", "channels", "schedule", "warmup")
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise ValueError(f"--resume continues the run saved in {out} with its own settings;"
-                             f" drop {', '.join(fixed)} (only --epochs, --backend and the output"
-                             " options can change)")
+                             f" drop {', '.join(fixed)} (only --epochs, --patience, --backend and"
+                             " the output options can change)")
         model = pc.load(out, backend=be)
         run = model.training_state["metadata"].get("run")
         if run is None:
@@ -220,6 +279,8 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
             raise ValueError(f"{out} already has {done} of {run['epochs']} epochs; pass --epochs N"
                              f" with N > {done} to train further")
         run["epochs"] = epochs
+        if patience is not None:
+            run["patience"] = patience
         data = _splits(run)
         opt = None
     else:
@@ -243,13 +304,15 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
             run.update(dataset=dataset, model=model_name, channels=int(sample[0]),
                        image_size=int(sample[1]), classes=list(classes),
                        normalize=data.get("normalize"))
+        run.update(schedule=schedule, warmup=warmup, patience=patience)
         steps = epochs * math.ceil(data["train"][0].shape[0] / batch_size)
-        opt = make_optimizer(optimizer, model.parameters(), lr, steps)
+        opt = make_optimizer(optimizer, model.parameters(), lr, steps, schedule, warmup)
     t_data = time.perf_counter() - t_start
 
     classes = run.get("classes", list(CLASSES))
     dataset = run.get("dataset", "shapes")
-    progress = _Progress(quiet, as_json)
+    progress = _Progress(quiet, as_json, json_lines)
+    best_out = best_checkpoint_path(out)
     if progress.lines:
         what = "resuming" if resume else "training"
         names = ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
@@ -259,14 +322,17 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
                    f" images of {run['channels']}x{run['image_size']}x{run['image_size']}, backend"
                    f" {be.name}, {run['optimizer']} lr {run['lr']:g}, batch {run['batch_size']},"
                    f" {run['epochs']} epochs{', augmented' if run['augment'] else ''}")
+    before = _file_stamp(out)
     try:
         history = pc.fit(model, data["train"], epochs=run["epochs"], batch_size=run["batch_size"],
                          optimizer=opt, val=data["val"],
                          augment=default_augment(dataset) if run["augment"] else None,
                          seed=None if resume else run["seed"], callback=progress, checkpoint=out,
-                         resume=resume, metadata={"run": run, "classes": classes})
+                         resume=resume, metadata={"run": run, "classes": classes},
+                         best_checkpoint=best_out, early_stopping=run.get("patience"))
     except KeyboardInterrupt:
-        saved = resume or progress.last_epoch is not None
+        # NOTE: the checkpoint may be written just before the epoch's callback: ask the file
+        saved = resume or _file_stamp(out) != before
         hint = (f"; the last finished epoch is saved in {out}: continue with"
                 f" `polycnn train --resume --out {out}`") if saved else "; no epoch finished"
         click.echo(f"\ninterrupted{hint}", err=True)
@@ -283,16 +349,36 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         "train_seconds": train_seconds, "data_seconds": t_data, "total_seconds": total,
         "parameters": sum(p.size for p in model.parameters()), "run": run,
         "history": {k: list(v) for k, v in history.items()},
+        "best_checkpoint": os.path.abspath(best_out), "best_epoch": history.best_epoch(),
+        "stopped_early": history.stopped_early,
     }
-    if as_json:
+    if as_json or json_lines:
         echo_json(summary)
         return
+    if history.stopped_early is not None:
+        click.echo(f"stopped early after epoch {history.stopped_early}: the validation loss has not"
+                   f" improved for {run['patience']} epochs (best: epoch {history.best_epoch()})")
     per_class = ", ".join(f"{c} {a:.1%}" for c, a in summary["per_class_accuracy"].items())
     click.echo(f"test accuracy {test['accuracy']:.2%} on {test['n']:,} held-out images ({per_class});"
                f" test loss {test['loss']:.4f}")
     click.echo(f"trained {run['epochs']} epochs in {train_seconds:.1f} s ({summary['images_per_s']:,.0f}"
                f" img/s on {be.name}); {total:.1f} s in all")
-    click.echo(f"checkpoint saved to {out}  (try: polycnn evaluate {out})")
+    click.echo(f"checkpoint saved to {out}  (try: polycnn evaluate {out}); the epoch with the lowest"
+               f" validation loss ({history.best_epoch()}) is in {best_out}")
+
+
+def _file_stamp(path: str):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def best_checkpoint_path(out: str) -> str:
+    """Where the epoch with the lowest validation loss is kept: shapes.npz -> shapes.best.npz."""
+    stem, ext = os.path.splitext(out)
+    return f"{stem}.best{ext or '.npz'}"
 
 
 def _load_for_use(checkpoint, backend):

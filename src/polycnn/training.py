@@ -31,16 +31,30 @@ class TrainingDiverged(ValueError):
 class History(dict):
     """Per-epoch lists: epoch, loss, accuracy, val_loss, val_accuracy, lr, images_per_s, seconds
     (val_* are NaN without validation data; images_per_s and seconds are timings, the rest is
-    determined by the seed)."""
+    determined by the seed). ``stopped_early`` is the epoch after which early stopping ended the
+    run (None when it ran to the end)."""
 
     def __init__(self, data=None):
         super().__init__({k: [] for k in HISTORY_KEYS})
+        self.stopped_early = None
         if data:
             for k in HISTORY_KEYS:
                 self[k] = [float("nan") if v is None else v for v in data.get(k, [])]
 
     def last(self) -> dict:
         return {k: v[-1] for k, v in self.items() if v}
+
+    def best_epoch(self):
+        """The epoch with the lowest validation loss (the first of equals), or None."""
+        losses = np.asarray(self["val_loss"], dtype=float)
+        if not np.isfinite(losses).any():
+            return None
+        return int(self["epoch"][int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))])
+
+    def epochs_without_improvement(self) -> int:
+        """Epochs recorded after the best validation loss (0 when the last one is the best)."""
+        best = self.best_epoch()
+        return 0 if best is None else int(self["epoch"][-1]) - best
 
 
 def _check_data(model, data, name: str):
@@ -128,16 +142,25 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
 
 def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimizer | None = None,
         val=None, augment=None, seed: int | None = None, label_smoothing: float = 0.0,
-        callback=None, checkpoint=None, resume: bool = False, metadata: dict | None = None) -> History:
+        callback=None, checkpoint=None, resume: bool = False, metadata: dict | None = None,
+        best_checkpoint=None, early_stopping: int | None = None) -> History:
     """Train ``model`` on ``data = (x, y)`` (host arrays) until ``epochs`` epochs are done.
 
     - ``optimizer``: default ``SGD(lr=0.01, momentum=0.9)``;
     - ``val``: (x, y) evaluated after each epoch; ``augment``: a :class:`~polycnn.Augment`;
     - ``seed``: reseeds the generator for shuffling, augmentation and dropout (None: keep the
       model's generator);
-    - ``callback(event)``: called with a dict after every batch (``event["kind"] == "batch"``)
-      and every epoch (``"epoch"``, with the history entry);
+    - ``callback(event)``: called with a dict after every batch (``event["kind"] == "batch"``,
+      with ``eta_s``, the seconds this epoch still needs at its rate so far, and ``run_eta_s``,
+      the same for the whole run) and every epoch (``"epoch"``, with the history entry, ``best``:
+      whether its validation loss is the lowest so far, and ``stop``: whether early stopping
+      ends the run after it);
     - ``checkpoint``: a path written after every epoch (with ``metadata``);
+    - ``best_checkpoint``: a path written after every epoch whose validation loss is the lowest
+      so far (needs ``val``);
+    - ``early_stopping``: a patience: stop when the validation loss has not improved for that
+      many epochs in a row (needs ``val``; None: run every epoch). ``history.stopped_early``
+      then holds the last epoch;
     - ``resume``: continue the run stored in a model from :func:`polycnn.load` (optimiser,
       generator, epoch and history come from the checkpoint).
 
@@ -147,6 +170,11 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
     x, y = _check_data(model, data, "data")
     if val is not None:
         _check_data(model, val, "val")
+    if early_stopping is not None:
+        early_stopping = _positive(early_stopping, "early_stopping")
+    for name, wanted in (("early_stopping", early_stopping), ("best_checkpoint", best_checkpoint)):
+        if wanted is not None and val is None:
+            raise ValueError(f"{name} needs validation data: pass val=(x_val, y_val)")
     epochs = _positive(epochs, "epochs")
     batch_size = _positive(batch_size, "batch_size")
     if callback is not None and not callable(callback):
@@ -185,6 +213,12 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
     n = x.shape[0]
     n_batches = math.ceil(n / batch_size)
 
+    if early_stopping is not None and start > 0 and \
+            history.epochs_without_improvement() >= early_stopping:
+        # NOTE: a resumed run that had already stopped early stays stopped
+        history.stopped_early = start
+        return history
+    run_t0 = time.perf_counter()
     model.train()
     for epoch in range(start, epochs):
         order = rng.permutation(n)
@@ -210,10 +244,14 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
             loss_sum += loss * (b - a)
             correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
             if callback is not None:
-                elapsed = time.perf_counter() - t0
+                now = time.perf_counter()
+                elapsed = now - t0
+                eta = (n_batches - bi - 1) * elapsed / (bi + 1)
+                per_batch = (now - run_t0) / ((epoch - start) * n_batches + bi + 1)
                 callback({"kind": "batch", "epoch": epoch + 1, "epochs": epochs, "batch": bi + 1,
                           "batches": n_batches, "loss": loss_sum / seen, "accuracy": correct / seen,
-                          "images_per_s": seen / elapsed if elapsed > 0 else float("nan")})
+                          "images_per_s": seen / elapsed if elapsed > 0 else float("nan"),
+                          "eta_s": eta, "run_eta_s": eta + (epochs - epoch - 1) * n_batches * per_batch})
         be.synchronize()
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
@@ -224,11 +262,20 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
             entry["val_loss"], entry["val_accuracy"] = v["loss"], v["accuracy"]
         for k in HISTORY_KEYS:
             history[k].append(entry[k])
+        best = val is not None and history.best_epoch() == epoch + 1
+        stop = early_stopping is not None and epoch + 1 < epochs and \
+            history.epochs_without_improvement() >= early_stopping
+        saved = dict(optimizer=optimizer, rng=rng, epoch=epoch + 1, history=history, metrics=entry,
+                     **(metadata or {}))
         if checkpoint is not None:
-            _checkpoint.save(checkpoint, model, optimizer=optimizer, rng=rng, epoch=epoch + 1,
-                             history=history, metrics=entry, **(metadata or {}))
+            _checkpoint.save(checkpoint, model, **saved)
+        if best and best_checkpoint is not None:
+            _checkpoint.save(best_checkpoint, model, **saved)
         if callback is not None:
-            callback({"kind": "epoch", "epochs": epochs, **entry})
+            callback({"kind": "epoch", "epochs": epochs, **entry, "best": best, "stop": stop})
+        if stop:
+            history.stopped_early = epoch + 1
+            break
     return history
 
 
