@@ -74,13 +74,14 @@ NORMALIZE = {
 MIRRORS = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
               "https://storage.googleapis.com/cvdf-datasets/mnist/"],
-    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                      "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
     "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
 }
 MIRRORS_ENV = "POLYCNN_MIRRORS"
 
-#: SHA-256 of each downloadable file. NOTE: only values confirmed by several independent sources
-#: are filled in; None means unknown here, and download() refuses such a file.
+#: SHA-256 of each downloadable file, as published alongside the data sets and repeated by
+#: several independent loaders. None (unknown) makes download() refuse the file.
 SHA256 = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -88,8 +89,13 @@ SHA256 = {
         "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
         "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
     },
-    "fashion-mnist": {f"{name}.gz": None for name in IDX_FILES.values()},
-    "cifar10": {CIFAR_ARCHIVE: None},
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+    "cifar10": {CIFAR_ARCHIVE: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"},
 }
 
 #: validation images carved from the training set when the caller does not say
@@ -151,12 +157,14 @@ def _find(data_dir: str, names) -> tuple[dict, list]:
     return found, missing
 
 
-def _missing_error(name: str, data_dir: str, files) -> FileNotFoundError:
+def _missing_error(name: str, data_dir: str, files, where: str | None = None) -> FileNotFoundError:
+    """``where``: the folder the files go in, when not ``data_dir`` itself."""
     listed = ", ".join(files)
     how = (f"download them with --download (or pc.datasets.download({name!r}, {data_dir!r}))"
-           if any(SHA256.get(name, {}).values()) else "copy them there by hand")
-    return FileNotFoundError(f"{name}: missing {len(files)} file(s) in {os.path.abspath(data_dir)}:"
-                             f" {listed}; put them in that folder or {how}")
+           if all(SHA256.get(name, {}).values()) else "copy them there by hand")
+    return FileNotFoundError(f"{name}: missing {len(files)} file(s) in"
+                             f" {os.path.abspath(where or data_dir)}: {listed}; put them in that"
+                             f" folder or {how}")
 
 
 def _scale(x_uint8: np.ndarray, name: str) -> np.ndarray:
@@ -238,8 +246,9 @@ def cifar10(data_dir, split: str = "train", download: bool = False, mirrors=None
     if folder is None:
         have = {f for d in (data_dir, os.path.join(data_dir, CIFAR_SUBDIR)) if os.path.isdir(d)
                 for f in os.listdir(d)}
-        raise _missing_error("cifar10", os.path.join(data_dir, CIFAR_SUBDIR),
-                             [f for f in CIFAR_FILES if f not in have] or list(CIFAR_FILES))
+        raise _missing_error("cifar10", data_dir,
+                             [f for f in CIFAR_FILES if f not in have] or list(CIFAR_FILES),
+                             where=os.path.join(data_dir, CIFAR_SUBDIR))
     names = CIFAR_FILES[:5] if split == "train" else CIFAR_FILES[5:]
     parts = [read_cifar_batch(os.path.join(folder, f)) for f in names]
     x = np.concatenate([p[0] for p in parts])
