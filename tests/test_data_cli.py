@@ -108,3 +108,16 @@ def test_digits_cnn_beats_chance_by_far(tmp_path, monkeypatch):
     summary = json.loads(r.output)
     assert summary["test_accuracy"] > 0.8          # chance is 0.1
     assert set(summary["per_class_accuracy"]) == {str(i) for i in range(10)}
+
+
+def test_image_folder_with_train_and_test_folders(tmp_path):
+    _png_folder(tmp_path / "train", per_class=5)
+    _png_folder(tmp_path / "test", per_class=2)
+    s = pc.datasets.load_splits("folder", tmp_path, image_size=8, channels=3, n_val=2, seed=0)
+    assert s["classes"] == ["left", "right"]
+    assert [s[k][0].shape[0] for k in ("train", "val", "test")] == [8, 2, 4]
+    assert s["test"][1].tolist() == [0, 0, 1, 1] and s["normalize"] is None
+
+
+def test_models_are_on_the_package():
+    assert pc.models.build("lenet5", (1, 28, 28), 10, backend="numpy").output_shape((1, 28, 28)) == (10,)
