@@ -12,9 +12,14 @@ import polycnn as pc
 from ._common import backend_option
 
 
-def _test_split(run: dict):
+def _test_split(run: dict, data_dir):
+    """The test split of the data set the checkpoint was trained on (as `polycnn evaluate`)."""
     from . import train as train_cli
 
+    if data_dir is not None:
+        run = dict(run, data_dir=os.path.abspath(data_dir))
+    if run.get("dataset", "shapes") != "shapes":
+        run = dict(run, n_train=None)
     return train_cli._splits(run)["test"]
 
 
@@ -37,6 +42,10 @@ def _input_image(path: str, model, run) -> np.ndarray:
     if run is not None and x.shape != (run["channels"], run["image_size"], run["image_size"]):
         raise ValueError(f"--input {path}: shape {x.shape}, but the model was trained on"
                          f" ({run['channels']}, {run['image_size']}, {run['image_size']}) images")
+    if run is not None:
+        from . import train as train_cli
+
+        x = train_cli._normalize(x[None].astype(model.dtype), run)[0]   # as the loader scales
     return x.astype(model.dtype)
 
 
@@ -48,8 +57,10 @@ def _input_image(path: str, model, run) -> np.ndarray:
               help="a .npy image (C, H, W) whose feature maps to draw (default: a test image)")
 @click.option("--index", type=int, default=0, show_default=True,
               help="which test image's feature maps to draw (when --input is not given)")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where the checkpoint's data set lives now (default: where it was trained from)")
 @backend_option
-def visualize(checkpoint, out_dir, input_path, index, backend):
+def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
     """Draw a trained network: its first layer's filters, the feature maps after every
     convolution / ReLU / pooling layer for one input, the training curves and the confusion
     matrix on the test split. Writes PNG files and prints their paths."""
@@ -70,7 +81,7 @@ def visualize(checkpoint, out_dir, input_path, index, backend):
         raise click.UsageError("give --input or --index, not both")
     test = None
     if run is not None:
-        test = _test_split(run)
+        test = _test_split(run, data_dir)
     elif input_path is None:
         raise ValueError(f"{checkpoint} does not say which data it was trained on (not written by"
                          " `polycnn train`); pass --input FILE.npy to choose an image")

@@ -98,6 +98,23 @@ def test_visualize_rgb_input_file_without_run_record(tmp_path):
     assert r.exit_code == 2 and "pass --input FILE.npy" in r.output
 
 
+def test_visualize_a_shipped_real_data_set(tmp_path, monkeypatch):
+    """The UCI digits (shipped with polycnn): ten classes, 8x8 greyscale, a preset model."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["train", "--dataset", "digits", "--epochs", "1", "--backend",
+                                  "numpy", "--out", "digits.npz", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["visualize", "digits.npz", "--index", "2", "--backend", "numpy"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    paths = r.output.split()
+    assert paths[0] == os.path.join("digits_viz", "filters.png")
+    assert paths[-1].endswith("confusion_matrix.png") and len(paths) >= 5
+    _check_picture(paths[0], "filters")
+    _check_picture(paths[1], "feature_maps")
+    _check_picture(paths[-1], "confusion")
+
+
 def test_feature_maps_are_the_layer_outputs(grey_checkpoint):
     model = pc.load(grey_checkpoint, backend="numpy")
     x = pc.datasets.shapes(1, image_size=16, channels=1, seed=4)[0]

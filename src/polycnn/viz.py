@@ -192,10 +192,15 @@ def plot_feature_maps(model, x, out_dir, label: str | None = None,
 
 
 def plot_history(history: dict, path, title: str = "training curves") -> str:
-    """Loss and accuracy per epoch, training and (when recorded) validation."""
+    """Loss and accuracy per epoch, training and (when recorded) validation, with a dotted line
+    at the epoch of the lowest validation loss (the one ``polycnn train`` keeps in .best.npz)."""
     epochs = np.asarray(history.get("epoch") or [], dtype=float)
     if epochs.size == 0:
         raise ValueError("the history is empty: no finished epoch to draw")
+    val_loss = np.asarray([np.nan if v is None else v for v in history.get("val_loss", [])], float)
+    best = None
+    if val_loss.size == epochs.size and np.isfinite(val_loss).any():
+        best = int(epochs[int(np.nanargmin(val_loss))])
     plt, fig = _figure("history")
     fig.suptitle(title, fontsize=13)
     for j, (key, name) in enumerate((("loss", "loss (cross-entropy)"), ("accuracy", "accuracy"))):
@@ -206,6 +211,9 @@ def plot_history(history: dict, path, title: str = "training curves") -> str:
             if values.size == epochs.size and np.isfinite(values).any():
                 ax.plot(epochs, values * (100 if key == "accuracy" else 1), style, label=label,
                         linewidth=2, markersize=5)
+        if best is not None:
+            ax.axvline(best, color="gray", linestyle=":", linewidth=1.5,
+                       label=f"lowest validation loss (epoch {best})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name + (" (%)" if key == "accuracy" else ""))
         ax.set_title(name)
@@ -235,8 +243,9 @@ def plot_confusion(confusion, classes, path, title: str = "confusion matrix") ->
         for j in range(n):
             ax.text(j, i, f"{m[i, j]}", ha="center", va="center", fontsize=size,
                     color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), [str(c) for c in classes], rotation=45 if n > 5 else 0,
-                  ha="right" if n > 5 else "center")
+    tilt = n > 5 and max(len(str(c)) for c in classes) > 3
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=45 if tilt else 0,
+                  ha="right" if tilt else "center")
     ax.set_yticks(range(n), [str(c) for c in classes])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
