@@ -158,7 +158,7 @@ class _Progress:
             echo_json({"event": "epoch", **{k: v for k, v in e.items() if k != "kind"}})
         if self.lines:
             val = "" if math.isnan(e["val_accuracy"]) else (
-                f"  val_loss {e['val_loss']:.4f}{' *' if e.get('best') else '  '}"
+                f"  val_loss {e['val_loss']:.4f}{' (best)' if e.get('best') else ' ' * 7}"
                 f"  val_acc {e['val_accuracy']:6.2%}")
             click.echo(f"epoch {e['epoch']:>2}/{e['epochs']}  loss {e['loss']:.4f}  acc {e['accuracy']:6.2%}"
                        f"{val}  {e['images_per_s']:,.0f} img/s  {e['seconds']:.1f} s")
@@ -172,7 +172,8 @@ def _check_choice_int(value, name, lo):
 @click.command()
 @backend_option
 @click.option("--epochs", type=int, default=None,
-              help=f"epochs to train (default {DEFAULTS['epochs']}; with --resume: the planned total)")
+              help=f"epochs to train (default {DEFAULTS['epochs']} for shapes, 20 for mnist, see"
+                   " DATASET_DEFAULTS; with --resume: the planned total)")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True)
 @click.option("--lr", type=float, default=None,
               help="peak learning rate of the schedule (default 0.05 for sgd,"
@@ -183,7 +184,9 @@ def _check_choice_int(value, name, lo):
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True,
               help="seed for the data set, initial weights, shuffling, dropout and augmentation")
 @click.option("--augment/--no-augment", default=DEFAULTS["augment"], show_default=True,
-              help="random flips, skew, small rotations and shifts of each batch")
+              help="random changes of each batch that keep the class: flips, skew, small rotations"
+                   " and shifts for shapes; no flips for digits and mnist; left-right flips and"
+                   " shifts for fashion-mnist and cifar10")
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="shapes", show_default=True,
               help="shapes: generated, no files; digits: the UCI 8x8 digits shipped with polycnn;"
                    " mnist, fashion-mnist (IDX files), cifar10 (binary batches), folder (one"
@@ -204,8 +207,9 @@ def _check_choice_int(value, name, lo):
 @click.option("--n-train", type=int, default=None,
               help=f"shapes: training images to generate (default {DEFAULTS['n_train']}; validation"
                    " 1000, test 2000); other data sets: use only the first N training images")
-@click.option("--out", type=click.Path(dir_okay=False), default=DEFAULT_OUT, show_default=True,
-              help="checkpoint written after every epoch")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help=f"checkpoint written after every epoch (default {DEFAULT_OUT}, or DATASET.npz"
+                   " for --dataset DATASET)")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
               help="learning rate over the run: cosine decay to 1% of --lr, step (divided by 10 after"
@@ -229,6 +233,8 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
     The checkpoint in --out is updated after every epoch; `polycnn evaluate` and `polycnn
     predict` use it."""
     _check_choice_int(epochs, "--epochs", 1)
+    if out is None:
+        out = DEFAULT_OUT if dataset == "shapes" else f"{dataset}.npz"
     _check_choice_int(batch_size, "--batch-size", 1)
     _check_choice_int(n_train, "--n-train", 10)
     _check_choice_int(warmup, "--warmup", 0)
