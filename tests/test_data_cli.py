@@ -34,19 +34,19 @@ def test_mnist_through_the_cli_and_evaluate_with_a_moved_folder(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     write_mnist(tmp_path / "mnist", n_train=80, n_test=30)
     r = _run(["train", "--dataset", "mnist", "--data-dir", "mnist", "--model", "lenet5", "--epochs",
-              "1", "--backend", "numpy", "--out", "m.npz", "--json"])
+              "1", "--backend", "numpy", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     assert summary["run"]["dataset"] == "mnist" and summary["run"]["image_size"] == 28
     assert summary["run"]["data_dir"] == str(tmp_path / "mnist")
     assert len(summary["per_class_accuracy"]) == 10
-    r = _run(["evaluate", "m.npz", "--json", "--backend", "numpy"])
+    r = _run(["evaluate", "mnist.npz", "--json", "--backend", "numpy"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n"] == 30
     shutil.move(tmp_path / "mnist", tmp_path / "moved")
-    msg = _fail(["evaluate", "m.npz", "--backend", "numpy"])
+    msg = _fail(["evaluate", "mnist.npz", "--backend", "numpy"])
     assert "missing 4 file(s)" in msg and "train-images-idx3-ubyte.gz" in msg
-    r = _run(["evaluate", "m.npz", "--json", "--backend", "numpy", "--data-dir", "moved", "--n-test", "12"])
+    r = _run(["evaluate", "mnist.npz", "--json", "--backend", "numpy", "--data-dir", "moved", "--n-test", "12"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n"] == 12
 
