@@ -43,6 +43,18 @@ def test_mnist_through_the_cli_and_evaluate_with_a_moved_folder(tmp_path, monkey
     r = _run(["evaluate", "mnist.npz", "--json", "--backend", "numpy"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n"] == 30
+    # predict normalises a PNG or a 0..1 array as the loader normalised the training images
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255
+    PIL.fromarray(digit).save(tmp_path / "one.png")
+    np.save(tmp_path / "one.npy", digit[None].astype(np.float32) / 255)
+    r = _run(["predict", "mnist.npz", "one.png", "one.npy", "--json", "--backend", "numpy"])
+    assert r.exit_code == 0, r.output
+    a, b = (p["probabilities"] for p in json.loads(r.output)["predictions"])
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-4, atol=1e-6)
+    model = pc.load("mnist.npz", backend="numpy")
+    direct = pc.predict(model, ((digit / 255.0 - 0.1307) / 0.3081).astype(np.float32)[None, None])
+    np.testing.assert_allclose(list(a.values()), direct[0], rtol=1e-4, atol=1e-6)
     shutil.move(tmp_path / "mnist", tmp_path / "moved")
     msg = _fail(["evaluate", "mnist.npz", "--backend", "numpy"])
     assert "missing 4 file(s)" in msg and "train-images-idx3-ubyte.gz" in msg
