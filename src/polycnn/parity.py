@@ -94,9 +94,9 @@ def passes(op: str) -> tuple:
     return ("forward", "backward dx")
 
 
-def reference_results(case: Case, dtype) -> dict:
-    """pass -> float64 result of the reference on the case's values in ``dtype``."""
-    a = case.arrays(dtype)
+def _reference_passes(case: Case, a: dict, argmax_x) -> dict:
+    """pass -> float64 result of the reference on arrays ``a``; max pooling's backward takes
+    its argmax from ``argmax_x``."""
     p = case.params
     if case.op == "conv2d":
         y = reference.conv2d_forward(a["x"], a["w"], a["b"], **p)
@@ -107,11 +107,17 @@ def reference_results(case: Case, dtype) -> dict:
         return out
     if case.op == "maxpool2d":
         return {"forward": reference.maxpool2d_forward(a["x"], **p),
-                "backward dx": reference.maxpool2d_backward(a["dy"], a["x"], **p)}
+                "backward dx": reference.maxpool2d_backward(a["dy"], argmax_x, **p)}
     if case.op == "avgpool2d":
         return {"forward": reference.avgpool2d_forward(a["x"], **p),
                 "backward dx": reference.avgpool2d_backward(a["dy"], case.x_shape, **p)}
     raise ValueError(f"unknown op {case.op!r}; ops: {', '.join(OPS)}")
+
+
+def reference_results(case: Case, dtype) -> dict:
+    """pass -> float64 result of the reference on the case's values in ``dtype``."""
+    a = case.arrays(dtype)
+    return _reference_passes(case, a, a["x"])
 
 
 def magnitudes(case: Case, dtype) -> dict:
@@ -120,21 +126,7 @@ def magnitudes(case: Case, dtype) -> dict:
     the argmax of the real input (its backward only moves dy)."""
     real = case.arrays(dtype)
     a = {k: (None if v is None else np.abs(v.astype(np.float64))) for k, v in real.items()}
-    p = case.params
-    if case.op == "conv2d":
-        y = reference.conv2d_forward(a["x"], a["w"], a["b"], **p)
-        dx, dw, db = reference.conv2d_backward(a["dy"], a["x"], a["w"], has_bias=case.has_bias, **p)
-        out = {"forward": y, "backward dx": dx, "backward dw": dw}
-        if case.has_bias:
-            out["backward db"] = db
-        return out
-    if case.op == "maxpool2d":
-        return {"forward": reference.maxpool2d_forward(a["x"], **p),
-                "backward dx": reference.maxpool2d_backward(a["dy"], real["x"], **p)}
-    if case.op == "avgpool2d":
-        return {"forward": reference.avgpool2d_forward(a["x"], **p),
-                "backward dx": reference.avgpool2d_backward(a["dy"], case.x_shape, **p)}
-    raise ValueError(f"unknown op {case.op!r}; ops: {', '.join(OPS)}")
+    return _reference_passes(case, a, real["x"])
 
 
 def backend_results(backend, case: Case, dtype) -> dict:
