@@ -14,11 +14,16 @@ USER_ERRORS = (ValueError, TypeError, BackendUnavailable, OSError, KeyError)
 
 
 class PolycnnGroup(click.Group):
-    """A click group that turns bad input into ``error: <message>`` and exit code 2."""
+    """A click group that turns bad input into ``error: <message>`` and exit code 2, and Ctrl-C
+    into ``interrupted`` and exit code 130, without a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # NOTE: commands that can save work (train) catch it first and say where it is
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
         except USER_ERRORS as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             if isinstance(exc, KeyError):

@@ -42,3 +42,15 @@ def test_demo_unknown_backend_is_one_line_exit_2():
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert len(lines) == 1 and "unknown backend 'no-such-backend'" in lines[0]
     assert "numpy" in lines[0]  # lists the known names
+
+
+def test_ctrl_c_anywhere_is_one_line_exit_130(monkeypatch):
+    import polycnn.tutorial
+
+    def interrupted(backend):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(polycnn.tutorial, "worked_example", interrupted)
+    result = CliRunner().invoke(main, ["demo", "--backend", "numpy"])
+    assert result.exit_code == 130
+    assert result.output.strip() == "interrupted"
