@@ -37,6 +37,29 @@ def _child_argv(params: dict) -> list[str]:
     return argv
 
 
+def _isolated(params: dict, backend_names, no_torch: bool) -> dict:
+    """``--isolate``: one child process per engine, then the rows merged (see
+    :func:`polycnn.bench.merge_isolated`); start-up is measured here as usual."""
+    names, _ = B.select_backends(backend_names)
+    base = _child_argv({**params, "backends": None, "startup": False})
+    argvs = [base + ["--backends", name, "--no-torch"] for name in names]
+    if not no_torch and B._import_torch() is not None:
+        argvs.append(base + ["--torch-only"])
+    parts = []
+    for argv in argvs:
+        try:
+            parts.append(B.run_in_child(argv, threads=params["threads"]))
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+    result = B.merge_isolated(parts)
+    startup = params["startup"] if params["startup"] is not None else not params["quick"]
+    if startup:
+        rows, notes = B.measure_startup(names, progress=_progress)
+        result["startup"] = rows
+        result["notes"] += notes
+    return result
+
+
 def _progress(message: str) -> None:
     click.echo(f"bench: {message}", err=True)
 
@@ -65,23 +88,34 @@ def _progress(message: str) -> None:
 @click.option("--fast-blas", "fast_blas", is_flag=True,
               help="re-run in a child process with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset"
                    " there, and say which OpenBLAS kernel ran")
+@click.option("--isolate", is_flag=True,
+              help="measure each engine (every backend, then PyTorch) in a child process of its"
+                   " own, one after the other: no engine's idle worker threads (OpenBLAS, OpenMP)"
+                   " slow the next; not interleaved, so compare on a quiet machine")
+@click.option("--torch-only", "torch_only", is_flag=True, hidden=True,
+              help="PyTorch alone (the last child of --isolate)")
 @json_option
 def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick,
-          threads, fast_blas, as_json):
+          threads, fast_blas, isolate, torch_only, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
     backend_names, layer_names = _names(backends, "--backends"), _names(layers, "--layers")
     # fail on bad names here, before any measuring (or a child process)
     B.select_layers(layer_names)
     B.select_backends(backend_names)
-    if (fast_blas or threads) and not B.in_child():
+    if isolate and not B.in_child():
+        if fast_blas:
+            raise click.UsageError("--isolate and --fast-blas cannot be combined")
+        result = _isolated(click.get_current_context().params, backend_names, no_torch)
+    elif (fast_blas or threads) and not B.in_child():
         try:
             result = B.run_in_child(_child_argv(click.get_current_context().params),
                                     unset=B.BLAS_ENV if fast_blas else (), threads=threads)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        options = dict(backends=backend_names, layers=layer_names, rounds=rounds, ops=ops,
+        options = dict(backends=[] if torch_only else backend_names, layers=layer_names,
+                       rounds=rounds, ops=ops,
                        matmul_n=matmul_size, torch=not no_torch, training=training,
                        startup=startup, threads=threads)
         if quick:
@@ -124,7 +158,9 @@ def render(result: dict) -> str:
         f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
         f" torch {env['torch'] or '-'}",
         f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
-        f"each time: median of {config['rounds']} interleaved rounds"
+        (f"each engine in a process of its own (--isolate), each time the median of"
+         f" {config['rounds']} rounds" if config.get("isolated") else
+         f"each time: median of {config['rounds']} interleaved rounds")
         + (f"; batch sizes / {config['batch_divisor']} (--quick)"
            if config["batch_divisor"] > 1 else ""),
     ]

@@ -302,3 +302,54 @@ def test_step_share_script_times_conv_and_pool_apart(capsys):
     mod.main(["--backends", "numpy", "--steps", "1", "--rounds", "1"])
     out = capsys.readouterr().out
     assert "outside conv+pool" in out and out.splitlines()[-1].startswith("numpy")
+
+
+def _part(engine, ms, ips, peak):
+    """A fabricated result of one --isolate child (one engine), in run()'s shape."""
+    return {
+        "config": {"rounds": 3, "quick": False, "batch_divisor": 1},
+        "environment": {"backend_threads": {engine: 2}, "torch": "2.x" if engine == "torch" else None,
+                        "load_average_end": 0.5},
+        "engines": [engine], "matmul": {"n": 64, "gflops": peak},
+        "ops": [{"layer": layer, "pass": p, "engine": engine, "ms": ms * k, "gflops": 10.0 / k,
+                 "peak_fraction": None, "device": False, "time_vs_torch": None}
+                for layer, k in (("b", 2.0), ("a", 1.0)) for p in ("fwd+bwd", "fwd")],
+        "training": [{"model": "lenet5", "engine": engine, "images_per_s": ips,
+                      "speed_vs_torch": None}],
+        "startup": [], "notes": [f"{engine} note", "shared note"], "child": {"changed": {}},
+    }
+
+
+def test_isolated_parts_merge_side_by_side_with_ratios_to_torch():
+    merged = B.merge_isolated([_part("numpy", 2.0, 100.0, 150.0), _part("numba", 1.0, 300.0, 200.0),
+                               _part("torch", 4.0, 200.0, 180.0)])
+    assert merged["engines"] == ["numpy", "numba", "torch"] and "child" not in merged
+    assert merged["config"]["isolated"] is True
+    assert merged["matmul"]["gflops"] == 200.0  # the best peak of any child
+    keys = [(r["layer"], r["pass"], r["engine"]) for r in merged["ops"]]
+    assert keys[:3] == [("a", "fwd", "numpy"), ("a", "fwd", "numba"), ("a", "fwd", "torch")]
+    assert keys[-1] == ("b", "fwd+bwd", "torch")
+    ratio = {(r["layer"], r["pass"], r["engine"]): r["time_vs_torch"] for r in merged["ops"]}
+    assert ratio[("b", "fwd", "numpy")] == 0.5 and ratio[("a", "fwd+bwd", "numba")] == 0.25
+    assert ratio[("a", "fwd", "torch")] == 1.0
+    assert merged["ops"][0]["peak_fraction"] == 10.0 / 200.0
+    speed = {r["engine"]: r["speed_vs_torch"] for r in merged["training"]}
+    assert speed == {"numpy": 0.5, "numba": 1.5, "torch": 1.0}
+    assert merged["notes"].count("shared note") == 1 and "numba note" in merged["notes"]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_isolate_runs_each_engine_in_its_own_child(as_json):
+    args = ["bench", "--isolate", "--quick", "--rounds", "1", "--layers", "a",
+            "--backends", "numpy,numba", "--no-torch", "--no-training", "--matmul-size", "64"]
+    result = CliRunner().invoke(main, args + (["--json"] if as_json else []))
+    assert result.exit_code == 0, result.output
+    if as_json:
+        out = json.loads(result.output.strip().splitlines()[-1])
+        assert out["engines"] == ["numpy", "numba"] and out["config"]["isolated"] is True
+        assert {r["engine"] for r in out["ops"]} == {"numpy", "numba"}
+    else:
+        assert "each engine in a process of its own (--isolate)" in result.output
+        table = result.stdout.split("conv and max pool, float32\n", 1)[1].splitlines()[2:]
+        assert [line.split()[-4] for line in table if line.strip()] == [
+            "numpy", "numba", "numpy", "numba"]

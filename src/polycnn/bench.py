@@ -20,6 +20,7 @@ Legend: N batch, C input channels, H×W input, K output channels, R×S kernel.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.metadata
 import json
@@ -702,8 +703,9 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
     """Measure everything ``config`` asks for; returns the JSON-able dict that ``polycnn bench``
     prints as tables (or as is, with ``--json``)."""
     layers = select_layers(config.layers)
-    names, notes = select_backends(config.backends)
-    if not names:
+    # NOTE: an empty list (not None) measures PyTorch alone: the child of --isolate that does so
+    names, notes = select_backends(config.backends) if config.backends != [] else ([], [])
+    if not names and not (config.backends == [] and config.torch):
         raise BackendUnavailable("no backend to benchmark: " + "; ".join(notes))
     threads = config.threads or usable_cores()
     engines = [BackendEngine(get_backend(n)) for n in names]
@@ -766,6 +768,43 @@ CHILD_MARKER = "POLYCNN_BENCH_CHILD"
 
 #: what every thread pool here reads: OpenBLAS, OpenMP (PyTorch, Numba's omp layer), MKL, Numba
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def merge_isolated(parts: list[dict]) -> dict:
+    """One result from the results of ``--isolate``'s children, one engine each (PyTorch's child
+    last, when there is one): rows side by side, ratios to the PyTorch child's times, peak
+    fractions against the best matmul peak any child measured."""
+    merged = copy.deepcopy(parts[0])
+    merged.pop("child", None)  # each part ran in a child; none of them is "the" child
+    for part in parts[1:]:
+        merged["ops"] += part["ops"]
+        merged["training"] += part["training"]
+        merged["engines"] += part["engines"]
+        merged["notes"] += [n for n in part["notes"] if n not in merged["notes"]]
+        merged["environment"]["backend_threads"].update(part["environment"]["backend_threads"])
+        for key in ("torch", "load_average_end"):
+            merged["environment"][key] = part["environment"].get(key) or merged["environment"][key]
+    peaks = [p["matmul"] for p in parts if p["matmul"]]
+    merged["matmul"] = max(peaks, key=lambda m: m["gflops"]) if peaks else None
+    if merged["matmul"]:
+        add_peak_fractions(merged["ops"], merged["matmul"]["gflops"])
+    torch_ops = {(r["layer"], r["pass"]): r["ms"] for r in merged["ops"] if r["engine"] == "torch"}
+    torch_train = {r["model"]: r["images_per_s"] for r in merged["training"]
+                   if r["engine"] == "torch"}
+    for r in merged["ops"]:
+        torch_ms = torch_ops.get((r["layer"], r["pass"]))
+        r["time_vs_torch"] = r["ms"] / torch_ms if torch_ms else None
+    for r in merged["training"]:
+        torch_ips = torch_train.get(r["model"])
+        r["speed_vs_torch"] = r["images_per_s"] / torch_ips if torch_ips else None
+    order = {name: i for i, name in enumerate(merged["engines"])}
+    layer_order = list(LAYERS)
+    merged["ops"].sort(key=lambda r: (layer_order.index(r["layer"]), PASSES.index(r["pass"]),
+                                      order[r["engine"]]))
+    merged["training"].sort(key=lambda r: (list(TRAIN_MODELS).index(r["model"]),
+                                           order[r["engine"]]))
+    merged["config"]["isolated"] = True
+    return merged
 
 
 def in_child() -> bool:
