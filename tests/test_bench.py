@@ -336,6 +336,10 @@ def test_isolated_parts_merge_side_by_side_with_ratios_to_torch():
     speed = {r["engine"]: r["speed_vs_torch"] for r in merged["training"]}
     assert speed == {"numpy": 0.5, "numba": 1.5, "torch": 1.0}
     assert merged["notes"].count("shared note") == 1 and "numba note" in merged["notes"]
+    busy = [_part(e, 1.0, 1.0, 1.0) for e in ("numpy", "torch")]
+    busy[0]["notes"].append(f"{B.BUSY_NOTE} 1.1 on 2 cores before the run")
+    busy[1]["notes"].append(f"{B.BUSY_NOTE} 1.3 on 2 cores before the run")
+    assert sum(n.startswith(B.BUSY_NOTE) for n in B.merge_isolated(busy)["notes"]) == 1
 
 
 @pytest.mark.parametrize("as_json", [True, False])

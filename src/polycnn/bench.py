@@ -757,7 +757,7 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
     env["load_average_end"] = load_average()
     if env["load_average"] is not None and env["load_average"] >= BUSY_LOAD:
         notes.append(
-            f"the load average was {env['load_average']:.1f} on {env['usable_cores']} cores before"
+            f"{BUSY_NOTE} {env['load_average']:.1f} on {env['usable_cores']} cores before"
             " the run: other processes shared the CPU, which slows multi-threaded code most;"
             " rerun when the machine is idle, or compare with --threads 1")
     return result
@@ -770,6 +770,9 @@ CHILD_MARKER = "POLYCNN_BENCH_CHILD"
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+BUSY_NOTE = "the load average was"
+
+
 def merge_isolated(parts: list[dict]) -> dict:
     """One result from the results of ``--isolate``'s children, one engine each (PyTorch's child
     last, when there is one): rows side by side, ratios to the PyTorch child's times, peak
@@ -780,7 +783,10 @@ def merge_isolated(parts: list[dict]) -> dict:
         merged["ops"] += part["ops"]
         merged["training"] += part["training"]
         merged["engines"] += part["engines"]
-        merged["notes"] += [n for n in part["notes"] if n not in merged["notes"]]
+        # NOTE: one busy-machine note is enough (each child writes its own, with its own load)
+        busy = any(n.startswith(BUSY_NOTE) for n in merged["notes"])
+        merged["notes"] += [n for n in part["notes"] if n not in merged["notes"]
+                            and not (busy and n.startswith(BUSY_NOTE))]
         merged["environment"]["backend_threads"].update(part["environment"]["backend_threads"])
         for key in ("torch", "load_average_end"):
             merged["environment"][key] = part["environment"].get(key) or merged["environment"][key]
