@@ -354,6 +354,6 @@ def test_isolate_runs_each_engine_in_its_own_child(as_json):
         assert {r["engine"] for r in out["ops"]} == {"numpy", "numba"}
     else:
         assert "each engine in a process of its own (--isolate)" in result.output
-        table = result.stdout.split("conv and max pool, float32\n", 1)[1].splitlines()[2:]
-        assert [line.split()[-4] for line in table if line.strip()] == [
-            "numpy", "numba", "numpy", "numba"]
+        after = result.stdout.split("conv and max pool, float32\n", 1)[1]
+        table = after.split("\n\n", 1)[0].splitlines()[2:]  # the rows, up to the next block
+        assert [line.split()[-4] for line in table] == ["numpy", "numba", "numpy", "numba"]
