@@ -281,3 +281,25 @@ def test_both_conv_kernels_match_numpy(monkeypatch, path, geometry):
     for part, a, e in zip(("y", "dx", "dw", "db"), got, want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12,
                                    err_msg=f"conv2d {part}, backend=numba ({path}), {geometry}")
+
+
+@pytest.mark.parametrize("tile", [1, 20, 48])
+def test_weight_gradient_tiles_match_numpy(monkeypatch, tile):
+    """Weight-gradient tiles smaller than a sample (a short last tile among balanced ones, and
+    one-row tiles) give numpy's gradient, the same bytes on 1 and 2 threads."""
+    from polycnn.backends import numba_backend
+
+    monkeypatch.setattr(numba_backend, "WEIGHT_GRAD_TILE", tile)
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((5, 4, 3, 3))
+    (_, ctx) = NumpyBackend().conv2d_forward(x, w, None, padding=1)
+    dy = rng.standard_normal((3, 5, 9, 8))
+    want = NumpyBackend().conv2d_backward(dy, ctx)[1]
+    got = []
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        be = NumbaBackend(threads=threads)
+        _, c = be.conv2d_forward(x, w, None, padding=1)
+        got.append(be.conv2d_backward(dy, c)[1])
+        np.testing.assert_allclose(got[-1], want, rtol=1e-12, atol=1e-12,
+                                   err_msg=f"dw with WEIGHT_GRAD_TILE={tile}, threads={threads}")
+    assert got[0].tobytes() == got[1].tobytes(), "dw differs between threads=1 and threads=2"

@@ -367,7 +367,9 @@ def _conv_weight_partials(src, dy, tab, geo, partial):
                         drow[tt] = src_row[o + tt]
                     for tt in range(cnt, TP):
                         drow[tt] = 0
-                _mm_nt(dyt, cols, acc, Kp, Lp, TP, True, False)
+                # NOTE: a short last tile reduces over its own pixels (rounded up to a whole
+                # vector, zero-filled above), not the whole tile
+                _mm_nt(dyt, cols, acc, Kp, Lp, min(TP, (cnt + 15) // 16 * 16), True, False)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)

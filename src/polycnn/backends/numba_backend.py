@@ -40,9 +40,11 @@ from .base import Backend, OpContext
 #: thread count, so the summation order, hence the result, is the same on any machine setting)
 WEIGHT_GRAD_CHUNKS = 16
 
-#: pixels per weight-gradient tile (rounded to whole output rows): the reduction length of
-#: each dot product, traded against keeping the tile of dy in L1
-WEIGHT_GRAD_TILE = 256
+#: at most this many pixels (but at least one output row) per weight-gradient tile: whole
+#: output rows, a sample split into tiles of balanced heights. It is the reduction length of
+#: each dot product. Measured: long reductions (fewer horizontal sums and partial-sum updates)
+#: beat keeping the tile in L1; 1024 was 10-25% faster than 256 on 3×3 layers, 32-64 channels
+WEIGHT_GRAD_TILE = 1024
 
 #: target bytes of one tile of gathered rows of the GEMM path (measured: 16-128 KiB perform
 #: alike)
@@ -308,8 +310,9 @@ class NumbaBackend(Backend):
         L = g.C * g.R * g.S
         tab = self._forward_table(g, xp.shape[2], xp.shape[3])
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
-        # tiles of whole output rows, about WEIGHT_GRAD_TILE pixels: dy (Kp × TP), columns (Lp × TP)
+        # tiles of whole output rows, at most WEIGHT_GRAD_TILE pixels: dy (Kp × TP), cols (Lp × TP)
         tile_rows = max(1, min(g.P, WEIGHT_GRAD_TILE // g.Q))
+        tile_rows = ceil_div(g.P, ceil_div(g.P, tile_rows))  # tiles of balanced heights
         chunks = min(g.N, WEIGHT_GRAD_CHUNKS)
         partial = np.zeros((chunks, Kp, Lp), dtype=dy.dtype)
         geo = np.array([1, 1, tile_rows], dtype=np.int64)  # unit stride in the phase-split input
