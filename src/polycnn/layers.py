@@ -129,6 +129,12 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
+    def _set_grads(self, dw, db):
+        """Store the weight gradient, and the bias gradient when the layer has a bias."""
+        self._params["weight"].grad = dw
+        if self.bias:
+            self._params["bias"].grad = db
+
     def _saved(self):
         if self._ctx is None:
             raise RuntimeError(f"{self!r}: backward called before forward")
@@ -206,9 +212,7 @@ class Conv2d(Layer):
 
     def backward(self, dy):
         dx, dw, db = self.backend.conv2d_backward(dy, self._saved())
-        self._params["weight"].grad = dw
-        if self.bias:
-            self._params["bias"].grad = db
+        self._set_grads(dw, db)
         return dx
 
     def output_shape(self, in_shape):
@@ -272,9 +276,7 @@ class Linear(Layer):
 
     def backward(self, dy):
         dx, dw, db = self.backend.linear_backward(dy, self._saved())
-        self._params["weight"].grad = dw
-        if self.bias:
-            self._params["bias"].grad = db
+        self._set_grads(dw, db)
         return dx
 
     def output_shape(self, in_shape):
