@@ -120,6 +120,35 @@ def test_whole_model_gradients_float64(backend):
             f"whole model, backend={backend.name}, {p.name} {p.shape}: numeric {numeric}, analytic {exact}")
 
 
+@pytest.mark.parametrize("first", ["conv", "linear"])
+def test_backward_without_input_grad_skips_only_the_input(backend, first, monkeypatch):
+    """Sequential.backward(dy, input_grad=False), as fit calls it: the same parameter
+    gradients, no input gradient, and the first layer asks its backend for none."""
+    if first == "conv":
+        layers = [pc.Conv2d(2, 3, 3, padding=1), pc.ReLU(), pc.Flatten(), pc.Linear(3 * 4 * 4, 2)]
+        x = np.random.default_rng(1).standard_normal((2, 2, 4, 4))
+        op = "conv2d_backward"
+    else:
+        layers = [pc.Linear(6, 4), pc.ReLU(), pc.Linear(4, 2)]
+        x = np.random.default_rng(1).standard_normal((2, 6))
+        op = "linear_backward"
+    model = pc.Sequential(*layers, backend=backend, seed=2, dtype="float64")
+    dy = backend.asarray(np.random.default_rng(2).standard_normal((2, 2)))
+    model(x)
+    dx = model.backward(dy)
+    assert tuple(dx.shape) == x.shape
+    full = [backend.to_numpy(p.grad).copy() for p in model.parameters()]
+
+    asked = []
+    real = getattr(backend, op)
+    monkeypatch.setattr(backend, op, lambda *a, **k: asked.append(k.get("input_grad", True)) or real(*a, **k))
+    model(x)
+    assert model.backward(dy, input_grad=False) is None
+    assert asked[-1] is False and all(asked[:-1])  # only the first layer skips its input gradient
+    for p, want in zip(model.parameters(), full):
+        np.testing.assert_array_equal(backend.to_numpy(p.grad), want, err_msg=p.name)
+
+
 def test_cross_entropy_gradient_and_large_logits(backend):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((4, 3))

@@ -303,3 +303,38 @@ def test_weight_gradient_tiles_match_numpy(monkeypatch, tile):
         np.testing.assert_allclose(got[-1], want, rtol=1e-12, atol=1e-12,
                                    err_msg=f"dw with WEIGHT_GRAD_TILE={tile}, threads={threads}")
     assert got[0].tobytes() == got[1].tobytes(), "dw differs between threads=1 and threads=2"
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 2, 7, 5), (1, 1, 3, 2)])
+def test_maxpool2x2_backward_writes_every_element(shape):
+    """The 2×2 backward fills dx without zeroing it first: on a NaN-filled dx it must still
+    give the general kernel's answer (zeros outside the argmax and in an odd last row or
+    column)."""
+    rng = np.random.default_rng(2)
+    be = NumbaBackend()
+    x = rng.standard_normal(shape).astype(np.float32)
+    y, ctx = be.maxpool2d_forward(x, 2)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy.flat[0] = -0.0
+    want = np.zeros(shape, np.float32)
+    be._k._maxpool_bwd(dy, ctx.saved, want)
+    got = np.full(shape, np.nan, np.float32)
+    be._k._maxpool2x2_bwd(dy, ctx.saved, got)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("l, m, t", [(1, 1, 1), (32, 3, 8192), (5, 7, 300), (64, 120, 400)])
+def test_matmul_tn_matches_numpy(l, m, t):
+    """The linear layers' backward GEMM, C = Aᵀ·B, against numpy's in float64, and the same
+    bytes on 1 and 2 threads."""
+    rng = np.random.default_rng(l + m + t)
+    a, b = rng.standard_normal((l, m)), rng.standard_normal((l, t))
+    got = []
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        be = NumbaBackend(threads=threads)
+        be._set_threads()
+        c = np.full((m, t), np.nan)
+        be._k._matmul_tn(a, b, c)
+        np.testing.assert_allclose(c, a.T @ b, rtol=1e-12, atol=1e-12)
+        got.append(c.tobytes())
+    assert got[0] == got[1]

@@ -73,6 +73,33 @@ def test_conv2d_no_bias_returns_db_none(backend):
                    f"conv2d backward, dw, backend={backend.name}")
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[13]])
+def test_conv2d_backward_without_input_grad(backend, dtype, case):
+    """input_grad=False (a first layer) skips dx and leaves dw and db bit-identical."""
+    a = case.arrays(dtype)
+    y, ctx = backend.conv2d_forward(backend.asarray(a["x"]), backend.asarray(a["w"]),
+                                    backend.asarray(a["b"]), **case.params)
+    dy = backend.asarray(a["dy"])
+    _, dw, db = backend.conv2d_backward(dy, ctx)
+    dx2, dw2, db2 = backend.conv2d_backward(dy, ctx, input_grad=False)
+    assert dx2 is None
+    np.testing.assert_array_equal(backend.to_numpy(dw2), backend.to_numpy(dw))
+    np.testing.assert_array_equal(backend.to_numpy(db2), backend.to_numpy(db))
+
+
+def test_linear_backward_without_input_grad(backend, dtype):
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((4, 7)).astype(dtype)
+    b, dy = rng.standard_normal(4).astype(dtype), rng.standard_normal((5, 4)).astype(dtype)
+    _, ctx = backend.linear_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b))
+    dx, dw, db = backend.linear_backward(backend.asarray(dy), ctx)
+    dx2, dw2, db2 = backend.linear_backward(backend.asarray(dy), ctx, input_grad=False)
+    assert dx2 is None
+    assert_matches(backend.to_numpy(dx), dy.astype(np.float64) @ w, dtype, f"linear dx, {backend.name}")
+    np.testing.assert_array_equal(backend.to_numpy(dw2), backend.to_numpy(dw))
+    np.testing.assert_array_equal(backend.to_numpy(db2), backend.to_numpy(db))
+
+
 def test_conv2d_output_dtype_and_shape(backend, dtype):
     case = CASES[3].values[0]
     a = case.arrays(dtype)

@@ -21,8 +21,8 @@ class WrongDwBackend(NumpyBackend):
 
     name = "test-wrong-dw"
 
-    def _conv2d_backward(self, dy, ctx):
-        dx, dw, db = super()._conv2d_backward(dy, ctx)
+    def _conv2d_backward(self, dy, ctx, input_grad):
+        dx, dw, db = super()._conv2d_backward(dy, ctx, input_grad)
         return dx, dw * dw.dtype.type(1.001), db
 
 

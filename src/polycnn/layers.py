@@ -129,6 +129,12 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
+    def backward_params(self, dy) -> None:
+        """The parameter gradients of :meth:`backward` without the gradient with respect to
+        the input (a model's first layer: the images need none). Layers whose input gradient
+        is costly (Conv2d, Linear) skip computing it."""
+        self.backward(dy)
+
     def _set_grads(self, dw, db):
         """Store the weight gradient, and the bias gradient when the layer has a bias."""
         self._params["weight"].grad = dw
@@ -215,6 +221,10 @@ class Conv2d(Layer):
         self._set_grads(dw, db)
         return dx
 
+    def backward_params(self, dy) -> None:
+        _, dw, db = self.backend.conv2d_backward(dy, self._saved(), input_grad=False)
+        self._set_grads(dw, db)
+
     def output_shape(self, in_shape):
         g = self._geometry(_image_shape(self, in_shape))
         return (g.K, g.P, g.Q)
@@ -278,6 +288,10 @@ class Linear(Layer):
         dx, dw, db = self.backend.linear_backward(dy, self._saved())
         self._set_grads(dw, db)
         return dx
+
+    def backward_params(self, dy) -> None:
+        _, dw, db = self.backend.linear_backward(dy, self._saved(), input_grad=False)
+        self._set_grads(dw, db)
 
     def output_shape(self, in_shape):
         if len(in_shape) != 1:
@@ -726,10 +740,21 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
+    def backward(self, dy, input_grad: bool = True):
+        """Gradients of every parameter from ``dy``, the gradient of the output; returns the
+        gradient with respect to the input, or None with ``input_grad=False`` (what
+        :func:`polycnn.fit` asks: then the first layer skips that work)."""
+        for layer in reversed(self.layers[1:]):
             dy = layer.backward(dy)
-        return dy
+        if not self.layers:
+            return dy if input_grad else None
+        if input_grad:
+            return self.layers[0].backward(dy)
+        self.layers[0].backward_params(dy)
+        return None
+
+    def backward_params(self, dy) -> None:
+        self.backward(dy, input_grad=False)
 
     # ---- description ---------------------------------------------------------------------
     def output_shape(self, in_shape):

@@ -238,7 +238,7 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
                 raise TrainingDiverged(
                     f"the loss became {loss} at epoch {epoch + 1}, batch {bi + 1}/{n_batches}"
                     f" (learning rate {optimizer.current_lr:g}); lower the learning rate{kept}")
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             optimizer.step()
             seen += b - a
             loss_sum += loss * (b - a)

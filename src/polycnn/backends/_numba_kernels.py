@@ -130,6 +130,35 @@ def _matmul_nt(A, B, C):
             _mm_block(A, 4 * ib, B, j, C, L, False)
 
 
+#: columns of C per task of :func:`_matmul_tn` (4 accumulator rows of this many stay in L1)
+TN_TILE = 256
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _matmul_tn(A, B, C):
+    """C = Aᵀ · B for A (L, M), B (L, T), C (M, T), as row updates: C[m, :] += A[l, m] · B[l, :]
+    for l in order. For the linear layers' backward, where L or M is small (the batch, a few
+    classes): no transposed copy of B, and the inner loop runs along B's rows. Tasks own 4 rows
+    × TN_TILE columns of C, so each element has one writer."""
+    L, M = A.shape
+    T = B.shape[1]
+    tiles = (T + TN_TILE - 1) // TN_TILE
+    for task in prange(((M + 3) // 4) * tiles):
+        m0 = (task // tiles) * 4
+        m1 = min(M, m0 + 4)
+        t0 = (task % tiles) * TN_TILE
+        t1 = min(T, t0 + TN_TILE)
+        for m in range(m0, m1):
+            C[m, t0:t1] = 0
+        for l in range(L):
+            b = B[l, t0:t1]
+            for m in range(m0, m1):
+                a = A[l, m]
+                c = C[m, t0:t1]
+                for t in range(t1 - t0):
+                    c[t] += a * b[t]
+
+
 # ---- layout helpers ---------------------------------------------------------------------------
 
 
@@ -470,6 +499,35 @@ def _maxpool2x2_fwd(x, y, arg):
                 at = (h + 1) * W + w + 1 if take else at
                 yr[q] = best
                 ar[q] = at
+
+
+@njit(parallel=True, cache=True)
+def _maxpool2x2_bwd(dy, arg, dx):
+    """:func:`_maxpool_bwd` for the 2×2 window, stride 2, no padding: the windows tile dx, so
+    every element is written once (dy or 0) and dx needs no zeroing first; an odd last row or
+    column, outside every window, gets 0."""
+    N, C, P, Q = dy.shape
+    H, W = dx.shape[2], dx.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h = 2 * p
+            top = dx[n, c, h]
+            bot = dx[n, c, h + 1]
+            for q in range(Q):
+                g = dy[n, c, p, q] + 0  # + 0 as in 0 += dy: -0.0 becomes 0.0
+                a = arg[n, c, p, q] - h * W - 2 * q  # 0, 1 (top row) or W, W + 1 (bottom row)
+                top[2 * q] = g if a == 0 else 0
+                top[2 * q + 1] = g if a == 1 else 0
+                bot[2 * q] = g if a == W else 0
+                bot[2 * q + 1] = g if a == W + 1 else 0
+            for w in range(2 * Q, W):
+                top[w] = 0
+                bot[w] = 0
+        for h in range(2 * P, H):
+            for w in range(W):
+                dx[n, c, h, w] = 0
 
 
 @njit(parallel=True, cache=True)

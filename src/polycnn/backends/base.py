@@ -23,8 +23,9 @@ conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1) -> (y, ctx)
     Cross-correlation (no kernel flip), as in PyTorch. ``padding`` is an int, an (h, w) pair,
     ``"valid"`` (0) or ``"same"`` (stride 1; the odd pixel goes after). Output size rounds down.
 
-conv2d_backward(dy, ctx) -> (dx, dw, db)
-    dy (N, K, P, Q) -> dx (N, C, H, W), dw (K, C, R, S), db (K,) or None when b was None::
+conv2d_backward(dy, ctx, input_grad=True) -> (dx, dw, db)
+    dy (N, K, P, Q) -> dx (N, C, H, W), dw (K, C, R, S), db (K,) or None when b was None;
+    dx is None with ``input_grad=False`` (a first layer: the images need no gradient)::
 
         dx[n, c, h, w] = sum of w[k, c, r, s] * dy[n, k, p, q] over all (k, r, s, p, q) with
                          h = p*sh - ph + r*dh and w = q*sw - pw + s*dw
@@ -53,8 +54,8 @@ avgpool2d_backward(dy, ctx) -> dx
 
 The glue below has a default written with ``xp``; a backend may override it with fused kernels.
 
-linear_forward(x, w, b) -> (y, ctx); linear_backward(dy, ctx) -> (dx, dw, db)
-    x (N, F), w (O, F), b (O,) or None: y = x @ w.T + b.
+linear_forward(x, w, b) -> (y, ctx); linear_backward(dy, ctx, input_grad=True) -> (dx, dw, db)
+    x (N, F), w (O, F), b (O,) or None: y = x @ w.T + b; dx None with ``input_grad=False``.
 relu_forward(x) -> (y, ctx); relu_backward(dy, ctx) -> dx
     y = max(x, 0); dx = dy where x > 0, else 0.
 cross_entropy(logits, labels, label_smoothing=0.0) -> (loss, dlogits)
@@ -153,10 +154,10 @@ class Backend:
         ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None}, saved)
         return y, ctx
 
-    def conv2d_backward(self, dy, ctx):
+    def conv2d_backward(self, dy, ctx, input_grad: bool = True):
         dy = self._check_grad(dy, ctx, "conv2d")
-        dx, dw, db = self._conv2d_backward(dy, ctx)
-        return dx, dw, (db if ctx.inputs["has_bias"] else None)
+        dx, dw, db = self._conv2d_backward(dy, ctx, bool(input_grad))
+        return (dx if input_grad else None), dw, (db if ctx.inputs["has_bias"] else None)
 
     # ---- pooling ------------------------------------------------------------------------
     def maxpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
@@ -184,8 +185,9 @@ class Backend:
         """-> (y, saved)"""
         raise NotImplementedError
 
-    def _conv2d_backward(self, dy, ctx: OpContext):
-        """-> (dx, dw, db); db may be anything when the forward had no bias."""
+    def _conv2d_backward(self, dy, ctx: OpContext, input_grad: bool):
+        """-> (dx, dw, db); dx may be anything when not ``input_grad``, db when the forward
+        had no bias."""
         raise NotImplementedError
 
     def _maxpool2d_forward(self, x, g: PoolGeometry):
@@ -209,10 +211,10 @@ class Backend:
             y += b
         return y, OpContext("linear", None, np.dtype(x.dtype), {"x": x, "w": w, "has_bias": b is not None})
 
-    def linear_backward(self, dy, ctx):
+    def linear_backward(self, dy, ctx, input_grad: bool = True):
         xp = self.xp
         x, w = ctx.inputs["x"], ctx.inputs["w"]
-        dx = xp.matmul(dy, w)
+        dx = xp.matmul(dy, w) if input_grad else None
         dw = xp.matmul(dy.T, x)
         db = dy.sum(axis=0) if ctx.inputs["has_bias"] else None
         return dx, dw, db

@@ -257,15 +257,17 @@ class CupyBackend(Backend):
         chunk = ceil_div(ceil_div(npq, splits), TILE_K) * TILE_K
         return ceil_div(npq, chunk), chunk
 
-    def _conv2d_backward(self, dy, ctx: OpContext):
+    def _conv2d_backward(self, dy, ctx: OpContext, input_grad: bool):
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         xp, dtype = self.xp, x.dtype
         s = self._conv_shape(g)
 
-        dx = xp.empty(g.x_shape, dtype=dtype)
-        self._gemm("conv2d_bwd_data", dtype, g.C, g.N * g.H * g.W, 1, [dy, w, dx, s],
-                   [g.y_shape, g.w_shape, g.x_shape, None])
+        dx = None
+        if input_grad:
+            dx = xp.empty(g.x_shape, dtype=dtype)
+            self._gemm("conv2d_bwd_data", dtype, g.C, g.N * g.H * g.W, 1, [dy, w, dx, s],
+                       [g.y_shape, g.w_shape, g.x_shape, None])
 
         crs = g.C * g.R * g.S
         splits, chunk = self._weight_splits(g, dtype.itemsize)

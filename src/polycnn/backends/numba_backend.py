@@ -292,12 +292,12 @@ class NumbaBackend(Backend):
                    (0, 0, 1, 1), bias, y)
         return y, None
 
-    def _conv2d_backward(self, dy, ctx: OpContext):
+    def _conv2d_backward(self, dy, ctx: OpContext, input_grad: bool):
         self._set_threads()
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         dw = self._conv_weight_grad(x, dy, g, ctx.saved)
-        dx = self._conv_data_grad(dy, w, g)
+        dx = self._conv_data_grad(dy, w, g) if input_grad else None
         db = None
         if ctx.inputs["has_bias"]:
             db = np.empty(g.K, dtype=dy.dtype)
@@ -388,11 +388,16 @@ class NumbaBackend(Backend):
     def _pool_geo(g: PoolGeometry):
         return np.array([g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w], dtype=np.int64)
 
+    @staticmethod
+    def _is_2x2(g: PoolGeometry) -> bool:
+        """The common pool: 2×2 windows, stride 2, no padding (branch-free kernels)."""
+        return (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (2, 2, 2, 2, 0, 0)
+
     def _maxpool2d_forward(self, x, g: PoolGeometry):
         self._set_threads()
         y = np.empty(g.y_shape, dtype=x.dtype)
         arg = np.empty(g.y_shape, dtype=np.int32 if g.H * g.W < 2**31 else np.int64)
-        if (g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w) == (2, 2, 2, 2, 0, 0):
+        if self._is_2x2(g):
             self._k._maxpool2x2_fwd(x, y, arg)
         else:
             self._k._maxpool_fwd(x, self._pool_geo(g), y, arg)
@@ -400,8 +405,13 @@ class NumbaBackend(Backend):
 
     def _maxpool2d_backward(self, dy, ctx: OpContext):
         self._set_threads()
-        dx = np.zeros(ctx.geom.x_shape, dtype=dy.dtype)
-        self._k._maxpool_bwd(dy, ctx.saved, dx)
+        g: PoolGeometry = ctx.geom
+        if self._is_2x2(g):
+            dx = np.empty(g.x_shape, dtype=dy.dtype)  # every element written
+            self._k._maxpool2x2_bwd(dy, ctx.saved, dx)
+        else:
+            dx = np.zeros(g.x_shape, dtype=dy.dtype)
+            self._k._maxpool_bwd(dy, ctx.saved, dx)
         return dx
 
     def _avgpool2d_forward(self, x, g: PoolGeometry):
@@ -445,16 +455,21 @@ class NumbaBackend(Backend):
         return np.ascontiguousarray(y), OpContext(
             "linear", None, np.dtype(x.dtype), {"x": x, "w": w, "has_bias": b is not None})
 
-    def linear_backward(self, dy, ctx):
-        """See base; dx = dy · w, dw = dyᵀ · x with the compiled GEMM."""
+    def linear_backward(self, dy, ctx, input_grad: bool = True):
+        """See base; dx = dy · w and dw = dyᵀ · x as row updates (``_matmul_tn``): no
+        transposed copy of x or w."""
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         dy = np.asarray(dy)
         if not (dy.ndim == 2 and dy.dtype == x.dtype and dy.shape == (x.shape[0], w.shape[0])):
-            return super().linear_backward(dy, ctx)
+            return super().linear_backward(dy, ctx, input_grad)
         self._set_threads()
-        dx = np.ascontiguousarray(self._matmul_nt(dy, np.ascontiguousarray(w.T)))
-        dw = np.ascontiguousarray(self._matmul_nt(np.ascontiguousarray(dy.T),
-                                                  np.ascontiguousarray(x.T)))
+        dy = np.ascontiguousarray(dy)
+        dx = None
+        if input_grad:
+            dx = np.empty(x.shape, dtype=dy.dtype)
+            self._k._matmul_tn(np.ascontiguousarray(dy.T), np.ascontiguousarray(w), dx)
+        dw = np.empty(w.shape, dtype=dy.dtype)
+        self._k._matmul_tn(dy, np.ascontiguousarray(x), dw)
         db = dy.sum(axis=0) if ctx.inputs["has_bias"] else None
         return dx, dw, db
 

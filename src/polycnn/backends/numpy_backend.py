@@ -182,14 +182,14 @@ class NumpyBackend(Backend):
             y += b.reshape(1, g.K, 1, 1)
         return y, None
 
-    def _conv2d_backward(self, dy, ctx):
+    def _conv2d_backward(self, dy, ctx, input_grad):
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         _, row, L, _ = self._layout(g)
         crs = g.C * g.R * g.S
         w2 = w.reshape(g.K, crs)
         dw_t = np.zeros((crs, g.K), dtype=x.dtype)  # dwᵀ: see the NOTE below
-        dx = np.empty(g.x_shape, dtype=x.dtype)
+        dx = np.empty(g.x_shape, dtype=x.dtype) if input_grad else None
         for n0, n1, buf in self._col_chunks(g, x.dtype):
             n = n1 - n0
             # dy as (K, n, P, row), zero in the garbage columns of wide rows
@@ -201,8 +201,9 @@ class NumpyBackend(Backend):
             # badly (17x slower on 2 busy cores for K=64 rows); dwᵀ = cols · dywᵀ has CRS rows.
             # Chunks are summed in a fixed order (deterministic).
             dw_t += cols @ dyw.T
-            dcols = np.matmul(w2.T, dyw, out=cols)  # reuse the column buffer
-            self._col2im(dcols.reshape(g.C, g.R, g.S, n, L), g, dx[n0:n1])
+            if input_grad:
+                dcols = np.matmul(w2.T, dyw, out=cols)  # reuse the column buffer
+                self._col2im(dcols.reshape(g.C, g.R, g.S, n, L), g, dx[n0:n1])
         db = dy.sum(axis=(0, 2, 3)) if ctx.inputs["has_bias"] else None
         return dx, np.ascontiguousarray(dw_t.T).reshape(g.w_shape), db
 
