@@ -158,6 +158,7 @@ def render(result: dict) -> str:
         f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
         f" torch {env['torch'] or '-'}",
         f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
+        f"heap (every engine): {env.get('heap', '-')}",
         (f"each engine in a process of its own (--isolate), each time the median of"
          f" {config['rounds']} rounds" if config.get("isolated") else
          f"each time: median of {config['rounds']} interleaved rounds")

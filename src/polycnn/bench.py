@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from . import available_backends, get_backend
+from .backends import _heap
 from .errors import BackendUnavailable
 from .geometry import conv_geometry, pool_geometry
 
@@ -235,6 +236,7 @@ def environment(threads: int, backend_infos: dict, torch_version) -> dict:
         "blas": blas_info(),
         "blas_env": {name: os.environ.get(name) for name in BLAS_ENV},
         "load_average": load_average(),
+        "heap": _heap.describe(),
     }
 
 
@@ -708,6 +710,9 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
     if not names and not (config.backends == [] and config.torch):
         raise BackendUnavailable("no backend to benchmark: " + "; ".join(notes))
     threads = config.threads or usable_cores()
+    # NOTE: every engine, PyTorch included, runs with the heap setting the CPU backends choose
+    # (in --isolate's PyTorch child too), so the comparison is between kernels, not allocators
+    _heap.keep_freed_blocks()
     engines = [BackendEngine(get_backend(n)) for n in names]
     torch_module = None
     if config.torch:

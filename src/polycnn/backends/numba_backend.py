@@ -20,7 +20,8 @@ Compiled code is cached in the user's cache folder (``$XDG_CACHE_HOME/polycnn/nu
 ``~/.cache/polycnn/numba``) unless ``NUMBA_CACHE_DIR`` is set, so it is reused across processes
 even when the package folder is read-only. ``NUMBA_DISABLE_JIT=1`` runs the same code as
 Python (slowly). Unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set, OpenMP worker threads
-wait passively between parallel loops (see ``_load_kernels``).
+wait passively between parallel loops (see ``_load_kernels``); freed arrays stay in the heap
+for the next training step (:mod:`._heap`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
+from . import _heap
 from .base import Backend, OpContext
 
 #: weight-gradient partial sums: at most this many chunks of samples (fixed: never the
@@ -162,6 +164,7 @@ class NumbaBackend(Backend):
                 f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {threads}"
             )
         self.threads = int(threads)
+        _heap.keep_freed_blocks()
 
     def _set_threads(self):
         # NOTE: numba's thread count is per calling thread, so it is set before every launch.
@@ -179,6 +182,7 @@ class NumbaBackend(Backend):
             "jit": not numba.config.DISABLE_JIT,
             "cache_dir": cache_dir(),
             "device": "cpu",
+            "heap": _heap.describe(),
         }
 
     def _threading_layer(self) -> str:

@@ -20,6 +20,7 @@ import threading
 import numpy as np
 
 from ..geometry import ConvGeometry, PoolGeometry
+from . import _heap
 from .base import Backend
 
 #: Upper bound on the temporary im2col buffer, in bytes (the batch is chunked to respect it;
@@ -57,6 +58,7 @@ class NumpyBackend(Backend):
     def __init__(self, column_buffer_bytes: int = COLUMN_BUFFER_BYTES):
         self.column_buffer_bytes = int(column_buffer_bytes)
         self._local = threading.local()
+        _heap.keep_freed_blocks()
 
     def _scratch(self, key: str, shape, dtype, zero: bool = False):
         """A temporary array reused across calls (per thread).
@@ -86,7 +88,8 @@ class NumpyBackend(Backend):
                 threads = blas[0].get("num_threads")
         except ImportError:
             threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()
-        return {"version": f"numpy {np.__version__}", "threads": threads, "device": "cpu"}
+        return {"version": f"numpy {np.__version__}", "threads": threads, "device": "cpu",
+                "heap": _heap.describe()}
 
     # ---- convolution --------------------------------------------------------------------
     @staticmethod
