@@ -338,3 +338,46 @@ def test_matmul_tn_matches_numpy(l, m, t):
         np.testing.assert_allclose(c, a.T @ b, rtol=1e-12, atol=1e-12)
         got.append(c.tobytes())
     assert got[0] == got[1]
+
+
+BOUNDS_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from polycnn.backends import numba_backend as nb
+    from polycnn.backends.numpy_backend import NumpyBackend
+
+    geometries = [
+        ((2, 3, 7, 8), (5, 3, 3, 3), 1, 1, 1),
+        ((3, 4, 9, 7), (6, 4, 3, 2), (2, 3), (1, 2), 1),
+        ((2, 3, 10, 11), (4, 3, 3, 3), 1, "same", 2),
+        ((2, 2, 9, 9), (3, 2, 1, 1), 2, 0, 1),
+        ((2, 1, 5, 4), (2, 1, 5, 4), 1, 0, 1),
+    ]
+    rng = np.random.default_rng(0)
+    for limit in (1 << 30, 0):  # the row-direct kernel, then the gather GEMM
+        nb.DIRECT_MAX_WORK = limit
+        be = nb.NumbaBackend()
+        for xs, ws, stride, padding, dilation in geometries:
+            x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+            y, ctx = be.conv2d_forward(x, w, rng.standard_normal(ws[0]), stride, padding, dilation)
+            be.conv2d_backward(rng.standard_normal(y.shape), ctx)
+    for xs in ((2, 3, 7, 5), (1, 2, 6, 8)):
+        for k, s, p in ((2, None, 0), (3, 2, 1)):
+            x = rng.standard_normal(xs)
+            y, ctx = be.maxpool2d_forward(x, k, s, p)
+            be.maxpool2d_backward(np.ones(y.shape), ctx)
+            y, ctx = be.avgpool2d_forward(x, k, s, p)
+            be.avgpool2d_backward(np.ones(y.shape), ctx)
+    y, ctx = be.linear_forward(rng.standard_normal((5, 7)), rng.standard_normal((3, 7)))
+    be.linear_backward(rng.standard_normal((5, 3)), ctx)
+    print("in bounds")
+""")
+
+
+def test_kernels_stay_in_bounds():
+    """Every kernel, both conv paths, run as Python (NUMBA_DISABLE_JIT=1), where NumPy raises
+    on an index past an array's end: the row-direct kernel reads past each row on purpose, into
+    slack that its buffers must have. (NUMBA_BOUNDSCHECK does not check inside prange loops.)"""
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and "in bounds" in out.stdout, out.stderr[-3000:]

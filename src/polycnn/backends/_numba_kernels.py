@@ -33,6 +33,11 @@ from numba import njit, prange
 #: fast-math flags for the GEMM loops (vectorised reductions); see the module NOTE
 FAST = {"reassoc", "contract", "nsz"}
 
+#: the row-direct kernel runs its accumulators over a multiple of this many elements (one
+#: AVX-512 vector of float32), so no pass ends in a scalar remainder loop; its source buffer has
+#: ``Ws + VEC`` zeros of slack (see :func:`_direct_conv`)
+VEC = 16
+
 # ---- the micro-kernel -------------------------------------------------------------------------
 
 
@@ -276,7 +281,8 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
     NOTE: z spans whole padded rows (Ws wide), so the Ws - Uo columns past each output row are
     computed and dropped; that keeps one long vectorised loop per tap. The reads then run up to
     Ws elements past a sample's planes, so the data comes as ``flat``: a 1-D buffer whose first
-    elements are ``src`` (which gives only the shape) followed by at least Ws zeros.
+    elements are ``src`` (which gives only the shape) followed by at least Ws + VEC zeros (the computed
+    length is rounded up to whole vectors of VEC).
     ``geo`` as in :func:`_gather_gemm`, its TP entry the number of output rows per task.
     ``A`` has a multiple of 4 rows, zero past M."""
     To, Uo, M = geo[2], geo[3], geo[4]
@@ -295,14 +301,15 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
     # stops LLVM from vectorising the loop.
     utab = tab.astype(np.uint64)
     for ch in prange(chunks):
-        acc = np.empty((3, TB * Ws), dtype=A.dtype)
+        acc = np.empty((3, (TB * Ws + VEC - 1) // VEC * VEC), dtype=A.dtype)
         for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
             m = 3 * (task % Mh)
             rb = task // Mh
             n = rb // nrb
             t0 = (rb - n * nrb) * TB
             t1 = min(To, t0 + TB)
-            zlen = np.uint64((t1 - t0) * Ws)
+            # whole vectors: no scalar remainder loop (the extra columns are dropped too)
+            zlen = np.uint64(((t1 - t0) * Ws + VEC - 1) // VEC * VEC)
             base = np.uint64(n * plane + t0 * Ws)
             # NOTE: past the last row of A, a row is reused and its result not written
             wa = A[m]

@@ -220,12 +220,12 @@ class NumbaBackend(Backend):
                 stride=(1, 1)):
         """``src`` (N, C, H, W) zero-padded by (top, left) and split into ``stride`` phases
         (space-to-depth, see ``_pad_planes``): (N, C*sh*sw, Hs, Ws). With ``slack``, it lives
-        at the start of a flat buffer with Ws zeros after it (see ``_direct_conv``); returns
+        at the start of a flat buffer with Ws + VEC zeros after it (see ``_direct_conv``); returns
         (array, buffer)."""
         N, C = src.shape[:2]
         sh, sw = stride
         size = N * C * sh * sw * Hs * Ws
-        buf = np.empty(size + (Ws if slack else 0), dtype=src.dtype)
+        buf = np.empty(size + (Ws + self._k.VEC if slack else 0), dtype=src.dtype)
         buf[size:] = 0
         dst = buf[:size].reshape(N, C * sh * sw, Hs, Ws)
         self._k._pad_planes(src, dst, top, left, sh, sw)
