@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from . import hashing
 from .geometry import conv_geometry, pool_geometry
 
 
@@ -179,3 +180,19 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
 ]
+
+
+# ---- dropout masks ---------------------------------------------------------------------------
+
+def dropout_mask(shape, p, key):
+    """keep[i] = (splitmix64(key + (i + 1) * GAMMA) >> 40) >= ceil(p * 2**24), in Python ints."""
+    shape, threshold, key = hashing.check_mask_args(shape, p, key)
+    m = (1 << 64) - 1
+    keep = []
+    for i in range(math.prod(shape)):
+        z = (key + (i + 1) * hashing.GAMMA) & m
+        z = ((z ^ (z >> 30)) * hashing.MIX1) & m
+        z = ((z ^ (z >> 27)) * hashing.MIX2) & m
+        z ^= z >> 31
+        keep.append((z >> (64 - hashing.DRAW_BITS)) >= threshold)
+    return np.array(keep, dtype=bool).reshape(shape)

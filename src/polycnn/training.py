@@ -2,7 +2,7 @@
 
 ``fit`` shuffles each epoch, runs mini-batches (forward, softmax cross-entropy, backward,
 optimiser step), evaluates the validation set, records a history and can save a checkpoint
-after every epoch. Shuffling, augmentation and dropout masks all draw from one host
+after every epoch. Shuffling, augmentation and dropout-mask keys all draw from one host
 ``numpy.random.Generator``; its state is saved with the checkpoint, so a run resumed from epoch
 k ends with exactly the weights of the uninterrupted run.
 """

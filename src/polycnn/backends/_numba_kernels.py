@@ -620,6 +620,18 @@ def _relu_bwd(dy, x, dx):
         dx[i] = dy[i] * (1 if x[i] > 0 else 0)
 
 
+@njit(parallel=True, cache=True)
+def _dropout_mask(key, threshold, gamma, mix1, mix2, keep):
+    """keep[i] = (splitmix64(key + (i + 1)·gamma) >> 40) >= threshold on a flat bool array; all
+    arithmetic in uint64 (a plain int literal would turn it into float64), wrapping."""
+    for i in prange(keep.shape[0]):
+        z = key + np.uint64(i + 1) * gamma
+        z = (z ^ (z >> np.uint64(30))) * mix1
+        z = (z ^ (z >> np.uint64(27))) * mix2
+        z = z ^ (z >> np.uint64(31))
+        keep[i] = (z >> np.uint64(40)) >= threshold
+
+
 @njit(cache=True)
 def _cross_entropy(logits, labels, smoothing, dlogits):
     """Mean softmax cross-entropy with label smoothing; writes (softmax - target)/N to dlogits

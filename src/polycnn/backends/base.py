@@ -61,6 +61,14 @@ relu_forward(x) -> (y, ctx); relu_backward(dy, ctx) -> dx
 cross_entropy(logits, labels, label_smoothing=0.0) -> (loss, dlogits)
     logits (N, K), labels (N,) integer classes on the host; loss is a Python float (mean over N)
     and dlogits its gradient (softmax - target) / N, on the backend.
+dropout_mask(shape, p, key) -> keep, a bool array of ``shape`` made on the backend::
+
+        keep[i] = (splitmix64(key + (i + 1) * 0x9E3779B97F4A7C15) >> 40) >= ceil(p * 2**24)
+
+    for i the C-order flat index, arithmetic modulo 2**64 (SplitMix64's output function; its
+    top 24 bits as a uniform draw in [0, 1)). Integer arithmetic, so every backend makes the
+    same mask from the same ``key`` (one draw from the host generator): no mask crosses from the
+    host, and dropout stays reproducible across backends.
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import hashing
 from ..geometry import (
     ConvGeometry,
     PoolGeometry,
@@ -218,6 +227,24 @@ class Backend:
         dw = xp.matmul(dy.T, x)
         db = dy.sum(axis=0) if ctx.inputs["has_bias"] else None
         return dx, dw, db
+
+    def dropout_mask(self, shape, p: float, key: int):
+        shape, threshold, key = hashing.check_mask_args(shape, p, key)
+        return self._dropout_mask(shape, threshold, key)
+
+    def _dropout_mask(self, shape: tuple, threshold: int, key: int):
+        """See the contract; ``xp``'s uint64 arithmetic wraps as the hash needs."""
+        xp = self.xp
+        u64 = xp.uint64
+        z = xp.arange(1, int(np.prod(shape)) + 1, dtype=u64)
+        z *= u64(hashing.GAMMA)
+        z += u64(key)
+        z ^= z >> u64(30)
+        z *= u64(hashing.MIX1)
+        z ^= z >> u64(27)
+        z *= u64(hashing.MIX2)
+        z ^= z >> u64(31)
+        return (z >> u64(40) >= u64(threshold)).reshape(shape)
 
     def relu_forward(self, x):
         y = self.xp.maximum(x, 0)

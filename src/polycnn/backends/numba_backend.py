@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import hashing
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
 from . import _heap
@@ -501,6 +502,15 @@ class NumbaBackend(Backend):
         dx = np.empty_like(dy)
         self._k._relu_bwd(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
         return dx
+
+    def _dropout_mask(self, shape: tuple, threshold: int, key: int):
+        """See base; one compiled pass."""
+        self._set_threads()
+        keep = np.empty(shape, dtype=np.bool_)
+        u64 = np.uint64
+        self._k._dropout_mask(u64(key), u64(threshold), u64(hashing.GAMMA), u64(hashing.MIX1),
+                              u64(hashing.MIX2), keep.reshape(-1))
+        return keep
 
     def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         """See base; one compiled pass over the rows."""
