@@ -7,7 +7,8 @@ import polycnn as pc
 from polycnn import hashing, reference
 
 CASES = [((3, 4, 5), 0.3, 12345), ((7,), 0.0, 0), ((2, 3, 2, 2), 0.99, 2**64 - 1),
-         ((0, 3), 0.5, 5), ((4, 9), 0.5, 2**63 + 17), ((1, 1, 1), 0.75, 1)]
+         ((0, 3), 0.5, 5), ((4, 9), 0.5, 2**63 + 17), ((1, 1, 1), 0.75, 1),
+         ((130, 130), 0.4, 99)]  # over numba's SMALL_MASK: its compiled kernel
 
 
 @pytest.mark.parametrize("shape, p, key", CASES)
