@@ -8,9 +8,9 @@ Shapes: images are NCHW, features are (N, F). ``output_shape`` works on one samp
 (without N), so ``model.summary((3, 32, 32))`` can check a whole network before any data exists.
 
 Randomness: initial weights are drawn on the host from the model's ``numpy.random.Generator``
-and copied to the backend; a dropout mask is made on the backend from one key drawn there (a
-counter-based hash, see ``dropout_mask`` in the backend contract), so one seed gives one run on
-every backend.
+and copied to the backend; a dropout mask is made on the backend from one key drawn from that
+generator (a counter-based hash, see ``dropout_mask`` in the backend contract), so one seed
+gives one run on every backend.
 """
 
 from __future__ import annotations
@@ -531,7 +531,7 @@ class Dropout(Layer):
             return x
         # NOTE: one key from the host generator; the backend makes the mask from it where its
         # arrays live (the same mask on every backend, no copy from the host: drawing 1M
-        # floats on the host and copying them was most of a GPU training step)
+        # floats on the host and copying them was estimated at a third of a GPU step's forward)
         key = int(self._rng.integers(0, 1 << 64, dtype=np.uint64))
         mask = self.backend.dropout_mask(self._mask_shape(x), self.p, key)
         scale = x.dtype.type(1.0 / (1.0 - self.p))
