@@ -114,8 +114,7 @@ def _normalize(x: np.ndarray, run: dict) -> np.ndarray:
     """Inputs in 0..1 scale as the data set's loader scales them."""
     if not run.get("normalize"):
         return x
-    mean, std = (np.array(v, x.dtype).reshape(1, -1, 1, 1) for v in run["normalize"])
-    return (x - mean) / std
+    return datasets_real.standardize(x, *run["normalize"])
 
 
 def _clock(seconds: float) -> str:

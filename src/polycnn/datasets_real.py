@@ -167,11 +167,15 @@ def _missing_error(name: str, data_dir: str, files, where: str | None = None) ->
                              f" folder or {how}")
 
 
-def _scale(x_uint8: np.ndarray, name: str) -> np.ndarray:
-    x = x_uint8.astype(np.float32) / np.float32(255.0)
-    mean, std = NORMALIZE[name]
+def standardize(x: np.ndarray, mean, std) -> np.ndarray:
+    """(x - mean) / std per channel of images x (N, C, H, W), in x's dtype: how the loaders
+    scale a data set (:data:`NORMALIZE`), and how new inputs must be scaled to match."""
     shape = (1, len(mean), 1, 1)
-    return (x - np.array(mean, np.float32).reshape(shape)) / np.array(std, np.float32).reshape(shape)
+    return (x - np.array(mean, x.dtype).reshape(shape)) / np.array(std, x.dtype).reshape(shape)
+
+
+def _scale(x_uint8: np.ndarray, name: str) -> np.ndarray:
+    return standardize(x_uint8.astype(np.float32) / np.float32(255.0), *NORMALIZE[name])
 
 
 def _idx_split(name: str, data_dir: str, split: str, download_missing: bool, mirrors):
@@ -495,5 +499,6 @@ def _extract_cifar(archive: str, data_dir: str) -> list[str]:
 
 
 __all__ = ["NAMES", "CLASSES", "NORMALIZE", "MIRRORS", "MIRRORS_ENV", "SHA256", "read_idx",
+           "standardize",
            "read_cifar_batch", "mnist", "fashion_mnist", "cifar10", "image_folder", "digits",
            "load_splits", "download", "mirrors_for"]
