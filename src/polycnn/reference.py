@@ -176,23 +176,26 @@ def avgpool2d_backward(dy, x_shape, kernel_size=2, stride=None, padding=0):
     return dx
 
 
-__all__ = [
-    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward",
-]
-
-
 # ---- dropout masks ---------------------------------------------------------------------------
+
+def splitmix64(state: int) -> int:
+    """SplitMix64's output function on a 64-bit state, in Python ints."""
+    m = (1 << 64) - 1
+    z = ((state ^ (state >> 30)) * hashing.MIX1) & m
+    z = ((z ^ (z >> 27)) * hashing.MIX2) & m
+    return z ^ (z >> 31)
+
 
 def dropout_mask(shape, p, key):
     """keep[i] = (splitmix64(key + (i + 1) * GAMMA) >> 40) >= ceil(p * 2**24), in Python ints."""
     shape, threshold, key = hashing.check_mask_args(shape, p, key)
     m = (1 << 64) - 1
-    keep = []
-    for i in range(math.prod(shape)):
-        z = (key + (i + 1) * hashing.GAMMA) & m
-        z = ((z ^ (z >> 30)) * hashing.MIX1) & m
-        z = ((z ^ (z >> 27)) * hashing.MIX2) & m
-        z ^= z >> 31
-        keep.append((z >> (64 - hashing.DRAW_BITS)) >= threshold)
+    keep = [(splitmix64((key + (i + 1) * hashing.GAMMA) & m) >> (64 - hashing.DRAW_BITS)) >= threshold
+            for i in range(math.prod(shape))]
     return np.array(keep, dtype=bool).reshape(shape)
+
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "splitmix64", "dropout_mask",
+]
