@@ -405,7 +405,7 @@ def _conv_weight_partials(src, dy, tab, geo, partial):
                         drow[tt] = 0
                 # NOTE: a short last tile reduces over its own pixels (rounded up to a whole
                 # vector, zero-filled above), not the whole tile
-                _mm_nt(dyt, cols, acc, Kp, Lp, min(TP, (cnt + 15) // 16 * 16), True, False)
+                _mm_nt(dyt, cols, acc, Kp, Lp, min(TP, (cnt + VEC - 1) // VEC * VEC), True, False)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
