@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from ._files import replaced_atomically
 
 FORMAT = "polycnn-checkpoint"
 VERSION = 1
@@ -64,18 +65,8 @@ def save(path, model, optimizer=None, rng=None, epoch: int | None = None, histor
         raise TypeError(f"checkpoint metadata must be JSON-ready: {exc}") from None
     arrays[_META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replaced_atomically(path, suffix=".npz") as f:
+        np.savez(f, **arrays)
     return path
 
 

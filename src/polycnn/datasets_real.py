@@ -34,11 +34,12 @@ import http.client
 import io
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 
 import numpy as np
+
+from ._files import replaced_atomically
 
 #: the data sets :func:`load_splits` knows
 NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
@@ -400,11 +401,10 @@ def mirrors_for(name: str, mirrors=None) -> list[str]:
 
 def _fetch(url: str, dest: str, sha256: str, timeout: float) -> None:
     """Stream ``url`` to a temporary file next to ``dest``, check length and SHA-256, rename."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=folder)
     try:
-        h, got = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with replaced_atomically(dest, prefix=".download-", suffix=".part") as out, \
+                urllib.request.urlopen(url, timeout=timeout) as resp:
+            h, got = hashlib.sha256(), 0
             length = resp.headers.get("Content-Length")
             while True:
                 chunk = resp.read(1 << 16)
@@ -413,17 +413,13 @@ def _fetch(url: str, dest: str, sha256: str, timeout: float) -> None:
                 h.update(chunk)
                 out.write(chunk)
                 got += len(chunk)
-        if length is not None and got != int(length):
-            raise ValueError(f"transfer cut short: {got:,} of {int(length):,} bytes")
-        if h.hexdigest() != sha256:
-            raise ValueError(f"SHA-256 {h.hexdigest()} does not match the expected {sha256}")
-        os.replace(tmp, dest)
+            if length is not None and got != int(length):
+                raise ValueError(f"transfer cut short: {got:,} of {int(length):,} bytes")
+            if h.hexdigest() != sha256:
+                raise ValueError(f"SHA-256 {h.hexdigest()} does not match the expected {sha256}")
     except http.client.IncompleteRead as exc:
         raise ValueError(f"transfer cut short: {len(exc.partial):,} bytes, {exc.expected} more"
                          " expected") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float = 60.0) -> list[str]:
@@ -483,14 +479,8 @@ def _extract_cifar(archive: str, data_dir: str) -> list[str]:
                 member = tar.extractfile(f"{CIFAR_SUBDIR}/{fname}")
                 if member is None:
                     raise ValueError(f"{archive}: {CIFAR_SUBDIR}/{fname} is not a regular file")
-                fd, tmp = tempfile.mkstemp(prefix=".extract-", dir=target)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(member.read())
-                    os.replace(tmp, os.path.join(target, fname))
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                with replaced_atomically(os.path.join(target, fname), prefix=".extract-") as f:
+                    f.write(member.read())
                 out.append(os.path.join(target, fname))
     except (KeyError, tarfile.TarError) as exc:
         raise ValueError(f"{archive}: not the CIFAR-10 binary archive ({exc})") from None
