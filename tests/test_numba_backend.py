@@ -260,14 +260,21 @@ _GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("path", ["direct", "gemm"])
+@pytest.mark.parametrize("path", ["direct", "direct-samples", "gemm"])
 @pytest.mark.parametrize("geometry", _GEOMETRIES, ids=lambda g: "x{}w{}s{}p{}d{}".format(*g))
 def test_both_conv_kernels_match_numpy(monkeypatch, path, geometry):
-    """The row-direct and the gather-GEMM kernels each run every pass of every geometry (the
-    op tests reach only the one the size heuristic picks for small layers)."""
+    """The row-direct kernel (its runs along one sample's rows, and along several samples'),
+    and the gather-GEMM kernel each run every pass of every geometry (the op tests reach only
+    the one the size heuristics pick for small layers)."""
     from polycnn.backends import numba_backend
 
-    monkeypatch.setattr(numba_backend, "DIRECT_MAX_WORK", 1 << 30 if path == "direct" else 0)
+    monkeypatch.setattr(numba_backend, "DIRECT_MAX_WORK", 0 if path == "gemm" else 1 << 30)
+    if path == "direct-samples":  # runs of two samples or so: blocks of samples, a short last one
+        monkeypatch.setattr(numba_backend, "DIRECT_WASTE_DIVISOR", 0)
+        monkeypatch.setattr(numba_backend, "DIRECT_ROW_ELEMENTS", 200)
+        monkeypatch.setattr(numba_backend, "DIRECT_SAMPLE_RUN", 200)
+    else:
+        monkeypatch.setattr(numba_backend, "DIRECT_WASTE_DIVISOR", 1 << 30)
     x_shape, w_shape, stride, padding, dilation = geometry
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
@@ -283,26 +290,56 @@ def test_both_conv_kernels_match_numpy(monkeypatch, path, geometry):
                                    err_msg=f"conv2d {part}, backend=numba ({path}), {geometry}")
 
 
-@pytest.mark.parametrize("tile", [1, 20, 48])
-def test_weight_gradient_tiles_match_numpy(monkeypatch, tile):
+@pytest.mark.parametrize("tile, chunks", [(1, 16), (20, 16), (48, 16), (20, 2), (48, 2),
+                                          (1000, 2)])
+def test_weight_gradient_tiles_match_numpy(monkeypatch, tile, chunks):
     """Weight-gradient tiles smaller than a sample (a short last tile among balanced ones, and
-    one-row tiles) give numpy's gradient, the same bytes on 1 and 2 threads."""
+    one-row tiles) and tiles spanning the samples of a chunk (chunks of 2 and 3 samples) give
+    numpy's gradient, the same bytes on 1 and 2 threads."""
     from polycnn.backends import numba_backend
 
     monkeypatch.setattr(numba_backend, "WEIGHT_GRAD_TILE", tile)
+    monkeypatch.setattr(numba_backend, "WEIGHT_GRAD_CHUNKS", chunks)
     rng = np.random.default_rng(11)
-    x, w = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((5, 4, 3, 3))
-    (_, ctx) = NumpyBackend().conv2d_forward(x, w, None, padding=1)
-    dy = rng.standard_normal((3, 5, 9, 8))
-    want = NumpyBackend().conv2d_backward(dy, ctx)[1]
-    got = []
-    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-        be = NumbaBackend(threads=threads)
-        _, c = be.conv2d_forward(x, w, None, padding=1)
-        got.append(be.conv2d_backward(dy, c)[1])
-        np.testing.assert_allclose(got[-1], want, rtol=1e-12, atol=1e-12,
-                                   err_msg=f"dw with WEIGHT_GRAD_TILE={tile}, threads={threads}")
-    assert got[0].tobytes() == got[1].tobytes(), "dw differs between threads=1 and threads=2"
+    for stride in (1, 2):
+        x, w = rng.standard_normal((5, 4, 9, 8)), rng.standard_normal((5, 4, 3, 3))
+        (y, ctx) = NumpyBackend().conv2d_forward(x, w, None, stride=stride, padding=1)
+        dy = rng.standard_normal(y.shape)
+        want = NumpyBackend().conv2d_backward(dy, ctx)[1]
+        got = []
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            be = NumbaBackend(threads=threads)
+            _, c = be.conv2d_forward(x, w, None, stride=stride, padding=1)
+            got.append(be.conv2d_backward(dy, c)[1])
+            np.testing.assert_allclose(
+                got[-1], want, rtol=1e-12, atol=1e-12,
+                err_msg=f"dw, WEIGHT_GRAD_TILE={tile}, {chunks} chunks, stride {stride},"
+                        f" threads={threads}")
+        assert got[0].tobytes() == got[1].tobytes(), "dw differs between 1 and 2 threads"
+
+
+@pytest.mark.parametrize("top, left, stride", [(0, 0, (1, 1)), (2, 1, (1, 1)), (1, 1, (2, 2)),
+                                               (2, 0, (3, 2)), (-1, -2, (1, 2)), (1, 3, (2, 3))])
+def test_pad_planes_matches_a_numpy_construction(top, left, stride):
+    """The padding / space-to-depth copy (channel-major), every destination element written
+    (NaN-filled first), against slicing a zero-padded copy in NumPy."""
+    rng = np.random.default_rng(4)
+    sh, sw = stride
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    Hd, Wd = 5, 6
+    dst = np.full((3 * sh * sw, 2, Hd, Wd), np.nan, np.float32)  # channel-major
+    NumbaBackend()._k._pad_planes(x, dst, top, left, sh, sw)
+    big = 16
+    canvas = np.zeros((2, 3, 7 + 2 * big, 9 + 2 * big), np.float32)
+    canvas[:, :, big:big + 7, big:big + 9] = x
+    for c in range(3):
+        for a in range(sh):
+            for b in range(sw):
+                rows = big - top + a + sh * np.arange(Hd)
+                cols = big - left + b + sw * np.arange(Wd)
+                want = canvas[:, c][:, rows][:, :, cols]
+                np.testing.assert_array_equal(dst[(c * sh + a) * sw + b], want,
+                                              err_msg=f"plane c={c} a={a} b={b}")
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 2, 7, 5), (1, 1, 3, 2)])
@@ -353,8 +390,10 @@ BOUNDS_SCRIPT = textwrap.dedent("""
         ((2, 1, 5, 4), (2, 1, 5, 4), 1, 0, 1),
     ]
     rng = np.random.default_rng(0)
-    for limit in (1 << 30, 0):  # the row-direct kernel, then the gather GEMM
+    # the row-direct kernel (rows of one sample, then of several), then the gather GEMM
+    for limit, divisor in ((1 << 30, 1 << 30), (1 << 30, 0), (0, 0)):
         nb.DIRECT_MAX_WORK = limit
+        nb.DIRECT_WASTE_DIVISOR = divisor
         be = nb.NumbaBackend()
         for xs, ws, stride, padding, dilation in geometries:
             x, w = rng.standard_normal(xs), rng.standard_normal(ws)

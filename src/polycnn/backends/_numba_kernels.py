@@ -169,31 +169,52 @@ def _matmul_tn(A, B, C):
 
 @njit(parallel=True, cache=True)
 def _pad_planes(src, dst, top, left, sh, sw):
-    """Zero padding and space-to-depth in one copy: dst (N, C*sh*sw, Hd, Wd) with
-    dst[n, (c*sh + a)*sw + b, i, j] = src[n, c, i*sh + a - top, j*sw + b - left] where that is
-    inside src, else 0. With sh = sw = 1 it is plain padding; ``top``/``left`` may be
+    """Zero padding and space-to-depth in one copy, channel-major: dst (C*sh*sw, N, Hd, Wd)
+    with dst[(c*sh + a)*sw + b, n, i, j] = src[n, c, i*sh + a - top, j*sw + b - left] where
+    that is inside src, else 0. With sh = sw = 1 it is plain padding; ``top``/``left`` may be
     negative (the destination window starts inside the source).
 
     A convolution with stride (sh, sw) reads such a copy with unit stride: tap (r, s) of
-    output (p, q) is dst[n, (c*sh + r % sh)*sw + s % sw, p + r // sh, q + s // sw] (with
-    r, s the dilated tap offsets)."""
+    output (p, q) is dst[(c*sh + r % sh)*sw + s % sw, n, p + r // sh, q + s // sw] (with
+    r, s the dilated tap offsets). Channel-major, the samples of one plane follow each other,
+    so a pass over small images can run along the rows of several samples at once."""
     N, C, H, W = src.shape
-    CC, Hd, Wd = dst.shape[1], dst.shape[2], dst.shape[3]
-    for ncc in prange(N * CC):
-        n = ncc // CC
-        cc = ncc - n * CC
+    CC, Hd, Wd = dst.shape[0], dst.shape[2], dst.shape[3]
+    sflat = src.reshape(src.size)
+    dflat = dst.reshape(dst.size)
+    uWd = np.uint64(Wd)
+    usw = np.uint64(sw)
+    for ccn in prange(CC * N):
+        cc = ccn // N
+        n = ccn - cc * N
         c = cc // (sh * sw)
         a = (cc // sw) % sh
         b = cc % sw
+        # the columns j with 0 <= j*sw + b - left < W: no bounds test inside the copy loop
+        j0 = min(Wd, max(0, (left - b + sw - 1) // sw))
+        j1 = max(j0, min(Wd, (W + left - b + sw - 1) // sw))
+        uj0 = np.uint64(j0)
+        uj1 = np.uint64(j1)
         for i in range(Hd):
             h = i * sh + a - top
+            # NOTE: unsigned flat offsets (see _direct_conv)
+            d = np.uint64((ccn * Hd + i) * Wd)
             if h < 0 or h >= H:
-                for j in range(Wd):
-                    dst[n, cc, i, j] = 0
+                for j in range(uWd):
+                    dflat[d + j] = 0
+                continue
+            for j in range(uj0):
+                dflat[d + j] = 0
+            # source column of j: j*sw + b - left, >= 0 from j0 on (wrapping unsigned offsets)
+            s = np.uint64(((n * C + c) * H + h) * W + j0 * sw + b - left) - uj0 * usw
+            if sw == 1:  # a separate unit-stride loop, so it vectorises
+                for j in range(uj0, uj1):
+                    dflat[d + j] = sflat[s + j]
             else:
-                for j in range(Wd):
-                    w = j * sw + b - left
-                    dst[n, cc, i, j] = src[n, c, h, w] if 0 <= w < W else 0
+                for j in range(uj0, uj1):
+                    dflat[d + j] = sflat[s + j * usw]
+            for j in range(uj1, uWd):
+                dflat[d + j] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -272,45 +293,56 @@ def _gather_gemm(src, A, seg, geo, bias, out):
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _direct_conv(src, flat, A, tab, geo, bias, out):
-    """:func:`_gather_gemm`'s result for a unit-stride source (ish = isw = 1), computed without
-    gathering: for each (n, three output channels m, block of output rows) accumulators run
-    along the flat padded source, ``acc[z] += A[m, j] * src[n].flat[z0 + z + tab[j]]``, four
-    taps per pass, so each source load feeds twelve multiply-adds.
+def _direct_conv(flat, A, tab, geo, bias, out):
+    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · flat[n*ss + t*Ws + u + tab[j]]
 
-    NOTE: z spans whole padded rows (Ws wide), so the Ws - Uo columns past each output row are
-    computed and dropped; that keeps one long vectorised loop per tap. The reads then run up to
-    Ws elements past a sample's planes, so the data comes as ``flat``: a 1-D buffer whose first
-    elements are ``src`` (which gives only the shape) followed by at least Ws + VEC zeros (the computed
-    length is rounded up to whole vectors of VEC).
-    ``geo`` as in :func:`_gather_gemm`, its TP entry the number of output rows per task.
-    ``A`` has a multiple of 4 rows, zero past M."""
-    To, Uo, M = geo[2], geo[3], geo[4]
-    oh0, ow0, osh, osw, TB, chunks = geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
-    N = src.shape[0]
-    Ws = src.shape[3]
-    plane = src.shape[1] * src.shape[2] * Ws
+    for n < N, t < To, u < Uo, m < M, over a zero-padded unit-stride source (``_pad_planes``:
+    a sample every ``ss`` elements of a plane, rows of ``Ws``), computed without gathering:
+    for three output channels and a run of whole padded rows at a time, accumulators run along
+    the source, ``acc[z] += A[m, j] * flat[z0 + z + tab[j]]``, four taps per pass, so each
+    source load feeds twelve multiply-adds.
+
+    A task's run is ``TB`` output rows of one sample, or, for small images (``TB == To``), the
+    rows of ``spb`` consecutive samples: long runs keep the per-pass cost small.
+    NOTE: z spans whole padded rows (Ws wide), and from one sample into the next, so the
+    Ws - Uo columns past each output row and the rows between two samples' outputs are computed
+    and dropped; that keeps one long vectorised loop per tap. The reads then run up to Ws + VEC
+    elements past the last output row's source (the computed length is rounded up to whole
+    vectors of VEC), so ``flat`` has at least that many zeros after its data.
+    ``geo`` = (ss, Ws, To, Uo, M, oh0, ow0, osh, osw, TB, spb, chunks, N); ``A`` has a multiple
+    of 4 rows, zero past M."""
+    ss, Ws, To, Uo, M = geo[0], geo[1], geo[2], geo[3], geo[4]
+    oh0, ow0, osh, osw = geo[5], geo[6], geo[7], geo[8]
+    TB, spb, chunks, N = geo[9], geo[10], geo[11], geo[12]
     L = tab.shape[0]
     L4 = L // 4 * 4
-    nrb = (To + TB - 1) // TB
+    nrb = (To + TB - 1) // TB  # row blocks per sample (1 when samples are grouped)
+    nsb = (N + spb - 1) // spb  # sample blocks (N when rows are split)
     Mh = (M + 2) // 3  # outputs go in threes: each source load feeds three accumulators
-    ntask = N * nrb * Mh
+    ntask = nsb * nrb * Mh
     has_bias = bias.shape[0] > 0
     Mp = A.shape[0]
+    run = (spb - 1) * ss + TB * Ws  # the longest run
     # NOTE: unsigned offsets: numba adds a negative-index fix-up to signed indices, which
     # stops LLVM from vectorising the loop.
     utab = tab.astype(np.uint64)
+    Mo, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    oflat = out.reshape(out.size)
+    uUo = np.uint64(Uo)
+    uosw = np.uint64(osw)
     for ch in prange(chunks):
-        acc = np.empty((3, (TB * Ws + VEC - 1) // VEC * VEC), dtype=A.dtype)
+        acc = np.empty((3, (run + VEC - 1) // VEC * VEC), dtype=A.dtype)
         for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
             m = 3 * (task % Mh)
-            rb = task // Mh
-            n = rb // nrb
-            t0 = (rb - n * nrb) * TB
+            blk = task // Mh
+            sb = blk // nrb
+            n0 = sb * spb
+            n1 = min(N, n0 + spb)
+            t0 = (blk - sb * nrb) * TB
             t1 = min(To, t0 + TB)
             # whole vectors: no scalar remainder loop (the extra columns are dropped too)
-            zlen = np.uint64(((t1 - t0) * Ws + VEC - 1) // VEC * VEC)
-            base = np.uint64(n * plane + t0 * Ws)
+            zlen = np.uint64(((n1 - 1 - n0) * ss + (t1 - t0) * Ws + VEC - 1) // VEC * VEC)
+            base = np.uint64(n0 * ss + t0 * Ws)
             # NOTE: past the last row of A, a row is reused and its result not written
             wa = A[m]
             wb = A[min(m + 1, Mp - 1)]
@@ -346,66 +378,83 @@ def _direct_conv(src, flat, A, tab, geo, bias, out):
                     acc_a[z] += a0 * s0
                     acc_b[z] += b0 * s0
                     acc_c[z] += c0 * s0
+            # NOTE: flat unsigned offsets here too (4-D indexing costs about 10 instructions a
+            # store)
             for i in range(min(3, M - m)):
-                for t in range(t0, t1):
-                    h = oh0 + t * osh
-                    r0 = (t - t0) * Ws
-                    for u in range(Uo):
-                        out[n, m + i, h, ow0 + u * osw] = acc[i, r0 + u]
+                row = acc[i]
+                for n in range(n0, n1):
+                    for t in range(t0, t1):
+                        o = np.uint64(((n * Mo + m + i) * Ho + oh0 + t * osh) * Wo + ow0)
+                        r0 = np.uint64((n - n0) * ss + (t - t0) * Ws)
+                        if osw == 1:
+                            for u in range(uUo):
+                                oflat[o + u] = row[r0 + u]
+                        else:
+                            for u in range(uUo):
+                                oflat[o + u * uosw] = row[r0 + u]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _conv_weight_partials(src, dy, tab, geo, partial):
-    """partial[g, k, j] = Σ over samples n of chunk g, pixels t of dy[n, k, t] · src[n].flat[base(t) + tab[j]]
+def _conv_weight_partials(flat, dy, tab, geo, partial):
+    """partial[g, k, j] = Σ over samples n of chunk g, pixels (p, q) of dy[n, k, p, q] · flat[n*ss + p*sh*Ws + q*sw + tab[j]]
 
-    with base(p, q) = p*sh*Ws + q*sw over an NCHW source. Pixels go in tiles of ``TR`` whole
-    output rows, so a tile of columns is built with one strided (for sw = 1, contiguous) copy
-    per (j, output row). ``geo`` = (sh, sw, TR); chunk g holds samples [g*N//G, (g+1)*N//G)
-    with G = partial.shape[0] (a function of N only). ``partial`` is zero on entry, shape
-    (G, Kp, Lp)."""
-    sh, sw, TR = geo[0], geo[1], geo[2]
+    over a source with a sample every ``ss`` elements and rows of ``Ws`` (NCHW, or the
+    channel-major copy of ``_pad_planes``; ``tab`` holds the plane offsets). Chunk g holds samples
+    [g*N//G, (g+1)*N//G) with G = partial.shape[0] (a function of N only); its output rows, in
+    (n, p) order, go in tiles of ``TR`` rows, which may span samples (small images then still
+    give long dot products). A tile of columns is built with one strided (for sw = 1,
+    contiguous) copy per (j, output row). ``geo`` = (sh, sw, TR, ss, Ws); ``partial`` is zero on
+    entry, shape (G, Kp, Lp)."""
+    sh, sw, TR, ss, Ws = geo[0], geo[1], geo[2], geo[3], geo[4]
     N, K, P, Q = dy.shape
-    Ws = src.shape[3]
-    plane = src.shape[1] * src.shape[2] * Ws
     G, Kp, Lp = partial.shape
     L = tab.shape[0]
     TP = TR * Q
-    flat = src.reshape(N * plane)
+    dyf = dy.reshape(dy.size)
     uQ = np.uint64(Q)
     usw = np.uint64(sw)
     for g in prange(G):
         cols = np.zeros((Lp, TP), dtype=dy.dtype)
         dyt = np.zeros((Kp, TP), dtype=dy.dtype)
+        xrow = np.empty(TR, dtype=np.uint64)  # where each row of the tile starts in src, dy
+        drow0 = np.empty(TR, dtype=np.uint64)
         acc = partial[g]
-        for n in range(g * N // G, (g + 1) * N // G):
-            dyn = dy[n].reshape(K, P * Q)
-            for p0 in range(0, P, TR):
-                rows = min(TR, P - p0)
-                cnt = rows * Q
-                for j in range(L):
-                    col = cols[j]
-                    for pr in range(rows):
-                        o = np.uint64(n * plane + (p0 + pr) * sh * Ws + tab[j])
-                        d = np.uint64(pr * Q)
-                        if sw == 1:  # NOTE: a separate unit-stride loop, so it vectorises
-                            for q in range(uQ):
-                                col[d + q] = flat[o + q]
-                        else:
-                            for q in range(uQ):
-                                col[d + q] = flat[o + q * usw]
-                    for tt in range(cnt, TP):
-                        col[tt] = 0
-                for k in range(K):
-                    drow = dyt[k]
-                    src_row = dyn[k]
-                    o = np.uint64(p0 * Q)
-                    for tt in range(np.uint64(cnt)):
-                        drow[tt] = src_row[o + tt]
-                    for tt in range(cnt, TP):
-                        drow[tt] = 0
-                # NOTE: a short last tile reduces over its own pixels (rounded up to a whole
-                # vector, zero-filled above), not the whole tile
-                _mm_nt(dyt, cols, acc, Kp, Lp, min(TP, (cnt + VEC - 1) // VEC * VEC), True, False)
+        n0 = g * N // G
+        nrows = ((g + 1) * N // G - n0) * P
+        for r0 in range(0, nrows, TR):
+            rows = min(TR, nrows - r0)
+            cnt = rows * Q
+            for pr in range(rows):
+                n = n0 + (r0 + pr) // P
+                p = (r0 + pr) - (n - n0) * P
+                xrow[pr] = np.uint64(n * ss + p * sh * Ws)
+                drow0[pr] = np.uint64((n * K * P + p) * Q)
+            for j in range(L):
+                col = cols[j]
+                for pr in range(rows):
+                    o = xrow[pr] + np.uint64(tab[j])
+                    d = np.uint64(pr * Q)
+                    if sw == 1:  # NOTE: a separate unit-stride loop, so it vectorises
+                        for q in range(uQ):
+                            col[d + q] = flat[o + q]
+                    else:
+                        for q in range(uQ):
+                            col[d + q] = flat[o + q * usw]
+                for tt in range(cnt, TP):
+                    col[tt] = 0
+            for k in range(K):
+                drow = dyt[k]
+                ko = np.uint64(k * P * Q)
+                for pr in range(rows):
+                    o = drow0[pr] + ko
+                    d = np.uint64(pr * Q)
+                    for q in range(uQ):
+                        drow[d + q] = dyf[o + q]
+                for tt in range(cnt, TP):
+                    drow[tt] = 0
+            # NOTE: a short last tile reduces over its own pixels (rounded up to a whole
+            # vector, zero-filled above), not the whole tile
+            _mm_nt(dyt, cols, acc, Kp, Lp, min(TP, (cnt + VEC - 1) // VEC * VEC), True, False)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)

@@ -30,6 +30,7 @@ import importlib
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,8 +58,18 @@ ROW_TILE_BYTES = 128 * 1024
 #: gather; measured faster there), larger ones the gather GEMM; see _use_direct
 DIRECT_MAX_WORK = 2048
 
-#: accumulator length of the row-direct kernel (whole padded rows, about this many elements)
+#: accumulator length of the row-direct kernel (whole padded rows, about this many elements;
+#: the rows of several samples when their images are small)
 DIRECT_ROW_ELEMENTS = 2048
+
+#: the row-direct kernel runs along several samples' rows only when the rows it computes and
+#: drops between two samples' outputs are at most 1/this of a sample's rows
+DIRECT_WASTE_DIVISOR = 8
+
+#: such a run is about this many elements (measured on layer (e), 1 thread, min of 31 rounds:
+#: one sample a run 14.0 ms backward-data and 11.5 forward; 2 samples 13.2 and 10.9; 3 (this
+#: setting) 13.2 and 11.2; 7 samples 13.5 and 12.8, where the accumulators crowd L1)
+DIRECT_SAMPLE_RUN = 1024
 
 #: dropout masks with fewer elements than this are made with NumPy (measured: a parallel launch
 #: cost about 0.1 ms, NumPy about 0.04 ms for 2,048 elements)
@@ -130,6 +141,18 @@ def _load_kernels():
         module._polycnn_cache = override is not None
         _kernels = module
         return module
+
+
+class _Source(NamedTuple):
+    """A convolution pass's source as the kernels read it: ``flat`` (1-D; with slack, zeros
+    after the data), a sample every ``ss`` elements, a plane (channel) every ``ps``, ``Hs``
+    rows of ``Ws``."""
+
+    flat: np.ndarray
+    ss: int
+    ps: int
+    Hs: int
+    Ws: int
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -213,37 +236,36 @@ class NumbaBackend(Backend):
         return max(1, min(tasks, 4 * self.threads))
 
     @staticmethod
-    def _forward_table(g: ConvGeometry, Hs: int, Ws: int):
-        """Flat offset of tap (c, r, s) in one sample of the space-to-depth input (see
-        ``_pad_planes``), in (c, r, s) order: the weight matrix's column order."""
+    def _forward_table(g: ConvGeometry, src: _Source):
+        """Flat offset of tap (c, r, s) from a pixel's corner in the space-to-depth input
+        (see ``_pad_planes``), in (c, r, s) order: the weight matrix's column order."""
         c, r, s = np.meshgrid(np.arange(g.C), np.arange(g.R), np.arange(g.S), indexing="ij")
         rr, ss = r * g.dil_h, s * g.dil_w
         plane = (c * g.stride_h + rr % g.stride_h) * g.stride_w + ss % g.stride_w
-        return (plane * (Hs * Ws) + (rr // g.stride_h) * Ws + ss // g.stride_w).ravel()
+        return (plane * src.ps + (rr // g.stride_h) * src.Ws + ss // g.stride_w).ravel()
 
     def _padded(self, src, top: int, left: int, Hs: int, Ws: int, slack: bool,
-                stride=(1, 1)):
+                stride=(1, 1)) -> _Source:
         """``src`` (N, C, H, W) zero-padded by (top, left) and split into ``stride`` phases
-        (space-to-depth, see ``_pad_planes``): (N, C*sh*sw, Hs, Ws). With ``slack``, it lives
-        at the start of a flat buffer with Ws + VEC zeros after it (see ``_direct_conv``); returns
-        (array, buffer)."""
+        (space-to-depth), channel-major (see ``_pad_planes``): (C*sh*sw, N, Hs, Ws). With
+        ``slack``, Ws + VEC zeros follow it (see ``_direct_conv``)."""
         N, C = src.shape[:2]
         sh, sw = stride
         size = N * C * sh * sw * Hs * Ws
         buf = np.empty(size + (Ws + self._k.VEC if slack else 0), dtype=src.dtype)
         buf[size:] = 0
-        dst = buf[:size].reshape(N, C * sh * sw, Hs, Ws)
-        self._k._pad_planes(src, dst, top, left, sh, sw)
-        return dst, buf
+        self._k._pad_planes(src, buf[:size].reshape(C * sh * sw, N, Hs, Ws), top, left, sh, sw)
+        return _Source(buf, Hs * Ws, N * Hs * Ws, Hs, Ws)
 
-    def _padded_input(self, x, g: ConvGeometry, slack: bool = False):
+    def _padded_input(self, x, g: ConvGeometry, slack: bool = False) -> _Source:
         """x padded and split into stride phases, so that the output grid reads it with unit
-        stride: (N, C*sh*sw, P + (R-1)*dh//sh, Q + (S-1)*dw//sw), and its flat buffer."""
+        stride: P + (R-1)*dh//sh rows of Q + (S-1)*dw//sw. Without ``slack``, an input that
+        needs neither is read as it is (NCHW)."""
         Hs = g.P + (g.R - 1) * g.dil_h // g.stride_h
         Ws = g.Q + (g.S - 1) * g.dil_w // g.stride_w
         if (not slack and (Hs, Ws) == (g.H, g.W) and g.pad_h == g.pad_w == 0
                 and g.stride_h == g.stride_w == 1):
-            return x, None
+            return _Source(x.reshape(-1), g.C * g.H * g.W, g.H * g.W, g.H, g.W)
         return self._padded(x, g.pad_h, g.pad_w, Hs, Ws, slack, (g.stride_h, g.stride_w))
 
     def _use_direct(self, M: int, C: int) -> bool:
@@ -255,14 +277,19 @@ class NumbaBackend(Backend):
         self._k._pad_nhwc(src, dst, top, left)
         return dst
 
-    def _direct(self, src, flat, A, tab, M, grid, place, bias, out):
-        """Row-direct pass over a unit-stride NCHW source: ``grid`` = (To, Uo), ``place`` =
-        (oh0, ow0, osh, osw) where output pixel (t, u) lands."""
+    def _direct(self, src: _Source, N, A, tab, M, grid, place, bias, out):
+        """Row-direct pass over a unit-stride source padded with slack: ``grid`` = (To, Uo),
+        ``place`` = (oh0, ow0, osh, osw) where output pixel (t, u) lands."""
         To, Uo = grid
-        tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.shape[3]))
-        ntask = src.shape[0] * ceil_div(To, tb) * ceil_div(M, 3)
-        geo = np.array([1, 1, To, Uo, M, *place, tb, self._chunks(ntask)], dtype=np.int64)
-        self._k._direct_conv(src, flat, A, tab, geo, bias, out)
+        tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.Ws))
+        spb = 1
+        if tb == To and (src.Hs - To) * DIRECT_WASTE_DIVISOR <= src.Hs:
+            # small images: runs along the rows of several samples
+            spb = max(1, min(N, DIRECT_SAMPLE_RUN // src.ss))
+        ntask = ceil_div(N, spb) * ceil_div(To, tb) * ceil_div(M, 3)
+        geo = np.array([src.ss, src.Ws, To, Uo, M, *place, tb, spb, self._chunks(ntask), N],
+                       dtype=np.int64)
+        self._k._direct_conv(src.flat, A, tab, geo, bias, out)
 
     def _gemm(self, src, A, seg, plen, M, grid, place, bias, out):
         """Gather-GEMM pass over a channel-last source (N, Hs, Ws, Cs): ``grid`` = (ish, isw,
@@ -282,10 +309,10 @@ class NumbaBackend(Backend):
         bias = b if b is not None else np.zeros(0, dtype=x.dtype)
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 16)
         if self._use_direct(g.K, g.C):
-            xp, flat = self._padded_input(x, g, slack=True)
+            xp = self._padded_input(x, g, slack=True)
             A = _padded_matrix(w.reshape(g.K, L), Kp, Lp)
-            tab = self._forward_table(g, xp.shape[2], xp.shape[3])
-            self._direct(xp, flat, A, tab, g.K, (g.P, g.Q), (0, 0, 1, 1), bias, y)
+            tab = self._forward_table(g, xp)
+            self._direct(xp, g.N, A, tab, g.K, (g.P, g.Q), (0, 0, 1, 1), bias, y)
             return y, xp  # the weight gradient reads the same padded input
 
         Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
@@ -315,17 +342,20 @@ class NumbaBackend(Backend):
 
     def _conv_weight_grad(self, x, dy, g: ConvGeometry, xp=None):
         if xp is None:
-            xp, _ = self._padded_input(x, g)
+            xp = self._padded_input(x, g)
         L = g.C * g.R * g.S
-        tab = self._forward_table(g, xp.shape[2], xp.shape[3])
+        tab = self._forward_table(g, xp)
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
-        # tiles of whole output rows, at most WEIGHT_GRAD_TILE pixels: dy (Kp × TP), cols (Lp × TP)
-        tile_rows = max(1, min(g.P, WEIGHT_GRAD_TILE // g.Q))
-        tile_rows = ceil_div(g.P, ceil_div(g.P, tile_rows))  # tiles of balanced heights
+        # tiles of whole output rows, at most WEIGHT_GRAD_TILE pixels (rows of several samples
+        # of a chunk when the images are small): dy (Kp × TP), cols (Lp × TP)
         chunks = min(g.N, WEIGHT_GRAD_CHUNKS)
+        chunk_rows = ceil_div(g.N, chunks) * g.P
+        tile_rows = max(1, min(chunk_rows, WEIGHT_GRAD_TILE // g.Q))
+        tile_rows = ceil_div(chunk_rows, ceil_div(chunk_rows, tile_rows))  # balanced tiles
         partial = np.zeros((chunks, Kp, Lp), dtype=dy.dtype)
-        geo = np.array([1, 1, tile_rows], dtype=np.int64)  # unit stride in the phase-split input
-        self._k._conv_weight_partials(xp, dy, tab, geo, partial)
+        # unit stride in the phase-split input
+        geo = np.array([1, 1, tile_rows, xp.ss, xp.Ws], dtype=np.int64)
+        self._k._conv_weight_partials(xp.flat, dy, tab, geo, partial)
         dw = np.empty((g.K, L), dtype=dy.dtype)
         self._k._sum_partials(partial, dw)
         return dw.reshape(g.w_shape)
@@ -341,7 +371,7 @@ class NumbaBackend(Backend):
         left, Ws = self._source_extent(cols)
         direct = self._use_direct(g.C, g.K)
         if direct:
-            dyp, flat = self._padded(dy, top, left, Hs, Ws, slack=True)
+            dyp = self._padded(dy, top, left, Hs, Ws, slack=True)
         else:
             dyh = self._padded_nhwc(dy, top, left, Hs, Ws)
         empty_phase = any(not t[1] for t in rows) or any(not t[1] for t in cols)
@@ -359,10 +389,10 @@ class NumbaBackend(Backend):
                 if direct:
                     k, ri, si = np.meshgrid(np.arange(g.K), np.arange(len(rtaps)),
                                             np.arange(len(staps)), indexing="ij")
-                    tab = (k * (Hs * Ws) + ro[ri] * Ws + so[si]).ravel()
+                    tab = (k * dyp.ps + ro[ri] * Ws + so[si]).ravel()
                     A = sub.transpose(1, 0, 2, 3).reshape(g.C, -1)  # (c; k, r, s)
                     A = _padded_matrix(A, Cp, _round_up(A.shape[1], 16))
-                    self._direct(dyp, flat, A, tab, g.C, (Ta, Ub), place, bias, dx)
+                    self._direct(dyp, g.N, A, tab, g.C, (Ta, Ub), place, bias, dx)
                 else:
                     seg = ((ro[:, None] * Ws + so[None, :]) * g.K).ravel()
                     A = sub.transpose(1, 2, 3, 0).reshape(g.C, -1)  # (c; r, s, k)
