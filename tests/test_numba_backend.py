@@ -318,28 +318,61 @@ def test_weight_gradient_tiles_match_numpy(monkeypatch, tile, chunks):
         assert got[0].tobytes() == got[1].tobytes(), "dw differs between 1 and 2 threads"
 
 
-@pytest.mark.parametrize("top, left, stride", [(0, 0, (1, 1)), (2, 1, (1, 1)), (1, 1, (2, 2)),
-                                               (2, 0, (3, 2)), (-1, -2, (1, 2)), (1, 3, (2, 3))])
-def test_pad_planes_matches_a_numpy_construction(top, left, stride):
-    """The padding / space-to-depth copy (channel-major), every destination element written
-    (NaN-filled first), against slicing a zero-padded copy in NumPy."""
-    rng = np.random.default_rng(4)
+def _pad_planes_oracle(x, top, left, stride, Hd, Wd):
+    """The channel-major padded, phase-split copy by slicing a zero-padded array in NumPy."""
     sh, sw = stride
-    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
-    Hd, Wd = 5, 6
-    dst = np.full((3 * sh * sw, 2, Hd, Wd), np.nan, np.float32)  # channel-major
-    NumbaBackend()._k._pad_planes(x, dst, top, left, sh, sw)
+    N, C, H, W = x.shape
     big = 16
-    canvas = np.zeros((2, 3, 7 + 2 * big, 9 + 2 * big), np.float32)
-    canvas[:, :, big:big + 7, big:big + 9] = x
-    for c in range(3):
+    canvas = np.zeros((N, C, H + 2 * big, W + 2 * big), x.dtype)
+    canvas[:, :, big:big + H, big:big + W] = x
+    out = np.empty((C * sh * sw, N, Hd, Wd), x.dtype)
+    for c in range(C):
         for a in range(sh):
             for b in range(sw):
                 rows = big - top + a + sh * np.arange(Hd)
                 cols = big - left + b + sw * np.arange(Wd)
-                want = canvas[:, c][:, rows][:, :, cols]
-                np.testing.assert_array_equal(dst[(c * sh + a) * sw + b], want,
-                                              err_msg=f"plane c={c} a={a} b={b}")
+                out[(c * sh + a) * sw + b] = canvas[:, c][:, rows][:, :, cols]
+    return out
+
+
+_PAD_CASES = [(0, 0, (1, 1)), (2, 1, (1, 1)), (1, 1, (2, 2)), (2, 0, (3, 2)), (-1, -2, (1, 2)),
+              (1, 3, (2, 3)), (0, 2, (2, 2)), (1, -1, (1, 2))]
+
+
+@pytest.mark.parametrize("top, left, stride", _PAD_CASES)
+def test_pad_planes_matches_a_numpy_construction(top, left, stride):
+    """The padding / space-to-depth copy (channel-major), every destination element written
+    (NaN-filled first), against slicing a zero-padded copy in NumPy; for stride 2 in columns
+    also the kernel that reads 4-byte elements in pairs (even W)."""
+    rng = np.random.default_rng(4)
+    sh, sw = stride
+    k = NumbaBackend()._k
+    for W in (9, 8):
+        x = rng.standard_normal((2, 3, 7, W)).astype(np.float32)
+        Hd, Wd = 5, 6
+        want = _pad_planes_oracle(x, top, left, stride, Hd, Wd)
+        dst = np.full((3 * sh * sw, 2, Hd, Wd), np.nan, np.float32)
+        k._pad_planes(x, dst, top, left, sh, sw)
+        np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes, W={W}")
+        if sw == 2 and W % 2 == 0:
+            dst = np.full((3 * sh * sw, 2, Hd, Wd), np.nan, np.float32)
+            k._pad_planes_pairs(x.view(np.uint64), dst.view(np.uint32), top, left, sh)
+            np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes_pairs, W={W}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_padded_picks_a_kernel_that_fits(dtype, offset):
+    """The host's choice: pairs only for 4-byte elements, an even width and an 8-byte aligned
+    source; a float32 source that starts 4 bytes into a buffer takes the general kernel."""
+    rng = np.random.default_rng(6)
+    whole = rng.standard_normal(2 * 3 * 6 * 8 + offset).astype(dtype)
+    x = whole[offset:].reshape(2, 3, 6, 8)
+    src = NumbaBackend()._padded(x, 1, 1, 4, 5, slack=True, stride=(2, 2))
+    size = 12 * 2 * 4 * 5
+    np.testing.assert_array_equal(src.flat[:size].reshape(12, 2, 4, 5),
+                                  _pad_planes_oracle(x, 1, 1, (2, 2), 4, 5))
+    assert not src.flat[size:].any(), "the slack after the data is not zero"
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 2, 7, 5), (1, 1, 3, 2)])
@@ -399,6 +432,11 @@ BOUNDS_SCRIPT = textwrap.dedent("""
             x, w = rng.standard_normal(xs), rng.standard_normal(ws)
             y, ctx = be.conv2d_forward(x, w, rng.standard_normal(ws[0]), stride, padding, dilation)
             be.conv2d_backward(rng.standard_normal(y.shape), ctx)
+        # float32 with an even width: the stride-2 padding reads column pairs
+        x = rng.standard_normal((2, 3, 8, 8), np.float32)
+        w = rng.standard_normal((4, 3, 3, 3), np.float32)
+        y, ctx = be.conv2d_forward(x, w, None, 2, 1)
+        be.conv2d_backward(np.ones(y.shape, np.float32), ctx)
     for xs in ((2, 3, 7, 5), (1, 2, 6, 8)):
         for k, s, p in ((2, None, 0), (3, 2, 1)):
             x = rng.standard_normal(xs)

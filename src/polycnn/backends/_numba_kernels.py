@@ -179,42 +179,87 @@ def _pad_planes(src, dst, top, left, sh, sw):
     r, s the dilated tap offsets). Channel-major, the samples of one plane follow each other,
     so a pass over small images can run along the rows of several samples at once."""
     N, C, H, W = src.shape
-    CC, Hd, Wd = dst.shape[0], dst.shape[2], dst.shape[3]
+    Hd, Wd = dst.shape[2], dst.shape[3]
     sflat = src.reshape(src.size)
     dflat = dst.reshape(dst.size)
     uWd = np.uint64(Wd)
     usw = np.uint64(sw)
-    for ccn in prange(CC * N):
-        cc = ccn // N
-        n = ccn - cc * N
-        c = cc // (sh * sw)
-        a = (cc // sw) % sh
-        b = cc % sw
-        # the columns j with 0 <= j*sw + b - left < W: no bounds test inside the copy loop
-        j0 = min(Wd, max(0, (left - b + sw - 1) // sw))
-        j1 = max(j0, min(Wd, (W + left - b + sw - 1) // sw))
-        uj0 = np.uint64(j0)
-        uj1 = np.uint64(j1)
-        for i in range(Hd):
-            h = i * sh + a - top
-            # NOTE: unsigned flat offsets (see _direct_conv)
-            d = np.uint64((ccn * Hd + i) * Wd)
-            if h < 0 or h >= H:
-                for j in range(uWd):
+    # NOTE: a task is one source plane (n, c) and writes its sh*sw phases, which read the
+    # same rows: the plane is fetched into cache once
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for ab in range(sh * sw):
+            a = ab // sw
+            b = ab - a * sw
+            ccn = (c * sh * sw + ab) * N + n  # the destination plane
+            # the columns j with 0 <= j*sw + b - left < W: no bounds test inside the copy loop
+            j0 = min(Wd, max(0, (left - b + sw - 1) // sw))
+            j1 = max(j0, min(Wd, (W + left - b + sw - 1) // sw))
+            uj0 = np.uint64(j0)
+            uj1 = np.uint64(j1)
+            for i in range(Hd):
+                h = i * sh + a - top
+                # NOTE: unsigned flat offsets (see _direct_conv)
+                d = np.uint64((ccn * Hd + i) * Wd)
+                if h < 0 or h >= H:
+                    for j in range(uWd):
+                        dflat[d + j] = 0
+                    continue
+                for j in range(uj0):
                     dflat[d + j] = 0
-                continue
-            for j in range(uj0):
-                dflat[d + j] = 0
-            # source column of j: j*sw + b - left, >= 0 from j0 on (wrapping unsigned offsets)
-            s = np.uint64(((n * C + c) * H + h) * W + j0 * sw + b - left) - uj0 * usw
-            if sw == 1:  # a separate unit-stride loop, so it vectorises
+                # source column of j: j*sw + b - left, >= 0 from j0 on (wrapping offsets)
+                s = np.uint64((nc * H + h) * W + j0 * sw + b - left) - uj0 * usw
+                if sw == 1:  # a separate unit-stride loop, so it vectorises
+                    for j in range(uj0, uj1):
+                        dflat[d + j] = sflat[s + j]
+                else:
+                    for j in range(uj0, uj1):
+                        dflat[d + j] = sflat[s + j * usw]
+                for j in range(uj1, uWd):
+                    dflat[d + j] = 0
+
+
+@njit(parallel=True, cache=True)
+def _pad_planes_pairs(src, dst, top, left, sh):
+    """:func:`_pad_planes` with sw = 2 for 4-byte elements, read as pairs: ``src`` is the
+    source viewed as (N, C, H, W/2) uint64 (W even, little-endian: column 2k is the low half of
+    pair k) and ``dst`` the destination viewed as uint32. Each phase then takes one half of
+    consecutive pairs, a shift and a truncation that vectorise (a stride-2 load is a gather)."""
+    N, C, H, W2 = src.shape
+    Hd, Wd = dst.shape[2], dst.shape[3]
+    sflat = src.reshape(src.size)
+    dflat = dst.reshape(dst.size)
+    uWd = np.uint64(Wd)
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for ab in range(sh * 2):
+            a = ab // 2
+            b = ab - a * 2
+            ccn = (c * sh * 2 + ab) * N + n
+            # source column of j: 2j + b - left = 2(j + off) + par
+            par = (b - left) % 2
+            off = (b - left - par) // 2
+            shift = np.uint64(32 * par)
+            j0 = min(Wd, max(0, -off))
+            j1 = max(j0, min(Wd, W2 - off))
+            uj0 = np.uint64(j0)
+            uj1 = np.uint64(j1)
+            for i in range(Hd):
+                h = i * sh + a - top
+                d = np.uint64((ccn * Hd + i) * Wd)
+                if h < 0 or h >= H:
+                    for j in range(uWd):
+                        dflat[d + j] = 0
+                    continue
+                for j in range(uj0):
+                    dflat[d + j] = 0
+                s = np.uint64((nc * H + h) * W2 + j0 + off) - uj0
                 for j in range(uj0, uj1):
-                    dflat[d + j] = sflat[s + j]
-            else:
-                for j in range(uj0, uj1):
-                    dflat[d + j] = sflat[s + j * usw]
-            for j in range(uj1, uWd):
-                dflat[d + j] = 0
+                    dflat[d + j] = np.uint32(sflat[s + j] >> shift)
+                for j in range(uj1, uWd):
+                    dflat[d + j] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -294,9 +339,9 @@ def _gather_gemm(src, A, seg, geo, bias, out):
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _direct_conv(flat, A, tab, geo, bias, out):
-    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · flat[n*ss + t*Ws + u + tab[j]]
+    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · flat[z(n, t, u) + tab[j]]
 
-    for n < N, t < To, u < Uo, m < M, over a zero-padded unit-stride source (``_pad_planes``:
+    with z(n, t, u) = n*ss + t*Ws + u, for n < N, t < To, u < Uo, m < M, over a zero-padded unit-stride source (``_pad_planes``:
     a sample every ``ss`` elements of a plane, rows of ``Ws``), computed without gathering:
     for three output channels and a run of whole padded rows at a time, accumulators run along
     the source, ``acc[z] += A[m, j] * flat[z0 + z + tab[j]]``, four taps per pass, so each
@@ -396,9 +441,9 @@ def _direct_conv(flat, A, tab, geo, bias, out):
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _conv_weight_partials(flat, dy, tab, geo, partial):
-    """partial[g, k, j] = Σ over samples n of chunk g, pixels (p, q) of dy[n, k, p, q] · flat[n*ss + p*sh*Ws + q*sw + tab[j]]
+    """partial[g, k, j] = Σ over n in chunk g, pixels (p, q) of dy[n, k, p, q] · flat[z + tab[j]]
 
-    over a source with a sample every ``ss`` elements and rows of ``Ws`` (NCHW, or the
+    with z = n*ss + p*sh*Ws + q*sw, over a source with a sample every ``ss`` elements and rows of ``Ws`` (NCHW, or the
     channel-major copy of ``_pad_planes``; ``tab`` holds the plane offsets). Chunk g holds samples
     [g*N//G, (g+1)*N//G) with G = partial.shape[0] (a function of N only); its output rows, in
     (n, p) order, go in tiles of ``TR`` rows, which may span samples (small images then still

@@ -2,15 +2,18 @@
 
 Optimisations (kernels in :mod:`._numba_kernels`):
 - a convolution pass reads a zero-padded copy of its source that is also split into stride
-  phases (space-to-depth), so every pass, whatever its stride, reads with unit stride;
+  phases (space-to-depth), so every pass, whatever its stride, reads with unit stride; the
+  copy is channel-major (a plane holds every sample), and for stride 2 in float32 it is made
+  from column pairs read as 8-byte words;
 - layers with few channels run the *row-direct* kernel: for three output channels at a time,
-  accumulators run along whole padded rows, four taps per pass, vectorised by LLVM (AVX-512
-  where the CPU has it), no im2col buffer;
+  accumulators run along whole padded rows (of several samples when the images are small),
+  four taps per pass, vectorised by LLVM (AVX-512 where the CPU has it), no im2col buffer;
 - larger layers run a *gather GEMM*: tiles of im2row rows built by contiguous copies from a
   channel-last copy, multiplied in a 4×4 register-blocked dot-product kernel;
 - backward-data is a forward pass over the padded ``dy`` with the transposed kernel, once per
   stride phase, so no scatter and no multiplications by inserted zeros;
-- backward-weight sums per fixed chunk of samples, then adds the chunks in order: results are
+- backward-weight sums per fixed chunk of samples (its dot products run over tiles of output
+  rows that may span the chunk's samples), then adds the chunks in order: results are
   bit-identical for any thread count (every other output has a single writer);
 - pooling (a branch-free 2×2 max-pool), ReLU, the linear layers (the same dot-product kernel:
   OpenBLAS's spinning threads would slow the next parallel loop) and the cross-entropy are
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -254,7 +258,13 @@ class NumbaBackend(Backend):
         size = N * C * sh * sw * Hs * Ws
         buf = np.empty(size + (Ws + self._k.VEC if slack else 0), dtype=src.dtype)
         buf[size:] = 0
-        self._k._pad_planes(src, buf[:size].reshape(C * sh * sw, N, Hs, Ws), top, left, sh, sw)
+        dst = buf[:size].reshape(C * sh * sw, N, Hs, Ws)
+        if (sw == 2 and src.dtype.itemsize == 4 and src.shape[3] % 2 == 0
+                and src.ctypes.data % 8 == 0 and sys.byteorder == "little"):
+            pairs = src.view(np.uint64)  # (N, C, H, W/2): two columns an element
+            self._k._pad_planes_pairs(pairs, dst.view(np.uint32), top, left, sh)
+        else:
+            self._k._pad_planes(src, dst, top, left, sh, sw)
         return _Source(buf, Hs * Ws, N * Hs * Ws, Hs, Ws)
 
     def _padded_input(self, x, g: ConvGeometry, slack: bool = False) -> _Source:
