@@ -260,21 +260,17 @@ _GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("path", ["direct", "direct-samples", "gemm"])
+@pytest.mark.parametrize("path", ["direct", "direct-short-runs", "gemm"])
 @pytest.mark.parametrize("geometry", _GEOMETRIES, ids=lambda g: "x{}w{}s{}p{}d{}".format(*g))
 def test_both_conv_kernels_match_numpy(monkeypatch, path, geometry):
-    """The row-direct kernel (its runs along one sample's rows, and along several samples'),
-    and the gather-GEMM kernel each run every pass of every geometry (the op tests reach only
-    the one the size heuristics pick for small layers)."""
+    """The row-direct kernel (runs of all of a sample's rows, and of one or two rows) and the
+    gather-GEMM kernel each run every pass of every geometry (the op tests reach only the one
+    the size heuristics pick for small layers)."""
     from polycnn.backends import numba_backend
 
     monkeypatch.setattr(numba_backend, "DIRECT_MAX_WORK", 0 if path == "gemm" else 1 << 30)
-    if path == "direct-samples":  # runs of two samples or so: blocks of samples, a short last one
-        monkeypatch.setattr(numba_backend, "DIRECT_WASTE_DIVISOR", 0)
-        monkeypatch.setattr(numba_backend, "DIRECT_ROW_ELEMENTS", 200)
-        monkeypatch.setattr(numba_backend, "DIRECT_SAMPLE_RUN", 200)
-    else:
-        monkeypatch.setattr(numba_backend, "DIRECT_WASTE_DIVISOR", 1 << 30)
+    if path == "direct-short-runs":  # row blocks of a sample, a short last one
+        monkeypatch.setattr(numba_backend, "DIRECT_ROW_ELEMENTS", 20)
     x_shape, w_shape, stride, padding, dilation = geometry
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
@@ -319,19 +315,19 @@ def test_weight_gradient_tiles_match_numpy(monkeypatch, tile, chunks):
 
 
 def _pad_planes_oracle(x, top, left, stride, Hd, Wd):
-    """The channel-major padded, phase-split copy by slicing a zero-padded array in NumPy."""
+    """The padded, phase-split copy by slicing a zero-padded array in NumPy."""
     sh, sw = stride
     N, C, H, W = x.shape
     big = 16
     canvas = np.zeros((N, C, H + 2 * big, W + 2 * big), x.dtype)
     canvas[:, :, big:big + H, big:big + W] = x
-    out = np.empty((C * sh * sw, N, Hd, Wd), x.dtype)
+    out = np.empty((N, C * sh * sw, Hd, Wd), x.dtype)
     for c in range(C):
         for a in range(sh):
             for b in range(sw):
                 rows = big - top + a + sh * np.arange(Hd)
                 cols = big - left + b + sw * np.arange(Wd)
-                out[(c * sh + a) * sw + b] = canvas[:, c][:, rows][:, :, cols]
+                out[:, (c * sh + a) * sw + b] = canvas[:, c][:, rows][:, :, cols]
     return out
 
 
@@ -341,7 +337,7 @@ _PAD_CASES = [(0, 0, (1, 1)), (2, 1, (1, 1)), (1, 1, (2, 2)), (2, 0, (3, 2)), (-
 
 @pytest.mark.parametrize("top, left, stride", _PAD_CASES)
 def test_pad_planes_matches_a_numpy_construction(top, left, stride):
-    """The padding / space-to-depth copy (channel-major), every destination element written
+    """The padding / space-to-depth copy, every destination element written
     (NaN-filled first), against slicing a zero-padded copy in NumPy; for stride 2 in columns
     also the kernel that reads 4-byte elements in pairs (even W)."""
     rng = np.random.default_rng(4)
@@ -351,11 +347,11 @@ def test_pad_planes_matches_a_numpy_construction(top, left, stride):
         x = rng.standard_normal((2, 3, 7, W)).astype(np.float32)
         Hd, Wd = 5, 6
         want = _pad_planes_oracle(x, top, left, stride, Hd, Wd)
-        dst = np.full((3 * sh * sw, 2, Hd, Wd), np.nan, np.float32)
+        dst = np.full((2, 3 * sh * sw, Hd, Wd), np.nan, np.float32)
         k._pad_planes(x, dst, top, left, sh, sw)
         np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes, W={W}")
         if sw == 2 and W % 2 == 0:
-            dst = np.full((3 * sh * sw, 2, Hd, Wd), np.nan, np.float32)
+            dst = np.full((2, 3 * sh * sw, Hd, Wd), np.nan, np.float32)
             k._pad_planes_pairs(x.view(np.uint64), dst.view(np.uint32), top, left, sh)
             np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes_pairs, W={W}")
 
@@ -370,7 +366,7 @@ def test_padded_picks_a_kernel_that_fits(dtype, offset):
     x = whole[offset:].reshape(2, 3, 6, 8)
     src = NumbaBackend()._padded(x, 1, 1, 4, 5, slack=True, stride=(2, 2))
     size = 12 * 2 * 4 * 5
-    np.testing.assert_array_equal(src.flat[:size].reshape(12, 2, 4, 5),
+    np.testing.assert_array_equal(src.flat[:size].reshape(2, 12, 4, 5),
                                   _pad_planes_oracle(x, 1, 1, (2, 2), 4, 5))
     assert not src.flat[size:].any(), "the slack after the data is not zero"
 
@@ -421,12 +417,13 @@ BOUNDS_SCRIPT = textwrap.dedent("""
         ((2, 3, 10, 11), (4, 3, 3, 3), 1, "same", 2),
         ((2, 2, 9, 9), (3, 2, 1, 1), 2, 0, 1),
         ((2, 1, 5, 4), (2, 1, 5, 4), 1, 0, 1),
+        ((2, 8, 7, 9), (13, 8, 3, 3), 2, 1, 1),  # several register tiles of channels
     ]
     rng = np.random.default_rng(0)
-    # the row-direct kernel (rows of one sample, then of several), then the gather GEMM
-    for limit, divisor in ((1 << 30, 1 << 30), (1 << 30, 0), (0, 0)):
+    # the row-direct kernel (runs of whole samples, then of a row or two), then the gather GEMM
+    for limit, rows in ((1 << 30, 2048), (1 << 30, 20), (0, 2048)):
         nb.DIRECT_MAX_WORK = limit
-        nb.DIRECT_WASTE_DIVISOR = divisor
+        nb.DIRECT_ROW_ELEMENTS = rows
         be = nb.NumbaBackend()
         for xs, ws, stride, padding, dilation in geometries:
             x, w = rng.standard_normal(xs), rng.standard_normal(ws)

@@ -38,6 +38,9 @@ CASES = [
     conv("dilated-span-eq-input", (1, 2, 5, 5), (2, 2, 3, 3), dilation=2),
     conv("output-1-wide", (2, 2, 6, 3), (2, 2, 3, 3), stride=2),
     conv("input-1x1", (2, 3, 1, 1), (2, 3, 1, 1)),
+    # more channels than a kernel's register tile or output group holds, a partial last one
+    conv("many-channels", (2, 8, 7, 9), (13, 8, 3, 3), padding=1),
+    conv("many-channels-stride2", (2, 7, 8, 6), (9, 7, 3, 3), stride=2, padding=1),
 ]
 
 

@@ -28,15 +28,36 @@ compile time, so results do not depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import config, njit, prange, types
+from numba.core import cgutils
+from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic
 
 #: fast-math flags for the GEMM loops (vectorised reductions); see the module NOTE
 FAST = {"reassoc", "contract", "nsz"}
 
-#: the row-direct kernel runs its accumulators over a multiple of this many elements (one
-#: AVX-512 vector of float32), so no pass ends in a scalar remainder loop; its source buffer has
-#: ``Ws + VEC`` zeros of slack (see :func:`_direct_conv`)
+#: the weight-gradient tiles reduce over a multiple of this many pixels (one AVX-512 vector
+#: of float32), so no dot product ends in a scalar remainder loop
 VEC = 16
+
+
+def _simd_bytes() -> int:
+    """Bytes in one SIMD register of the CPU Numba compiles for (AVX-512 or not)."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+#: the register tiles of the row-direct kernel, (output channels, SIMD vectors of pixels),
+#: one accumulator register each: 24 of AVX-512's 32 registers (8 × 3, 6 × 4), or 20 for
+#: passes with at most 4 output channels; AVX2 has 16 registers. A pass takes the tile that
+#: pads its channel count least (see ``NumbaBackend._direct``)
+SIMD_BYTES = _simd_bytes()
+TILES = ((8, 3), (6, 4), (4, 5)) if SIMD_BYTES == 64 else ((8, 1), (6, 2), (4, 3))
+
+#: float32 pixels in the widest register tile: the row-direct kernel's source has ``Ws +
+#: ZBLOCK`` zeros of slack
+ZBLOCK = max(v for _, v in TILES) * SIMD_BYTES // 4
 
 # ---- the micro-kernel -------------------------------------------------------------------------
 
@@ -169,15 +190,14 @@ def _matmul_tn(A, B, C):
 
 @njit(parallel=True, cache=True)
 def _pad_planes(src, dst, top, left, sh, sw):
-    """Zero padding and space-to-depth in one copy, channel-major: dst (C*sh*sw, N, Hd, Wd)
-    with dst[(c*sh + a)*sw + b, n, i, j] = src[n, c, i*sh + a - top, j*sw + b - left] where
-    that is inside src, else 0. With sh = sw = 1 it is plain padding; ``top``/``left`` may be
-    negative (the destination window starts inside the source).
+    """Zero padding and space-to-depth in one copy: dst (N, C*sh*sw, Hd, Wd) with
+    dst[n, (c*sh + a)*sw + b, i, j] = src[n, c, i*sh + a - top, j*sw + b - left] where that is
+    inside src, else 0. With sh = sw = 1 it is plain padding; ``top``/``left`` may be negative
+    (the destination window starts inside the source).
 
     A convolution with stride (sh, sw) reads such a copy with unit stride: tap (r, s) of
-    output (p, q) is dst[(c*sh + r % sh)*sw + s % sw, n, p + r // sh, q + s // sw] (with
-    r, s the dilated tap offsets). Channel-major, the samples of one plane follow each other,
-    so a pass over small images can run along the rows of several samples at once."""
+    output (p, q) is dst[n, (c*sh + r % sh)*sw + s % sw, p + r // sh, q + s // sw] (with
+    r, s the dilated tap offsets)."""
     N, C, H, W = src.shape
     Hd, Wd = dst.shape[2], dst.shape[3]
     sflat = src.reshape(src.size)
@@ -192,7 +212,7 @@ def _pad_planes(src, dst, top, left, sh, sw):
         for ab in range(sh * sw):
             a = ab // sw
             b = ab - a * sw
-            ccn = (c * sh * sw + ab) * N + n  # the destination plane
+            ccn = nc * sh * sw + ab  # the destination plane, n*C*sh*sw + (c*sh + a)*sw + b
             # the columns j with 0 <= j*sw + b - left < W: no bounds test inside the copy loop
             j0 = min(Wd, max(0, (left - b + sw - 1) // sw))
             j1 = max(j0, min(Wd, (W + left - b + sw - 1) // sw))
@@ -237,7 +257,7 @@ def _pad_planes_pairs(src, dst, top, left, sh):
         for ab in range(sh * 2):
             a = ab // 2
             b = ab - a * 2
-            ccn = (c * sh * 2 + ab) * N + n
+            ccn = nc * sh * 2 + ab
             # source column of j: 2j + b - left = 2(j + off) + par
             par = (b - left) % 2
             off = (b - left - par) // 2
@@ -337,114 +357,175 @@ def _gather_gemm(src, A, seg, geo, bias, out):
                     om[hh[tt], ww[tt]] = tm[tt] + bm
 
 
+def _make_register_tile(tm: int, tv: int):
+    """The micro-kernel ``tile(flat, at, utab, l0, l1, base, m0, acc, zcol)``:
+
+    acc[m0 + m, zcol + i] = Σ_{l0 <= l < l1} at[l, m0 + m] · flat[base + utab[l] + i] for
+    m < tm, i < tv
+    SIMD vectors of pixels, built in LLVM IR with one accumulator register per (m, vector),
+    so a tap costs tv loads and tm broadcasts for tm·tv fused multiply-adds, in tap order
+    l = l0, l0 + 1, ... (the sum's order is fixed).
+
+    NOTE: written as IR because LLVM does not keep array accumulators in registers across the
+    tap loop; it is the register-blocked micro-kernel of a GEMM reading its right-hand operand
+    straight from the padded source (no gathered copy). Under NUMBA_DISABLE_JIT it is the
+    same sum in NumPy."""
+    if config.DISABLE_JIT:
+
+        def tile_py(flat, at, utab, l0, l1, base, m0, acc, zcol):
+            width = tv * SIMD_BYTES // flat.itemsize
+            pix = np.arange(width)
+            for m in range(tm):
+                cols = zcol + pix
+                total = np.zeros(width, dtype=flat.dtype)
+                for l in range(l0, l1):
+                    # fancy indexing: an index past the end raises (a slice is cut short)
+                    total = at[l, m0 + m] * flat[int(base) + int(utab[l]) + pix] + total
+                acc[m0 + m, cols] = total
+
+        return tile_py
+
+    @intrinsic
+    def tile(typingctx, flat, at, utab, l0, l1, base, m0, acc, zcol):
+        sig = types.void(flat, at, utab, l0, l1, base, m0, acc, zcol)
+
+        def codegen(context, builder, signature, args):
+            flat_v, at_v, utab_v, l0_v, l1_v, base_v, m0_v, acc_v, zcol_v = args
+            dtype = signature.args[0].dtype
+            fty = context.get_value_type(dtype)
+            width = SIMD_BYTES // (4 if dtype == types.float32 else 8)
+            vty = ir.VectorType(fty, width)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            src = context.make_array(signature.args[0])(context, builder, flat_v).data
+            at_ary = context.make_array(signature.args[1])(context, builder, at_v)
+            tab_ary = context.make_array(signature.args[2])(context, builder, utab_v)
+            acc_ary = context.make_array(signature.args[7])(context, builder, acc_v)
+            at_cols = builder.extract_value(at_ary.shape, 1)
+            acc_cols = builder.extract_value(acc_ary.shape, 1)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fma.v{width}{'f32' if dtype == types.float32 else 'f64'}")
+            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
+
+            def acc_ptr(m, v):
+                row = builder.add(builder.mul(builder.add(m0_v, ir.Constant(i64, m)), acc_cols),
+                                  zcol_v)
+                p = builder.gep(acc_ary.data, [builder.add(row, ir.Constant(i64, v * width))])
+                return builder.bitcast(p, vty.as_pointer())
+
+            # allocas in the entry block: LLVM promotes them to registers
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(tv)]
+                    for _ in range(tm)]
+
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
+            one = ir.Constant(i64, 1)
+            with cgutils.for_range_slice(builder, l0_v, l1_v, one, intp=i64) as (l, _):
+                off = builder.add(base_v, builder.load(builder.gep(tab_ary.data, [l])))
+                srcs = []
+                for v in range(tv):
+                    p = builder.gep(src, [builder.add(off, ir.Constant(i64, v * width))])
+                    srcs.append(builder.load(builder.bitcast(p, vty.as_pointer()), align=4))
+                row = builder.add(builder.mul(l, at_cols), m0_v)
+                for m in range(tm):
+                    p = builder.gep(at_ary.data, [builder.add(row, ir.Constant(i64, m))])
+                    a = builder.load(p)
+                    av = builder.shuffle_vector(
+                        builder.insert_element(undef, a, ir.Constant(i32, 0)), undef, splat)
+                    for v in range(tv):
+                        builder.store(builder.call(fma, [av, srcs[v], builder.load(accs[m][v])]),
+                                      accs[m][v])
+            for m in range(tm):
+                for v in range(tv):
+                    builder.store(builder.load(accs[m][v]), acc_ptr(m, v), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile0 = _make_register_tile(*TILES[0])
+_tile1 = _make_register_tile(*TILES[1])
+_tile2 = _make_register_tile(*TILES[2])
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _direct_conv(flat, A, tab, geo, bias, out):
-    """out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_j A[m, j] · flat[z(n, t, u) + tab[j]]
+def _direct_conv(flat, At, tab, phases, geo, bias, out):
+    """For each phase (l0, l1, oh0, ow0, To, Uo) of ``phases``:
 
-    with z(n, t, u) = n*ss + t*Ws + u, for n < N, t < To, u < Uo, m < M, over a zero-padded unit-stride source (``_pad_planes``:
-    a sample every ``ss`` elements of a plane, rows of ``Ws``), computed without gathering:
-    for three output channels and a run of whole padded rows at a time, accumulators run along
-    the source, ``acc[z] += A[m, j] * flat[z0 + z + tab[j]]``, four taps per pass, so each
-    source load feeds twelve multiply-adds.
+    out[n, m, oh0 + t*osh, ow0 + u*osw] = bias[m] + Σ_{l0 <= j < l1} At[j, m] · flat[z + tab[j]]
 
-    A task's run is ``TB`` output rows of one sample, or, for small images (``TB == To``), the
-    rows of ``spb`` consecutive samples: long runs keep the per-pass cost small.
-    NOTE: z spans whole padded rows (Ws wide), and from one sample into the next, so the
-    Ws - Uo columns past each output row and the rows between two samples' outputs are computed
-    and dropped; that keeps one long vectorised loop per tap. The reads then run up to Ws + VEC
-    elements past the last output row's source (the computed length is rounded up to whole
-    vectors of VEC), so ``flat`` has at least that many zeros after its data.
-    ``geo`` = (ss, Ws, To, Uo, M, oh0, ow0, osh, osw, TB, spb, chunks, N); ``A`` has a multiple
-    of 4 rows, zero past M."""
-    ss, Ws, To, Uo, M = geo[0], geo[1], geo[2], geo[3], geo[4]
-    oh0, ow0, osh, osw = geo[5], geo[6], geo[7], geo[8]
-    TB, spb, chunks, N = geo[9], geo[10], geo[11], geo[12]
-    L = tab.shape[0]
-    L4 = L // 4 * 4
-    nrb = (To + TB - 1) // TB  # row blocks per sample (1 when samples are grouped)
-    nsb = (N + spb - 1) // spb  # sample blocks (N when rows are split)
-    Mh = (M + 2) // 3  # outputs go in threes: each source load feeds three accumulators
-    ntask = nsb * nrb * Mh
+    with z = n*ss + t*Ws + u, for n < N, t < To, u < Uo, m < M, over a zero-padded unit-stride
+    source (``_pad_planes``: a sample every ``ss`` elements, rows of ``Ws``), computed without
+    gathering: a task takes a block of ``TB`` rows t of one sample and, phase by phase, covers
+    its run of whole padded rows with register tiles (``_make_register_tile``), every group of
+    output channels on one tile of pixels before the next, so the source is still in cache. The
+    phases of backward-data interleave in ``out``; one task writes all of them for its rows, so
+    each cache line of ``out`` is fetched once.
+
+    NOTE: z spans whole padded rows (Ws wide), so the Ws - Uo columns past each output row are
+    computed and dropped; that keeps the tiles whole. The reads then run up to Ws + ZBLOCK
+    elements past the last output row's source (the run is rounded up to whole tiles), so
+    ``flat`` has at least that many zeros after its data.
+    ``geo`` = (ss, Ws, osh, osw, M, TB, chunks, N, To_max, tile): ``tile`` indexes TILES;
+    ``At`` is (L, Mp), Mp a multiple of the tile's channels, zero past M."""
+    ss, Ws, osh, osw, M = geo[0], geo[1], geo[2], geo[3], geo[4]
+    TB, chunks, N, To_max, tile = geo[5], geo[6], geo[7], geo[8], geo[9]
+    nrb = (To_max + TB - 1) // TB  # row blocks per sample
+    ntask = N * nrb
+    Mp = At.shape[1]
+    tm = TILES[0][0] if tile == 0 else TILES[1][0] if tile == 1 else TILES[2][0]
+    tv = TILES[0][1] if tile == 0 else TILES[1][1] if tile == 1 else TILES[2][1]
     has_bias = bias.shape[0] > 0
-    Mp = A.shape[0]
-    run = (spb - 1) * ss + TB * Ws  # the longest run
-    # NOTE: unsigned offsets: numba adds a negative-index fix-up to signed indices, which
-    # stops LLVM from vectorising the loop.
+    # pixels in one register tile
+    zb = tv * SIMD_BYTES // flat.itemsize
+    # NOTE: unsigned offsets: numba adds a negative-index fix-up to signed indices
     utab = tab.astype(np.uint64)
     Mo, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
     oflat = out.reshape(out.size)
-    uUo = np.uint64(Uo)
     uosw = np.uint64(osw)
     for ch in prange(chunks):
-        acc = np.empty((3, (run + VEC - 1) // VEC * VEC), dtype=A.dtype)
+        acc = np.empty((Mp, (TB * Ws + zb - 1) // zb * zb), dtype=At.dtype)
         for task in range(ch * ntask // chunks, (ch + 1) * ntask // chunks):
-            m = 3 * (task % Mh)
-            blk = task // Mh
-            sb = blk // nrb
-            n0 = sb * spb
-            n1 = min(N, n0 + spb)
-            t0 = (blk - sb * nrb) * TB
-            t1 = min(To, t0 + TB)
-            # whole vectors: no scalar remainder loop (the extra columns are dropped too)
-            zlen = np.uint64(((n1 - 1 - n0) * ss + (t1 - t0) * Ws + VEC - 1) // VEC * VEC)
-            base = np.uint64(n0 * ss + t0 * Ws)
-            # NOTE: past the last row of A, a row is reused and its result not written
-            wa = A[m]
-            wb = A[min(m + 1, Mp - 1)]
-            wc = A[min(m + 2, Mp - 1)]
-            acc_a = acc[0]
-            acc_b = acc[1]
-            acc_c = acc[2]
-            for i in range(3):
-                bi = bias[m + i] if has_bias and m + i < M else np.float32(0)
-                for z in range(zlen):
-                    acc[i, z] = bi
-            for j in range(0, L4, 4):
-                a0, a1, a2, a3 = wa[j], wa[j + 1], wa[j + 2], wa[j + 3]
-                b0, b1, b2, b3 = wb[j], wb[j + 1], wb[j + 2], wb[j + 3]
-                c0, c1, c2, c3 = wc[j], wc[j + 1], wc[j + 2], wc[j + 3]
-                o0 = base + utab[j]
-                o1 = base + utab[j + 1]
-                o2 = base + utab[j + 2]
-                o3 = base + utab[j + 3]
-                for z in range(zlen):
-                    s0 = flat[o0 + z]
-                    s1 = flat[o1 + z]
-                    s2 = flat[o2 + z]
-                    s3 = flat[o3 + z]
-                    acc_a[z] += a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3
-                    acc_b[z] += b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3
-                    acc_c[z] += c0 * s0 + c1 * s1 + c2 * s2 + c3 * s3
-            for j in range(L4, L):
-                a0, b0, c0 = wa[j], wb[j], wc[j]
-                o0 = base + utab[j]
-                for z in range(zlen):
-                    s0 = flat[o0 + z]
-                    acc_a[z] += a0 * s0
-                    acc_b[z] += b0 * s0
-                    acc_c[z] += c0 * s0
-            # NOTE: flat unsigned offsets here too (4-D indexing costs about 10 instructions a
-            # store)
-            for i in range(min(3, M - m)):
-                row = acc[i]
-                for n in range(n0, n1):
+            n = task // nrb
+            t0 = (task - n * nrb) * TB
+            for ph in range(phases.shape[0]):
+                l0, l1, oh0, ow0 = phases[ph, 0], phases[ph, 1], phases[ph, 2], phases[ph, 3]
+                t1 = min(phases[ph, 4], t0 + TB)
+                uUo = np.uint64(phases[ph, 5])
+                zlen = (t1 - t0) * Ws
+                base = np.uint64(n * ss + t0 * Ws)
+                for z0 in range(0, zlen, zb):
+                    zbase = base + np.uint64(z0)
+                    for m in range(0, Mp, tm):
+                        if tile == 0:
+                            _tile0(flat, At, utab, l0, l1, zbase, m, acc, z0)
+                        elif tile == 1:
+                            _tile1(flat, At, utab, l0, l1, zbase, m, acc, z0)
+                        else:
+                            _tile2(flat, At, utab, l0, l1, zbase, m, acc, z0)
+                # NOTE: flat unsigned offsets (4-D indexing costs about 10 instructions a store)
+                for m in range(M):
+                    row = acc[m]
+                    bm = bias[m] if has_bias else np.float32(0)
                     for t in range(t0, t1):
-                        o = np.uint64(((n * Mo + m + i) * Ho + oh0 + t * osh) * Wo + ow0)
-                        r0 = np.uint64((n - n0) * ss + (t - t0) * Ws)
+                        o = np.uint64(((n * Mo + m) * Ho + oh0 + t * osh) * Wo + ow0)
+                        r0 = np.uint64((t - t0) * Ws)
                         if osw == 1:
                             for u in range(uUo):
-                                oflat[o + u] = row[r0 + u]
+                                oflat[o + u] = row[r0 + u] + bm
                         else:
                             for u in range(uUo):
-                                oflat[o + u * uosw] = row[r0 + u]
+                                oflat[o + u * uosw] = row[r0 + u] + bm
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _conv_weight_partials(flat, dy, tab, geo, partial):
     """partial[g, k, j] = Σ over n in chunk g, pixels (p, q) of dy[n, k, p, q] · flat[z + tab[j]]
 
-    with z = n*ss + p*sh*Ws + q*sw, over a source with a sample every ``ss`` elements and rows of ``Ws`` (NCHW, or the
-    channel-major copy of ``_pad_planes``; ``tab`` holds the plane offsets). Chunk g holds samples
+    with z = n*ss + p*sh*Ws + q*sw, over a source with a sample every ``ss`` elements and rows
+    of ``Ws`` (``tab`` holds the plane offsets). Chunk g holds samples
     [g*N//G, (g+1)*N//G) with G = partial.shape[0] (a function of N only); its output rows, in
     (n, p) order, go in tiles of ``TR`` rows, which may span samples (small images then still
     give long dot products). A tile of columns is built with one strided (for sw = 1,

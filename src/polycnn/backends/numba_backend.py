@@ -2,12 +2,11 @@
 
 Optimisations (kernels in :mod:`._numba_kernels`):
 - a convolution pass reads a zero-padded copy of its source that is also split into stride
-  phases (space-to-depth), so every pass, whatever its stride, reads with unit stride; the
-  copy is channel-major (a plane holds every sample), and for stride 2 in float32 it is made
-  from column pairs read as 8-byte words;
-- layers with few channels run the *row-direct* kernel: for three output channels at a time,
-  accumulators run along whole padded rows (of several samples when the images are small),
-  four taps per pass, vectorised by LLVM (AVX-512 where the CPU has it), no im2col buffer;
+  phases (space-to-depth), so every pass, whatever its stride, reads with unit stride (for
+  stride 2 in float32 the copy is made from column pairs read as 8-byte words);
+- layers with few channels run the *row-direct* kernel: a run of whole padded rows is covered
+  by register tiles (6 output channels × 4 AVX-512 vectors of pixels, one accumulator register
+  each, written in LLVM IR), which read the padded source directly: no im2col buffer;
 - larger layers run a *gather GEMM*: tiles of im2row rows built by contiguous copies from a
   channel-last copy, multiplied in a 4×4 register-blocked dot-product kernel;
 - backward-data is a forward pass over the padded ``dy`` with the transposed kernel, once per
@@ -58,22 +57,14 @@ WEIGHT_GRAD_TILE = 1024
 #: alike)
 ROW_TILE_BYTES = 128 * 1024
 
-#: passes with (output channels × source channels) up to this run the row-direct kernel (no
-#: gather; measured faster there), larger ones the gather GEMM; see _use_direct
-DIRECT_MAX_WORK = 2048
+#: passes with (output channels × source channels) up to this run the row-direct kernel,
+#: larger ones the gather GEMM; see _use_direct. Measured (2 threads, min of 10, float32,
+#: forward / backward-data ms, direct vs GEMM): 32×56×56 64→64 3×3 37.7/40.9 vs 50.5/51.1;
+#: 16×14×14 256→256 1×1 3.3/3.2 vs 4.8/4.9; 8×14×14 256→256 3×3 11.3/14.0 vs 10.5/12.7
+DIRECT_MAX_WORK = 1 << 16
 
-#: accumulator length of the row-direct kernel (whole padded rows, about this many elements;
-#: the rows of several samples when their images are small)
+#: a task of the row-direct kernel covers whole padded rows, about this many elements
 DIRECT_ROW_ELEMENTS = 2048
-
-#: the row-direct kernel runs along several samples' rows only when the rows it computes and
-#: drops between two samples' outputs are at most 1/this of a sample's rows
-DIRECT_WASTE_DIVISOR = 8
-
-#: such a run is about this many elements (measured on layer (e), 1 thread, min of 31 rounds:
-#: one sample a run 14.0 ms backward-data and 11.5 forward; 2 samples 13.2 and 10.9; 3 (this
-#: setting) 13.2 and 11.2; 7 samples 13.5 and 12.8, where the accumulators crowd L1)
-DIRECT_SAMPLE_RUN = 1024
 
 #: dropout masks with fewer elements than this are made with NumPy (measured: a parallel launch
 #: cost about 0.1 ms, NumPy about 0.04 ms for 2,048 elements)
@@ -251,21 +242,21 @@ class NumbaBackend(Backend):
     def _padded(self, src, top: int, left: int, Hs: int, Ws: int, slack: bool,
                 stride=(1, 1)) -> _Source:
         """``src`` (N, C, H, W) zero-padded by (top, left) and split into ``stride`` phases
-        (space-to-depth), channel-major (see ``_pad_planes``): (C*sh*sw, N, Hs, Ws). With
-        ``slack``, Ws + VEC zeros follow it (see ``_direct_conv``)."""
+        (space-to-depth, see ``_pad_planes``): (N, C*sh*sw, Hs, Ws). With ``slack``, Ws +
+        ZBLOCK zeros follow it (see ``_direct_conv``)."""
         N, C = src.shape[:2]
         sh, sw = stride
         size = N * C * sh * sw * Hs * Ws
-        buf = np.empty(size + (Ws + self._k.VEC if slack else 0), dtype=src.dtype)
+        buf = np.empty(size + (Ws + self._k.ZBLOCK if slack else 0), dtype=src.dtype)
         buf[size:] = 0
-        dst = buf[:size].reshape(C * sh * sw, N, Hs, Ws)
+        dst = buf[:size].reshape(N, C * sh * sw, Hs, Ws)
         if (sw == 2 and src.dtype.itemsize == 4 and src.shape[3] % 2 == 0
                 and src.ctypes.data % 8 == 0 and sys.byteorder == "little"):
             pairs = src.view(np.uint64)  # (N, C, H, W/2): two columns an element
             self._k._pad_planes_pairs(pairs, dst.view(np.uint32), top, left, sh)
         else:
             self._k._pad_planes(src, dst, top, left, sh, sw)
-        return _Source(buf, Hs * Ws, N * Hs * Ws, Hs, Ws)
+        return _Source(buf, C * sh * sw * Hs * Ws, Hs * Ws, Hs, Ws)
 
     def _padded_input(self, x, g: ConvGeometry, slack: bool = False) -> _Source:
         """x padded and split into stride phases, so that the output grid reads it with unit
@@ -287,19 +278,25 @@ class NumbaBackend(Backend):
         self._k._pad_nhwc(src, dst, top, left)
         return dst
 
-    def _direct(self, src: _Source, N, A, tab, M, grid, place, bias, out):
-        """Row-direct pass over a unit-stride source padded with slack: ``grid`` = (To, Uo),
-        ``place`` = (oh0, ow0, osh, osw) where output pixel (t, u) lands."""
-        To, Uo = grid
+    def _direct(self, src: _Source, N, a, tab, phases, stride, bias, out):
+        """Row-direct passes over a unit-stride source padded with slack, with the weights
+        ``a`` (M, L): ``phases`` lists (l0, l1, oh0, ow0, To, Uo): taps [l0, l1) of ``tab``
+        and ``a`` make output pixels (t, u) < (To, Uo), which land at (oh0 + t*osh,
+        ow0 + u*osw) for ``stride`` = (osh, osw)."""
+        M, L = a.shape
+        # the register tile that pads M least (the 4-channel tile only for M <= 4)
+        tiles = self._k.TILES
+        options = [(_round_up(M, tm), i) for i, (tm, _) in enumerate(tiles)
+                   if i < len(tiles) - 1 or M <= tm]
+        Mp, tile = min(options)
+        At = _padded_matrix(a.T, L, Mp)
+        phases = np.asarray(phases, dtype=np.int64).reshape(-1, 6)
+        To = int(phases[:, 4].max())
         tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.Ws))
-        spb = 1
-        if tb == To and (src.Hs - To) * DIRECT_WASTE_DIVISOR <= src.Hs:
-            # small images: runs along the rows of several samples
-            spb = max(1, min(N, DIRECT_SAMPLE_RUN // src.ss))
-        ntask = ceil_div(N, spb) * ceil_div(To, tb) * ceil_div(M, 3)
-        geo = np.array([src.ss, src.Ws, To, Uo, M, *place, tb, spb, self._chunks(ntask), N],
+        ntask = N * ceil_div(To, tb)
+        geo = np.array([src.ss, src.Ws, *stride, M, tb, self._chunks(ntask), N, To, tile],
                        dtype=np.int64)
-        self._k._direct_conv(src.flat, A, tab, geo, bias, out)
+        self._k._direct_conv(src.flat, At, tab, phases, geo, bias, out)
 
     def _gemm(self, src, A, seg, plen, M, grid, place, bias, out):
         """Gather-GEMM pass over a channel-last source (N, Hs, Ws, Cs): ``grid`` = (ish, isw,
@@ -320,9 +317,9 @@ class NumbaBackend(Backend):
         Kp, Lp = _round_up(g.K, 4), _round_up(L, 16)
         if self._use_direct(g.K, g.C):
             xp = self._padded_input(x, g, slack=True)
-            A = _padded_matrix(w.reshape(g.K, L), Kp, Lp)
             tab = self._forward_table(g, xp)
-            self._direct(xp, g.N, A, tab, g.K, (g.P, g.Q), (0, 0, 1, 1), bias, y)
+            self._direct(xp, g.N, w.reshape(g.K, L), tab, [(0, L, 0, 0, g.P, g.Q)], (1, 1),
+                         bias, y)
             return y, xp  # the weight gradient reads the same padded input
 
         Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
@@ -371,8 +368,8 @@ class NumbaBackend(Backend):
         return dw.reshape(g.w_shape)
 
     def _conv_data_grad(self, dy, w, g: ConvGeometry):
-        """dx as a stride-1 correlation of padded dy with the transposed kernel, one stride
-        phase (output rows h ≡ a mod sh, columns ≡ b mod sw) at a time."""
+        """dx as a stride-1 correlation of padded dy with the transposed kernel, per stride
+        phase (output rows h ≡ a mod sh, columns ≡ b mod sw)."""
         sh, sw = g.stride_h, g.stride_w
         # per phase: the taps that reach it and their offset into dy (rows: p = t + off)
         rows = [self._phase_taps(a, g.H, g.pad_h, g.R, g.dil_h, sh) for a in range(sh)]
@@ -388,6 +385,7 @@ class NumbaBackend(Backend):
         dx = (np.zeros if empty_phase else np.empty)(g.x_shape, dtype=dy.dtype)
         bias = np.zeros(0, dtype=dy.dtype)
         Cp = _round_up(g.C, 4)
+        tabs, mats, phases = [], [], []  # the row-direct kernel runs every phase in one call
         for a, (Ta, rtaps, roffs) in enumerate(rows):
             for b, (Ub, staps, soffs) in enumerate(cols):
                 if not rtaps or not staps or Ta == 0 or Ub == 0:
@@ -399,15 +397,18 @@ class NumbaBackend(Backend):
                 if direct:
                     k, ri, si = np.meshgrid(np.arange(g.K), np.arange(len(rtaps)),
                                             np.arange(len(staps)), indexing="ij")
-                    tab = (k * dyp.ps + ro[ri] * Ws + so[si]).ravel()
-                    A = sub.transpose(1, 0, 2, 3).reshape(g.C, -1)  # (c; k, r, s)
-                    A = _padded_matrix(A, Cp, _round_up(A.shape[1], 16))
-                    self._direct(dyp, g.N, A, tab, g.C, (Ta, Ub), place, bias, dx)
+                    tabs.append((k * dyp.ps + ro[ri] * Ws + so[si]).ravel())
+                    mats.append(sub.transpose(1, 0, 2, 3).reshape(g.C, -1))  # (c; k, r, s)
+                    l0 = phases[-1][1] if phases else 0
+                    phases.append((l0, l0 + tabs[-1].size, a, b, Ta, Ub))
                 else:
                     seg = ((ro[:, None] * Ws + so[None, :]) * g.K).ravel()
                     A = sub.transpose(1, 2, 3, 0).reshape(g.C, -1)  # (c; r, s, k)
                     A = _padded_matrix(A, Cp, _round_up(A.shape[1], 16))
                     self._gemm(dyh, A, seg, g.K, g.C, (1, 1, Ta, Ub), place, bias, dx)
+        if phases:
+            self._direct(dyp, g.N, np.concatenate(mats, axis=1), np.concatenate(tabs), phases,
+                         (sh, sw), bias, dx)
         return dx
 
     @staticmethod
