@@ -8,9 +8,9 @@ Every convolution pass computes, for each output pixel ``t`` of an output grid a
 channel ``m``, ``Σ_j A[m, j] · src[base(t) + tab[j]]``: ``tab`` holds one flat offset per
 reduction index ``j`` (channel, tap) into a zero-padded, stride-phase-split source and
 ``base(t)`` is the pixel's corner there. Two kernels compute it:
-- ``_direct_conv`` walks whole padded rows with an accumulator per output channel (few
-  channels: no buffer, vectorised along the row);
-- ``_gather_gemm`` copies tiles of those rows (channel-last source: long contiguous segments)
+- ``_direct_conv`` covers runs of whole padded rows with register tiles (a GEMM micro-kernel
+  written in LLVM IR, ``_make_register_tile``) that read the padded source directly;
+- ``_gather_gemm`` (very wide layers) copies tiles of those rows (channel-last source: long contiguous segments)
   into a thread-local buffer and multiplies them with ``_mm_block``, a 4×4 register-blocked
   dot-product kernel whose reduction loop LLVM vectorises.
 Backward-weight (``_conv_weight_partials``) uses the same tables with the reduction over
@@ -206,9 +206,7 @@ def _pad_planes(src, dst, top, left, sh, sw):
     usw = np.uint64(sw)
     # NOTE: a task is one source plane (n, c) and writes its sh*sw phases, which read the
     # same rows: the plane is fetched into cache once
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
+    for nc in prange(N * C):  # nc = n*C + c
         for ab in range(sh * sw):
             a = ab // sw
             b = ab - a * sw
@@ -251,9 +249,7 @@ def _pad_planes_pairs(src, dst, top, left, sh):
     sflat = src.reshape(src.size)
     dflat = dst.reshape(dst.size)
     uWd = np.uint64(Wd)
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
+    for nc in prange(N * C):  # nc = n*C + c
         for ab in range(sh * 2):
             a = ab // 2
             b = ab - a * 2
