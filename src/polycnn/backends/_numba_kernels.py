@@ -13,8 +13,8 @@ reduction index ``j`` (channel, tap) into a zero-padded, stride-phase-split sour
 - ``_gather_gemm`` (very wide layers) copies tiles of those rows (channel-last source: long contiguous segments)
   into a thread-local buffer and multiplies them with ``_mm_block``, a 4×4 register-blocked
   dot-product kernel whose reduction loop LLVM vectorises.
-Backward-weight (``_conv_weight_partials``) uses the same tables with the reduction over
-pixels.
+Backward-weight (``_conv_weight_tiles``) uses the same tables with the reduction over
+pixels, in dot-product register tiles (``_make_dot_tile``).
 
 Determinism: every output element is computed by one thread in a fixed order; the weight
 gradient is summed per fixed chunk of samples (the chunking depends on N only, never on the
@@ -36,11 +36,6 @@ from numba.extending import intrinsic
 
 #: fast-math flags for the GEMM loops (vectorised reductions); see the module NOTE
 FAST = {"reassoc", "contract", "nsz"}
-
-#: the weight-gradient tiles reduce over a multiple of this many pixels (one AVX-512 vector
-#: of float32), so no dot product ends in a scalar remainder loop
-VEC = 16
-
 
 def _simd_bytes() -> int:
     """Bytes in one SIMD register of the CPU Numba compiles for (AVX-512 or not)."""
@@ -276,6 +271,37 @@ def _pad_planes_pairs(src, dst, top, left, sh):
                     dflat[d + j] = np.uint32(sflat[s + j] >> shift)
                 for j in range(uj1, uWd):
                     dflat[d + j] = 0
+
+
+@njit(parallel=True, cache=True)
+def _widen_rows(src, dst, Ws):
+    """dst (N, Kp, Pz) flat planes: dst[n, k, p*Ws + q] = src[n, k, p, q] for q < Q, every other
+    element 0 (columns Q..Ws-1, the tail past P*Ws, planes k >= K): dy laid out with the padded
+    source's row width, for the weight gradient's dot tiles."""
+    N, K, P, Q = src.shape
+    Kp, Pz = dst.shape[1], dst.shape[2]
+    sflat = src.reshape(src.size)
+    dflat = dst.reshape(dst.size)
+    uQ = np.uint64(Q)
+    uWs = np.uint64(Ws)
+    for nk in prange(N * Kp):
+        n = nk // Kp
+        k = nk - n * Kp
+        d0 = np.uint64(nk * Pz)
+        if k >= K:
+            for z in range(np.uint64(Pz)):
+                dflat[d0 + z] = 0
+            continue
+        s0 = np.uint64((n * K + k) * P * Q)
+        for p in range(P):
+            d = d0 + np.uint64(p) * uWs
+            s = s0 + np.uint64(p) * uQ
+            for q in range(uQ):
+                dflat[d + q] = sflat[s + q]
+            for q in range(uQ, uWs):
+                dflat[d + q] = 0
+        for z in range(np.uint64(P * Ws), np.uint64(Pz)):
+            dflat[d0 + z] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -516,67 +542,123 @@ def _direct_conv(flat, At, tab, phases, geo, bias, out):
                                 oflat[o + u * uosw] = row[r0 + u] + bm
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
-def _conv_weight_partials(flat, dy, tab, geo, partial):
-    """partial[g, k, j] = Σ over n in chunk g, pixels (p, q) of dy[n, k, p, q] · flat[z + tab[j]]
+def _make_dot_tile(tk: int, tj: int):
+    """The weight gradient's micro-kernel
+    ``dot(a, ab, astride, b, bb, utab, j0, zlen, out, k0, count, an, bn)``:
 
-    with z = n*ss + p*sh*Ws + q*sw, over a source with a sample every ``ss`` elements and rows
-    of ``Ws`` (``tab`` holds the plane offsets). Chunk g holds samples
-    [g*N//G, (g+1)*N//G) with G = partial.shape[0] (a function of N only); its output rows, in
-    (n, p) order, go in tiles of ``TR`` rows, which may span samples (small images then still
-    give long dot products). A tile of columns is built with one strided (for sw = 1,
-    contiguous) copy per (j, output row). ``geo`` = (sh, sw, TR, ss, Ws); ``partial`` is zero on
-    entry, shape (G, Kp, Lp)."""
-    sh, sw, TR, ss, Ws = geo[0], geo[1], geo[2], geo[3], geo[4]
-    N, K, P, Q = dy.shape
+    out[k0 + k, j0 + j] += Σ_{i < count} Σ_{z < zlen} a[ab + i*an + k*astride + z]
+                                                      · b[bb + i*bn + utab[j0 + j] + z]
+
+    for k < tk, j < tj (i: samples): tk·tj accumulator registers along i then z (zlen a
+    multiple of one SIMD vector), tk + tj loads for tk·tj fused multiply-adds, each register
+    summed across its lanes at the end (a tree fixed at compile time). Built in LLVM IR like
+    ``_make_register_tile``; under NUMBA_DISABLE_JIT the same sums in NumPy."""
+    if config.DISABLE_JIT:
+
+        def dot_py(a, ab, astride, b, bb, utab, j0, zlen, out, k0, count, an, bn):
+            z = np.arange(zlen)
+            for k in range(tk):
+                for j in range(tj):
+                    total = 0.0
+                    for i in range(count):
+                        # fancy indexing: an index past the end raises (a slice is cut short)
+                        row = a[int(ab) + i * an + k * astride + z]
+                        total += np.dot(row, b[int(bb) + i * bn + int(utab[j0 + j]) + z])
+                    out[k0 + k, j0 + j] += total
+
+        return dot_py
+
+    @intrinsic
+    def dot(typingctx, a, ab, astride, b, bb, utab, j0, zlen, out, k0, count, an, bn):
+        sig = types.void(a, ab, astride, b, bb, utab, j0, zlen, out, k0, count, an, bn)
+
+        def codegen(context, builder, signature, args):
+            (a_v, ab_v, as_v, b_v, bb_v, utab_v, j0_v, zlen_v, out_v, k0_v, count_v, an_v,
+             bn_v) = args
+            dtype = signature.args[0].dtype
+            fty = context.get_value_type(dtype)
+            suffix = "f32" if dtype == types.float32 else "f64"
+            width = SIMD_BYTES // (4 if dtype == types.float32 else 8)
+            vty = ir.VectorType(fty, width)
+            i64 = ir.IntType(64)
+            aptr = context.make_array(signature.args[0])(context, builder, a_v).data
+            bptr = context.make_array(signature.args[3])(context, builder, b_v).data
+            tab = context.make_array(signature.args[5])(context, builder, utab_v).data
+            out_ary = context.make_array(signature.args[8])(context, builder, out_v)
+            out_cols = builder.extract_value(out_ary.shape, 1)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{width}{suffix}")
+            hsum = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(fty, [fty, vty]),
+                f"llvm.vector.reduce.fadd.v{width}{suffix}")
+            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(tj)]
+                    for _ in range(tk)]
+            rows = [builder.add(ab_v, builder.mul(ir.Constant(i64, k), as_v)) for k in range(tk)]
+            cols = [builder.add(bb_v, builder.load(builder.gep(
+                tab, [builder.add(j0_v, ir.Constant(i64, j))]))) for j in range(tj)]
+            step = ir.Constant(i64, width)
+            with cgutils.for_range(builder, count_v) as sample:
+                ia = builder.mul(sample.index, an_v)
+                ib = builder.mul(sample.index, bn_v)
+                with cgutils.for_range_slice(builder, ir.Constant(i64, 0), zlen_v, step,
+                                             intp=i64) as (z, _):
+                    def vload(ptr, off, shift):
+                        p = builder.gep(ptr, [builder.add(builder.add(off, shift), z)])
+                        return builder.load(builder.bitcast(p, vty.as_pointer()), align=4)
+
+                    av = [vload(aptr, rows[k], ia) for k in range(tk)]
+                    bv = [vload(bptr, cols[j], ib) for j in range(tj)]
+                    for k in range(tk):
+                        for j in range(tj):
+                            acc = builder.load(accs[k][j])
+                            builder.store(builder.call(fma, [av[k], bv[j], acc]), accs[k][j])
+            for k in range(tk):
+                orow = builder.mul(builder.add(k0_v, ir.Constant(i64, k)), out_cols)
+                for j in range(tj):
+                    p = builder.gep(out_ary.data, [builder.add(orow, builder.add(
+                        j0_v, ir.Constant(i64, j)))])
+                    total = builder.call(hsum, [ir.Constant(fty, 0.0), builder.load(accs[k][j])],
+                                         fastmath=("reassoc",))
+                    builder.store(builder.fadd(builder.load(p), total), p)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dot
+
+
+#: the weight gradient's dot tile: (output channels, taps); 24 accumulators and 10 loads
+DOT_TILE = (4, 6)
+_dot_tile = _make_dot_tile(*DOT_TILE)
+
+
+@njit(parallel=True, cache=True)
+def _conv_weight_tiles(flat, dyw, tab, geo, partial):
+    """partial[g, k, j] = Σ over samples n of chunk g, Σ_z dyw[n, k, z] · flat[n*ss + tab[j] + z]
+
+    where dyw is dy with its rows padded to the source's width Ws with zeros (z = p*Ws + q) and
+    each (n, k) plane to ``Pz`` elements (a multiple of one SIMD vector), so the reduction runs
+    along the padded source as the forward pass does, with no gathered copy. Chunk g holds
+    samples [g*N//G, (g+1)*N//G) with G = partial.shape[0] (a function of N only), summed in
+    sample order, ``spc`` samples per tile (several when the images are small, so the lanes
+    are summed less often). ``geo`` = (ss, Pz, spc); ``partial`` is zero on entry, shape
+    (G, Kp, Lp), Kp and Lp multiples of DOT_TILE; dyw is (N, Kp, Pz), ``tab`` has Lp entries."""
+    ss, Pz, spc = geo[0], geo[1], geo[2]
     G, Kp, Lp = partial.shape
-    L = tab.shape[0]
-    TP = TR * Q
-    dyf = dy.reshape(dy.size)
-    uQ = np.uint64(Q)
-    usw = np.uint64(sw)
+    N = dyw.shape[0]
+    a = dyw.reshape(dyw.size)
+    utab = tab.astype(np.uint64)
+    tk, tj = DOT_TILE
     for g in prange(G):
-        cols = np.zeros((Lp, TP), dtype=dy.dtype)
-        dyt = np.zeros((Kp, TP), dtype=dy.dtype)
-        xrow = np.empty(TR, dtype=np.uint64)  # where each row of the tile starts in src, dy
-        drow0 = np.empty(TR, dtype=np.uint64)
-        acc = partial[g]
-        n0 = g * N // G
-        nrows = ((g + 1) * N // G - n0) * P
-        for r0 in range(0, nrows, TR):
-            rows = min(TR, nrows - r0)
-            cnt = rows * Q
-            for pr in range(rows):
-                n = n0 + (r0 + pr) // P
-                p = (r0 + pr) - (n - n0) * P
-                xrow[pr] = np.uint64(n * ss + p * sh * Ws)
-                drow0[pr] = np.uint64((n * K * P + p) * Q)
-            for j in range(L):
-                col = cols[j]
-                for pr in range(rows):
-                    o = xrow[pr] + np.uint64(tab[j])
-                    d = np.uint64(pr * Q)
-                    if sw == 1:  # NOTE: a separate unit-stride loop, so it vectorises
-                        for q in range(uQ):
-                            col[d + q] = flat[o + q]
-                    else:
-                        for q in range(uQ):
-                            col[d + q] = flat[o + q * usw]
-                for tt in range(cnt, TP):
-                    col[tt] = 0
-            for k in range(K):
-                drow = dyt[k]
-                ko = np.uint64(k * P * Q)
-                for pr in range(rows):
-                    o = drow0[pr] + ko
-                    d = np.uint64(pr * Q)
-                    for q in range(uQ):
-                        drow[d + q] = dyf[o + q]
-                for tt in range(cnt, TP):
-                    drow[tt] = 0
-            # NOTE: a short last tile reduces over its own pixels (rounded up to a whole
-            # vector, zero-filled above), not the whole tile
-            _mm_nt(dyt, cols, acc, Kp, Lp, min(TP, (cnt + VEC - 1) // VEC * VEC), True, False)
+        out = partial[g]
+        n1 = (g + 1) * N // G
+        for n in range(g * N // G, n1, spc):
+            count = min(spc, n1 - n)
+            for j0 in range(0, Lp, tj):
+                for k0 in range(0, Kp, tk):
+                    _dot_tile(a, np.uint64((n * Kp + k0) * Pz), Pz, flat, np.uint64(n * ss),
+                              utab, j0, Pz, out, k0, count, Kp * Pz, ss)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)

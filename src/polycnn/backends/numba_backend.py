@@ -11,9 +11,10 @@ Optimisations (kernels in :mod:`._numba_kernels`):
   channel-last copy, multiplied in a 4×4 register-blocked dot-product kernel;
 - backward-data is a forward pass over the padded ``dy`` with the transposed kernel, once per
   stride phase, so no scatter and no multiplications by inserted zeros;
-- backward-weight sums per fixed chunk of samples (its dot products run over tiles of output
-  rows that may span the chunk's samples), then adds the chunks in order: results are
-  bit-identical for any thread count (every other output has a single writer);
+- backward-weight runs dot-product register tiles (4 output channels × 6 taps, LLVM IR) along
+  the padded input and a copy of dy with the same row width, so nothing is gathered; it sums
+  per fixed chunk of samples, then adds the chunks in order: results are bit-identical for any
+  thread count (every other output has a single writer);
 - pooling (a branch-free 2×2 max-pool), ReLU, the linear layers (the same dot-product kernel:
   OpenBLAS's spinning threads would slow the next parallel loop) and the cross-entropy are
   compiled too.
@@ -47,11 +48,10 @@ from .base import Backend, OpContext
 #: thread count, so the summation order, hence the result, is the same on any machine setting)
 WEIGHT_GRAD_CHUNKS = 16
 
-#: at most this many pixels (but at least one output row) per weight-gradient tile: whole
-#: output rows, a sample split into tiles of balanced heights. It is the reduction length of
-#: each dot product. Measured: long reductions (fewer horizontal sums and partial-sum updates)
-#: beat keeping the tile in L1; 1024 was 10-25% faster than 256 on 3×3 layers, 32-64 channels
-WEIGHT_GRAD_TILE = 1024
+#: a weight-gradient dot tile sums about this many pixels per lane-sum: several samples of
+#: small images (measured, 2 threads, min of 9, ms: layer e 5.71 with one sample a tile, 5.03
+#: with 7; LeNet conv2 0.49 and 0.40; layer b, one sample either way, 14.3)
+WEIGHT_GRAD_RUN = 2048
 
 #: target bytes of one tile of gathered rows of the GEMM path (measured: 16-128 KiB perform
 #: alike)
@@ -348,21 +348,22 @@ class NumbaBackend(Backend):
         return dx, dw, db
 
     def _conv_weight_grad(self, x, dy, g: ConvGeometry, xp=None):
-        if xp is None:
-            xp = self._padded_input(x, g)
+        """dw with dot-product register tiles along the padded input (``_conv_weight_tiles``):
+        dy is first laid out with the padded input's row width."""
+        if xp is None or xp.flat.size == xp.ss * g.N:  # the tiles read past the end: slack
+            xp = self._padded_input(x, g, slack=True)
         L = g.C * g.R * g.S
-        tab = self._forward_table(g, xp)
-        Kp, Lp = _round_up(g.K, 4), _round_up(L, 4)
-        # tiles of whole output rows, at most WEIGHT_GRAD_TILE pixels (rows of several samples
-        # of a chunk when the images are small): dy (Kp × TP), cols (Lp × TP)
-        chunks = min(g.N, WEIGHT_GRAD_CHUNKS)
-        chunk_rows = ceil_div(g.N, chunks) * g.P
-        tile_rows = max(1, min(chunk_rows, WEIGHT_GRAD_TILE // g.Q))
-        tile_rows = ceil_div(chunk_rows, ceil_div(chunk_rows, tile_rows))  # balanced tiles
-        partial = np.zeros((chunks, Kp, Lp), dtype=dy.dtype)
-        # unit stride in the phase-split input
-        geo = np.array([1, 1, tile_rows, xp.ss, xp.Ws], dtype=np.int64)
-        self._k._conv_weight_partials(xp.flat, dy, tab, geo, partial)
+        tk, tj = self._k.DOT_TILE
+        Kp, Lp = _round_up(g.K, tk), _round_up(L, tj)
+        tab = np.zeros(Lp, dtype=np.int64)  # padding taps read offset 0; their sums are dropped
+        tab[:L] = self._forward_table(g, xp)
+        Pz = _round_up(g.P * xp.Ws, self._k.SIMD_BYTES // dy.itemsize)
+        dyw = np.empty((g.N, Kp, Pz), dtype=dy.dtype)
+        self._k._widen_rows(dy, dyw, xp.Ws)
+        partial = np.zeros((min(g.N, WEIGHT_GRAD_CHUNKS), Kp, Lp), dtype=dy.dtype)
+        spc = max(1, WEIGHT_GRAD_RUN // Pz)  # samples a tile sums before its lanes
+        geo = np.array([xp.ss, Pz, spc], dtype=np.int64)
+        self._k._conv_weight_tiles(xp.flat, dyw, tab, geo, partial)
         dw = np.empty((g.K, L), dtype=dy.dtype)
         self._k._sum_partials(partial, dw)
         return dw.reshape(g.w_shape)
