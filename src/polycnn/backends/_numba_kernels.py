@@ -58,8 +58,8 @@ ZBLOCK = max(v for _, v in TILES) * SIMD_BYTES // 4
 
 
 @njit(fastmath=FAST, cache=True)
-def _mm_block(A, i, B, j, C, L, accumulate):
-    """C[i:i+4, j:j+4] (+)= A[i:i+4, :L] · B[j:j+4, :L]ᵀ with 16 scalar accumulators."""
+def _mm_block(A, i, B, j, C, L):
+    """C[i:i+4, j:j+4] = A[i:i+4, :L] · B[j:j+4, :L]ᵀ with 16 scalar accumulators."""
     # NOTE: the accumulators start from a float32 literal (numba widens them to float64 for
     # float64 arrays); a start value read from an array stops LLVM from vectorising the loop.
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0)
@@ -89,23 +89,6 @@ def _mm_block(A, i, B, j, C, L, accumulate):
         a31 += x3 * y1
         a32 += x3 * y2
         a33 += x3 * y3
-    if accumulate:
-        a00 += C[i, j]
-        a01 += C[i, j + 1]
-        a02 += C[i, j + 2]
-        a03 += C[i, j + 3]
-        a10 += C[i + 1, j]
-        a11 += C[i + 1, j + 1]
-        a12 += C[i + 1, j + 2]
-        a13 += C[i + 1, j + 3]
-        a20 += C[i + 2, j]
-        a21 += C[i + 2, j + 1]
-        a22 += C[i + 2, j + 2]
-        a23 += C[i + 2, j + 3]
-        a30 += C[i + 3, j]
-        a31 += C[i + 3, j + 1]
-        a32 += C[i + 3, j + 2]
-        a33 += C[i + 3, j + 3]
     C[i, j] = a00
     C[i, j + 1] = a01
     C[i, j + 2] = a02
@@ -125,19 +108,12 @@ def _mm_block(A, i, B, j, C, L, accumulate):
 
 
 @njit(fastmath=FAST, cache=True)
-def _mm_nt(A, B, C, M, T, L, accumulate, rows_of_a_outer):
-    """C[:M, :T] (+)= A[:M, :L] · B[:T, :L]ᵀ; M and T multiples of 4.
-
-    ``rows_of_a_outer`` picks the loop order: keep 4 rows of A hot and stream B (B small), or
-    the other way round (A small)."""
-    if rows_of_a_outer:
-        for i in range(0, M, 4):
-            for j in range(0, T, 4):
-                _mm_block(A, i, B, j, C, L, accumulate)
-    else:
+def _mm_nt(A, B, C, M, T, L):
+    """C[:M, :T] = A[:M, :L] · B[:T, :L]ᵀ; M and T multiples of 4: 4 rows of A stay hot while
+    B streams."""
+    for i in range(0, M, 4):
         for j in range(0, T, 4):
-            for i in range(0, M, 4):
-                _mm_block(A, i, B, j, C, L, accumulate)
+            _mm_block(A, i, B, j, C, L)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
@@ -148,7 +124,7 @@ def _matmul_nt(A, B, C):
     Tp = B.shape[0]
     for ib in prange(Mp // 4):
         for j in range(0, Tp, 4):
-            _mm_block(A, 4 * ib, B, j, C, L, False)
+            _mm_block(A, 4 * ib, B, j, C, L)
 
 
 #: columns of C per task of :func:`_matmul_tn` (4 accumulator rows of this many stay in L1)
@@ -370,7 +346,7 @@ def _gather_gemm(src, A, seg, geo, bias, out):
                 hh[t - t0] = oh0 + p * osh
                 ww[t - t0] = ow0 + q * osw
             T4 = (t1 - t0 + 3) // 4 * 4
-            _mm_nt(A, rows, tile, Mp, T4, Lp, False, True)
+            _mm_nt(A, rows, tile, Mp, T4, Lp)
             for m in range(M):
                 bm = bias[m] if has_bias else np.float32(0)
                 om = out[n, m]

@@ -4,13 +4,16 @@ Optimisations (kernels in :mod:`._numba_kernels`):
 - a convolution pass reads a zero-padded copy of its source that is also split into stride
   phases (space-to-depth), so every pass, whatever its stride, reads with unit stride (for
   stride 2 in float32 the copy is made from column pairs read as 8-byte words);
-- layers with few channels run the *row-direct* kernel: a run of whole padded rows is covered
-  by register tiles (6 output channels × 4 AVX-512 vectors of pixels, one accumulator register
-  each, written in LLVM IR), which read the padded source directly: no im2col buffer;
-- larger layers run a *gather GEMM*: tiles of im2row rows built by contiguous copies from a
-  channel-last copy, multiplied in a 4×4 register-blocked dot-product kernel;
-- backward-data is a forward pass over the padded ``dy`` with the transposed kernel, once per
-  stride phase, so no scatter and no multiplications by inserted zeros;
+- the *row-direct* kernel covers runs of whole padded rows with register tiles (8 output
+  channels × 3 AVX-512 vectors of pixels, or 6 × 4 / 4 × 5 where those pad the channel count
+  less; one accumulator register each, written in LLVM IR) that read the padded source
+  directly: no im2col buffer;
+- very wide layers (output × input channels above DIRECT_MAX_WORK) run a *gather GEMM*: tiles
+  of im2row rows built by contiguous copies from a channel-last copy, multiplied in a 4×4
+  register-blocked dot-product kernel;
+- backward-data is a forward pass over the padded ``dy`` with the transposed kernel, per
+  stride phase (all phases in one call), so no scatter and no multiplications by inserted
+  zeros;
 - backward-weight runs dot-product register tiles (4 output channels × 6 taps, LLVM IR) along
   the padded input and a copy of dy with the same row width, so nothing is gathered; it sums
   per fixed chunk of samples, then adds the chunks in order: results are bit-identical for any
