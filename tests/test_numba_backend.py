@@ -452,3 +452,39 @@ def test_kernels_stay_in_bounds():
     out = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and "in bounds" in out.stdout, out.stderr[-3000:]
+
+
+AVX2_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from polycnn.backends import numba_backend as nb
+    from polycnn.backends.numpy_backend import NumpyBackend
+
+    be, ref = nb.NumbaBackend(), NumpyBackend()
+    assert be._k.SIMD_BYTES == 32, be._k.SIMD_BYTES
+    rng = np.random.default_rng(1)
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-4)):
+        for xs, ws, stride, padding in (((3, 5, 9, 8), (13, 5, 3, 3), 1, 1),
+                                        ((2, 3, 10, 7), (3, 3, 3, 3), 2, 1)):
+            x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
+            (y1, c1), (y2, c2) = be.conv2d_forward(x, w, None, stride, padding), \\
+                ref.conv2d_forward(x, w, None, stride, padding)
+            dy = rng.standard_normal(y1.shape).astype(dt)
+            for a, e in zip((y1,) + be.conv2d_backward(dy, c1)[:2],
+                            (y2,) + ref.conv2d_backward(dy, c2)[:2]):
+                np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+    print("avx2 ok")
+""")
+
+
+def test_avx2_register_tiles_match_numpy(tmp_path):
+    """Compiled for a CPU without AVX-512 (NUMBA_CPU_NAME=haswell), the kernels take 8-float
+    vectors and the 16-register tile shapes: conv forward, dx and dw still match numpy."""
+    from numba.core.codegen import get_host_cpu_features
+
+    if "+avx2" not in get_host_cpu_features().split(","):
+        pytest.skip("this CPU has no AVX2 to run haswell code on")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path),
+           "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse4.2,+popcnt,+f16c,+bmi,+bmi2"}
+    out = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and "avx2 ok" in out.stdout, out.stderr[-3000:]

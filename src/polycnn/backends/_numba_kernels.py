@@ -604,8 +604,10 @@ def _make_dot_tile(tk: int, tj: int):
     return dot
 
 
-#: the weight gradient's dot tile: (output channels, taps); 24 accumulators and 10 loads
-DOT_TILE = (4, 6)
+#: the weight gradient's dot tile: (output channels, taps); 24 accumulators and 10 loads with
+#: AVX-512's 32 registers, 10 and 7 with AVX2's 16 (there 4 × 6 spilled: layer b's dw took
+#: 26 ms against 20 with 2 × 5, compiled for haswell on this machine)
+DOT_TILE = (4, 6) if SIMD_BYTES == 64 else (2, 5)
 _dot_tile = _make_dot_tile(*DOT_TILE)
 
 
