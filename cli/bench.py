@@ -46,11 +46,12 @@ def _isolated(params: dict, backend_names, no_torch: bool) -> dict:
     if not no_torch and B._import_torch() is not None:
         argvs.append(base + ["--torch-only"])
     parts = []
-    for argv in argvs:
-        try:
-            parts.append(B.run_in_child(argv, threads=params["threads"]))
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
+    for _ in range(params["repeat"]):  # engines alternate: A B C A B C ...
+        for argv in argvs:
+            try:
+                parts.append(B.run_in_child(argv, threads=params["threads"]))
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from None
     result = B.merge_isolated(parts)
     startup = params["startup"] if params["startup"] is not None else not params["quick"]
     if startup:
@@ -92,17 +93,23 @@ def _progress(message: str) -> None:
               help="measure each engine (every backend, then PyTorch) in a child process of its"
                    " own, one after the other: no engine's idle worker threads (OpenBLAS, OpenMP)"
                    " slow the next; not interleaved, so compare on a quiet machine")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, metavar="N",
+              help="with --isolate: run every engine's process N times, engines alternating,"
+                   " and take each case's median over them (steadier on a busy machine)")
 @click.option("--torch-only", "torch_only", is_flag=True, hidden=True,
               help="PyTorch alone (the last child of --isolate)")
 @json_option
 def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick,
-          threads, fast_blas, isolate, torch_only, as_json):
+          threads, fast_blas, isolate, repeat, torch_only, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
     training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
     backend_names, layer_names = _names(backends, "--backends"), _names(layers, "--layers")
     # fail on bad names here, before any measuring (or a child process)
     B.select_layers(layer_names)
     B.select_backends(backend_names)
+    if repeat > 1 and not isolate:
+        raise ValueError(f"--repeat {repeat} needs --isolate (without it the engines'"
+                         " rounds are interleaved in one process already)")
     if isolate and not B.in_child():
         if fast_blas:
             raise click.UsageError("--isolate and --fast-blas cannot be combined")
@@ -160,7 +167,10 @@ def render(result: dict) -> str:
         f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
         f"heap (every engine): {env.get('heap', '-')}",
         (f"each engine in a process of its own (--isolate), each time the median of"
-         f" {config['rounds']} rounds" if config.get("isolated") else
+         f" {config['rounds']} rounds"
+         + (f"; {config['repeats']} processes per engine, alternating, the median of them"
+            if config.get("repeats", 1) > 1 else "")
+         if config.get("isolated") else
          f"each time: median of {config['rounds']} interleaved rounds")
         + (f"; batch sizes / {config['batch_divisor']} (--quick)"
            if config["batch_divisor"] > 1 else ""),

@@ -111,6 +111,13 @@ def test_bad_names_are_one_line_errors(args, words):
         assert word in message
 
 
+def test_repeat_needs_isolate():
+    result = _invoke("bench", "--repeat", "3")
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert "--repeat" in message and "--isolate" in message and "\n" not in message
+
+
 def test_rounds_must_be_positive():
     result = _invoke("bench", "--rounds", "0")
     assert result.exit_code == 2 and "--rounds" in result.output
@@ -340,6 +347,31 @@ def test_isolated_parts_merge_side_by_side_with_ratios_to_torch():
     busy[0]["notes"].append(f"{B.BUSY_NOTE} 1.1 on 2 cores before the run")
     busy[1]["notes"].append(f"{B.BUSY_NOTE} 1.3 on 2 cores before the run")
     assert sum(n.startswith(B.BUSY_NOTE) for n in B.merge_isolated(busy)["notes"]) == 1
+
+
+def test_repeated_isolated_children_merge_as_medians():
+    """--isolate --repeat 3: three children per engine (alternating) become one row per case,
+    its time the median of the three (GFLOP/s with it), ratios taken after that."""
+    parts = []
+    for numba_ms, torch_ms in ((1.0, 4.0), (9.0, 2.0), (2.0, 3.0)):
+        parts += [_part("numba", numba_ms, 300.0 / numba_ms, 200.0),
+                  _part("torch", torch_ms, 200.0, 150.0 + torch_ms)]
+    for part in parts:
+        for r in part["ops"]:
+            r["gflops"] = 10.0 / r["ms"]  # 10 MFLOP a call, so GFLOP/s follows the time
+    parts[2]["notes"].append(f"{B.BUSY_NOTE} 1.2 on 2 cores before the run")
+    parts[4]["notes"].append(f"{B.BUSY_NOTE} 1.5 on 2 cores before the run")
+    merged = B.merge_isolated(parts)
+    assert merged["engines"] == ["numba", "torch"] and merged["config"]["repeats"] == 3
+    row = {(r["layer"], r["pass"], r["engine"]): r for r in merged["ops"]}
+    assert row[("a", "fwd", "numba")]["ms"] == 2.0 and row[("a", "fwd", "torch")]["ms"] == 3.0
+    assert row[("b", "fwd", "numba")]["ms"] == 4.0  # k = 2 for layer b
+    assert row[("a", "fwd", "numba")]["gflops"] == 10.0 / 2.0
+    assert row[("a", "fwd", "numba")]["time_vs_torch"] == 2.0 / 3.0
+    assert merged["matmul"]["gflops"] == 200.0
+    speed = {r["engine"]: r["speed_vs_torch"] for r in merged["training"]}
+    assert speed["numba"] == 150.0 / 200.0  # the median of 300, 33.3, 150 images/s
+    assert sum(n.startswith(B.BUSY_NOTE) for n in merged["notes"]) == 1
 
 
 @pytest.mark.parametrize("as_json", [True, False])

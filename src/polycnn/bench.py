@@ -778,10 +778,48 @@ THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUM
 BUSY_NOTE = "the load average was"
 
 
+def combine_repeats(parts: list[dict]) -> list[dict]:
+    """``--isolate --repeat N``: the results of N children per engine (run alternately) as one
+    result per engine, in first-seen order: each case's time (and a training model's images/s)
+    is the median over that engine's children, GFLOP/s follows from it; the best matmul peak
+    and every note are kept. An engine measured once passes through unchanged."""
+    groups: dict[str, list[dict]] = {}
+    for part in parts:
+        groups.setdefault(part["engines"][0], []).append(part)
+    combined = []
+    for group in groups.values():
+        if len(group) == 1:
+            combined.append(group[0])
+            continue
+        out = copy.deepcopy(group[-1])
+        for i, row in enumerate(out["ops"]):
+            times = [g["ops"][i]["ms"] for g in group]
+            ms = statistics.median(times)
+            if row["gflops"]:
+                row["gflops"] *= row["ms"] / ms
+            row["ms"] = ms
+            row["repeats"] = len(group)
+        for i, row in enumerate(out["training"]):
+            for key in ("images_per_s", "ms_per_step"):
+                if key in row:
+                    row[key] = statistics.median(g["training"][i][key] for g in group)
+            row["repeats"] = len(group)
+        peaks = [g["matmul"] for g in group if g["matmul"]]
+        out["matmul"] = max(peaks, key=lambda m: m["gflops"]) if peaks else None
+        notes = list(dict.fromkeys(n for g in group for n in g["notes"]))
+        busy = [n for n in notes if n.startswith(BUSY_NOTE)]
+        out["notes"] = [n for n in notes if not n.startswith(BUSY_NOTE) or n == busy[0]]
+        out["config"]["repeats"] = len(group)
+        combined.append(out)
+    return combined
+
+
 def merge_isolated(parts: list[dict]) -> dict:
     """One result from the results of ``--isolate``'s children, one engine each (PyTorch's child
-    last, when there is one): rows side by side, ratios to the PyTorch child's times, peak
-    fractions against the best matmul peak any child measured."""
+    last, when there is one; repeated children combined first, see :func:`combine_repeats`):
+    rows side by side, ratios to the PyTorch child's times, peak fractions against the best
+    matmul peak any child measured."""
+    parts = combine_repeats(parts)
     merged = copy.deepcopy(parts[0])
     merged.pop("child", None)  # each part ran in a child; none of them is "the" child
     for part in parts[1:]:
