@@ -336,7 +336,7 @@ _PAD_CASES = [(0, 0, (1, 1)), (2, 1, (1, 1)), (1, 1, (2, 2)), (2, 0, (3, 2)), (-
 def test_pad_planes_matches_a_numpy_construction(top, left, stride):
     """The padding / space-to-depth copy, every destination element written
     (NaN-filled first), against slicing a zero-padded copy in NumPy; for stride 2 in columns
-    also the kernel that reads 4-byte elements in pairs (even W)."""
+    also reading 4-byte elements in pairs (even W)."""
     rng = np.random.default_rng(4)
     sh, sw = stride
     k = NumbaBackend()._k
@@ -345,12 +345,12 @@ def test_pad_planes_matches_a_numpy_construction(top, left, stride):
         Hd, Wd = 5, 6
         want = _pad_planes_oracle(x, top, left, stride, Hd, Wd)
         dst = np.full((2, 3 * sh * sw, Hd, Wd), np.nan, np.float32)
-        k._pad_planes(x, dst, top, left, sh, sw)
+        k._pad_planes(x.view(np.uint32), dst.view(np.uint32), top, left, sh, sw, False)
         np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes, W={W}")
         if sw == 2 and W % 2 == 0:
             dst = np.full((2, 3 * sh * sw, Hd, Wd), np.nan, np.float32)
-            k._pad_planes_pairs(x.view(np.uint64), dst.view(np.uint32), top, left, sh)
-            np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes_pairs, W={W}")
+            k._pad_planes(x.view(np.uint64), dst.view(np.uint32), top, left, sh, sw, True)
+            np.testing.assert_array_equal(dst, want, err_msg=f"_pad_planes pairs, W={W}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

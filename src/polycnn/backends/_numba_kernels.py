@@ -10,9 +10,9 @@ reduction index ``j`` (channel, tap) into a zero-padded, stride-phase-split sour
 ``base(t)`` is the pixel's corner there. Two kernels compute it:
 - ``_direct_conv`` covers runs of whole padded rows with register tiles (a GEMM micro-kernel
   written in LLVM IR, ``_make_register_tile``) that read the padded source directly;
-- ``_gather_gemm`` (very wide layers) copies tiles of those rows (channel-last source: long contiguous segments)
-  into a thread-local buffer and multiplies them with ``_mm_block``, a 4×4 register-blocked
-  dot-product kernel whose reduction loop LLVM vectorises.
+- ``_gather_gemm`` (very wide layers) copies tiles of those rows (channel-last source: long
+  contiguous segments) into a thread-local buffer and multiplies them with ``_mm_block``, a
+  4×4 register-blocked dot-product kernel whose reduction loop LLVM vectorises.
 Backward-weight (``_conv_weight_tiles``) uses the same tables with the reduction over
 pixels, in dot-product register tiles (``_make_dot_tile``).
 
@@ -160,7 +160,7 @@ def _matmul_tn(A, B, C):
 
 
 @njit(parallel=True, cache=True)
-def _pad_planes(src, dst, top, left, sh, sw):
+def _pad_planes(src, dst, top, left, sh, sw, pairs):
     """Zero padding and space-to-depth in one copy: dst (N, C*sh*sw, Hd, Wd) with
     dst[n, (c*sh + a)*sw + b, i, j] = src[n, c, i*sh + a - top, j*sw + b - left] where that is
     inside src, else 0. With sh = sw = 1 it is plain padding; ``top``/``left`` may be negative
@@ -168,13 +168,18 @@ def _pad_planes(src, dst, top, left, sh, sw):
 
     A convolution with stride (sh, sw) reads such a copy with unit stride: tap (r, s) of
     output (p, q) is dst[n, (c*sh + r % sh)*sw + s % sw, p + r // sh, q + s // sw] (with
-    r, s the dilated tap offsets)."""
-    N, C, H, W = src.shape
+    r, s the dilated tap offsets).
+
+    It is a bit copy: ``src`` and ``dst`` come as unsigned-integer views of the data. With
+    ``pairs`` (sw = 2, 4-byte elements, an even width) ``src`` is viewed as (N, C, H, W/2)
+    uint64, column 2k the low half of pair k (little-endian), and each phase takes one half of
+    consecutive pairs: a shift and a truncation, which vectorise where a stride-2 load is a
+    gather."""
+    N, C, H, Wu = src.shape  # Wu: units in a source row (columns, or column pairs)
     Hd, Wd = dst.shape[2], dst.shape[3]
     sflat = src.reshape(src.size)
     dflat = dst.reshape(dst.size)
     uWd = np.uint64(Wd)
-    usw = np.uint64(sw)
     # NOTE: a task is one source plane (n, c) and writes its sh*sw phases, which read the
     # same rows: the plane is fetched into cache once
     for nc in prange(N * C):  # nc = n*C + c
@@ -182,11 +187,19 @@ def _pad_planes(src, dst, top, left, sh, sw):
             a = ab // sw
             b = ab - a * sw
             ccn = nc * sh * sw + ab  # the destination plane, n*C*sh*sw + (c*sh + a)*sw + b
-            # the columns j with 0 <= j*sw + b - left < W: no bounds test inside the copy loop
-            j0 = min(Wd, max(0, (left - b + sw - 1) // sw))
-            j1 = max(j0, min(Wd, (W + left - b + sw - 1) // sw))
+            # column j reads unit j*step + base of the row, its bits shifted right by shift
+            if pairs:
+                par = (b - left) % 2
+                base, step, shift = (b - left - par) // 2, 1, 32 * par
+            else:
+                base, step, shift = b - left, sw, 0
+            # the columns j whose unit is inside the row: no bounds test inside the copy loop
+            j0 = min(Wd, max(0, (step - 1 - base) // step))
+            j1 = max(j0, min(Wd, (Wu - base + step - 1) // step))
             uj0 = np.uint64(j0)
             uj1 = np.uint64(j1)
+            ustep = np.uint64(step)
+            ushift = np.uint64(shift)
             for i in range(Hd):
                 h = i * sh + a - top
                 # NOTE: unsigned flat offsets (see _direct_conv)
@@ -197,54 +210,18 @@ def _pad_planes(src, dst, top, left, sh, sw):
                     continue
                 for j in range(uj0):
                     dflat[d + j] = 0
-                # source column of j: j*sw + b - left, >= 0 from j0 on (wrapping offsets)
-                s = np.uint64((nc * H + h) * W + j0 * sw + b - left) - uj0 * usw
-                if sw == 1:  # a separate unit-stride loop, so it vectorises
+                # unit of column j, from j0 on (wrapping offsets)
+                s = np.uint64((nc * H + h) * Wu + j0 * step + base) - uj0 * ustep
+                # NOTE: three loops, each with what it needs only, so the first two vectorise
+                if pairs:
+                    for j in range(uj0, uj1):
+                        dflat[d + j] = np.uint32(sflat[s + j] >> ushift)
+                elif step == 1:
                     for j in range(uj0, uj1):
                         dflat[d + j] = sflat[s + j]
                 else:
                     for j in range(uj0, uj1):
-                        dflat[d + j] = sflat[s + j * usw]
-                for j in range(uj1, uWd):
-                    dflat[d + j] = 0
-
-
-@njit(parallel=True, cache=True)
-def _pad_planes_pairs(src, dst, top, left, sh):
-    """:func:`_pad_planes` with sw = 2 for 4-byte elements, read as pairs: ``src`` is the
-    source viewed as (N, C, H, W/2) uint64 (W even, little-endian: column 2k is the low half of
-    pair k) and ``dst`` the destination viewed as uint32. Each phase then takes one half of
-    consecutive pairs, a shift and a truncation that vectorise (a stride-2 load is a gather)."""
-    N, C, H, W2 = src.shape
-    Hd, Wd = dst.shape[2], dst.shape[3]
-    sflat = src.reshape(src.size)
-    dflat = dst.reshape(dst.size)
-    uWd = np.uint64(Wd)
-    for nc in prange(N * C):  # nc = n*C + c
-        for ab in range(sh * 2):
-            a = ab // 2
-            b = ab - a * 2
-            ccn = nc * sh * 2 + ab
-            # source column of j: 2j + b - left = 2(j + off) + par
-            par = (b - left) % 2
-            off = (b - left - par) // 2
-            shift = np.uint64(32 * par)
-            j0 = min(Wd, max(0, -off))
-            j1 = max(j0, min(Wd, W2 - off))
-            uj0 = np.uint64(j0)
-            uj1 = np.uint64(j1)
-            for i in range(Hd):
-                h = i * sh + a - top
-                d = np.uint64((ccn * Hd + i) * Wd)
-                if h < 0 or h >= H:
-                    for j in range(uWd):
-                        dflat[d + j] = 0
-                    continue
-                for j in range(uj0):
-                    dflat[d + j] = 0
-                s = np.uint64((nc * H + h) * W2 + j0 + off) - uj0
-                for j in range(uj0, uj1):
-                    dflat[d + j] = np.uint32(sflat[s + j] >> shift)
+                        dflat[d + j] = sflat[s + j * ustep]
                 for j in range(uj1, uWd):
                     dflat[d + j] = 0
 

@@ -253,12 +253,12 @@ class NumbaBackend(Backend):
         buf = np.empty(size + (Ws + self._k.ZBLOCK if slack else 0), dtype=src.dtype)
         buf[size:] = 0
         dst = buf[:size].reshape(N, C * sh * sw, Hs, Ws)
-        if (sw == 2 and src.dtype.itemsize == 4 and src.shape[3] % 2 == 0
-                and src.ctypes.data % 8 == 0 and sys.byteorder == "little"):
-            pairs = src.view(np.uint64)  # (N, C, H, W/2): two columns an element
-            self._k._pad_planes_pairs(pairs, dst.view(np.uint32), top, left, sh)
-        else:
-            self._k._pad_planes(src, dst, top, left, sh, sw)
+        unit = np.uint32 if src.dtype.itemsize == 4 else np.uint64  # a bit copy
+        pairs = (sw == 2 and src.dtype.itemsize == 4 and src.shape[3] % 2 == 0
+                 and src.ctypes.data % 8 == 0 and sys.byteorder == "little")
+        # with pairs, (N, C, H, W/2): two columns an element
+        self._k._pad_planes(src.view(np.uint64 if pairs else unit), dst.view(unit), top, left,
+                            sh, sw, pairs)
         return _Source(buf, C * sh * sw * Hs * Ws, Hs * Ws, Hs, Ws)
 
     def _padded_input(self, x, g: ConvGeometry, slack: bool = False) -> _Source:
@@ -317,7 +317,6 @@ class NumbaBackend(Backend):
         L = g.C * g.R * g.S
         y = np.empty(g.y_shape, dtype=x.dtype)
         bias = b if b is not None else np.zeros(0, dtype=x.dtype)
-        Kp, Lp = _round_up(g.K, 4), _round_up(L, 16)
         if self._use_direct(g.K, g.C):
             xp = self._padded_input(x, g, slack=True)
             tab = self._forward_table(g, xp)
@@ -328,7 +327,8 @@ class NumbaBackend(Backend):
         Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
         Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
         xh = self._padded_nhwc(x, g.pad_h, g.pad_w, Hp, Wp)
-        A = _padded_matrix(w.transpose(0, 2, 3, 1).reshape(g.K, L), Kp, Lp)  # (r, s, c) order
+        A = _padded_matrix(w.transpose(0, 2, 3, 1).reshape(g.K, L),  # (r, s, c) order
+                           _round_up(g.K, 4), _round_up(L, 16))
         r, s = np.meshgrid(np.arange(g.R), np.arange(g.S), indexing="ij")
         if g.dil_w == 1:  # a kernel row is one run of S*C channel-last elements
             seg, plen = np.arange(g.R) * (g.dil_h * Wp * g.C), g.S * g.C
@@ -388,7 +388,6 @@ class NumbaBackend(Backend):
         empty_phase = any(not t[1] for t in rows) or any(not t[1] for t in cols)
         dx = (np.zeros if empty_phase else np.empty)(g.x_shape, dtype=dy.dtype)
         bias = np.zeros(0, dtype=dy.dtype)
-        Cp = _round_up(g.C, 4)
         tabs, mats, phases = [], [], []  # the row-direct kernel runs every phase in one call
         for a, (Ta, rtaps, roffs) in enumerate(rows):
             for b, (Ub, staps, soffs) in enumerate(cols):
@@ -397,7 +396,6 @@ class NumbaBackend(Backend):
                 sub = w[:, :, rtaps][:, :, :, staps]  # (K, C, taps r, taps s)
                 ro = np.asarray(roffs, dtype=np.int64) + top
                 so = np.asarray(soffs, dtype=np.int64) + left
-                place = (a, b, sh, sw)
                 if direct:
                     k, ri, si = np.meshgrid(np.arange(g.K), np.arange(len(rtaps)),
                                             np.arange(len(staps)), indexing="ij")
@@ -408,8 +406,8 @@ class NumbaBackend(Backend):
                 else:
                     seg = ((ro[:, None] * Ws + so[None, :]) * g.K).ravel()
                     A = sub.transpose(1, 2, 3, 0).reshape(g.C, -1)  # (c; r, s, k)
-                    A = _padded_matrix(A, Cp, _round_up(A.shape[1], 16))
-                    self._gemm(dyh, A, seg, g.K, g.C, (1, 1, Ta, Ub), place, bias, dx)
+                    A = _padded_matrix(A, _round_up(g.C, 4), _round_up(A.shape[1], 16))
+                    self._gemm(dyh, A, seg, g.K, g.C, (1, 1, Ta, Ub), (a, b, sh, sw), bias, dx)
         if phases:
             self._direct(dyp, g.N, np.concatenate(mats, axis=1), np.concatenate(tabs), phases,
                          (sh, sw), bias, dx)
