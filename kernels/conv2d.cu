@@ -9,7 +9,8 @@
 // The three passes are one tiled GEMM whose operands are gathered on the fly (implicit GEMM):
 //   forward          y[k, (n,p,q)]  = sum over (c,r,s) of w[k, (c,r,s)] * x(n, c, p*sh-ph+r*dh, q*sw-pw+s*dw)
 //   backward-data    dx[c, (n,h,w)] = sum over (k,r,s) of w[k, c, r, s] * dy(n, k, p, q)
-//                                     where h = p*sh-ph+r*dh and w = q*sw-pw+s*dw   (a gather, no scatter)
+//                                     where h = p*sh-ph+r*dh and w = q*sw-pw+s*dw   (a gather, no scatter;
+//                                     one GEMM per stride phase, over the taps that reach it)
 //   backward-weight  dw[k, (c,r,s)] = sum over (n,p,q) of dy[n, k, p, q] * x(n, c, p*sh-ph+r*dh, q*sw-pw+s*dw)
 // The weight pass splits its long (n,p,q) reduction over gridDim.z blocks that write partial sums;
 // conv2d_reduce_* adds them in split order. No float atomics anywhere: every result is
@@ -18,7 +19,8 @@
 // Each GEMM kernel comes in two tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...) and 16×256
 // for few rows (`conv2d_fwd_narrow_float`, ...: a layer with 3 or 16 channels would leave most of
 // a 64-row tile idle). Launch: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
-// GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), splits).
+// GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), z) with z the
+// weight pass's splits or backward-data's stride phases (1 for the forward).
 // Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
 // flat offsets are 64-bit.
 
@@ -33,8 +35,9 @@ struct ConvShape {
 // NOTE: the A tile's rows are padded by 4 so that its column-wise stores spread over banks
 #define GEMM_SMEM_BYTES(BM, BN, elem) (2 * TILE_K * 16 + TILE_K * ((BM) + 4 + (BN)) * (elem))
 
-// What the B operand needs to know about one reduction index; computed once per tile, by
-// TILE_K threads, into a table in shared memory (integer division is slow on a GPU).
+// What the operands need to know about one reduction index; computed by B once per tile, by
+// TILE_K threads, into a table in shared memory (integer division is slow on a GPU). A reads the
+// entry of its reduction column too.
 struct RowInfo { int a, b, c, d; };
 
 template <typename T> struct __align__(16) Vec4 { T v[4]; };
@@ -70,7 +73,7 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     T a_next[A_LOADS], b_next[B_LOADS];
     auto fetch = [&](int k0, const RowInfo* rows_of_tile) {
         const int ka = k0 + a_kk;
-        const typename A::Red ared = a.reduction(ka, ka < k_end);
+        const typename A::Red ared = a.reduction(ka, rows_of_tile[a_kk], ka < k_end);
         for (int i = 0; i < A_LOADS; ++i) {
             const int m = m0 + a_row + i * (GEMM_THREADS / TILE_K);
             a_next[i] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
@@ -122,7 +125,7 @@ struct FwdA {  // w viewed as a K × CRS matrix
     const T* w;
     int crs;
     struct Red { int kk; };
-    __device__ Red reduction(int kk, bool) const { return Red{kk}; }
+    __device__ Red reduction(int kk, const RowInfo&, bool) const { return Red{kk}; }
     __device__ T operator()(int m, Red r) const { return w[(long long)m * crs + r.kk]; }
 };
 
@@ -173,16 +176,62 @@ __device__ void conv2d_fwd(const T* x, const T* w, const T* b, T* y, ConvShape s
     gemm_tile<T, BM, BN>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T>{y, b, s}, s.K, s.N * s.P * s.Q, 0, crs);
 }
 
-// ---- backward-data: rows c, columns (n, h, w), reduction (k, r, s) ----------------------------
+// ---- backward-data: rows c, columns (n, i, j), reduction (k, u, v), one stride phase a block ----
+// Input pixel h receives from tap r only when h + ph - r*dh is a multiple of sh. Split by phase
+// (ah, aw) = (h % sh, w % sw), blockIdx.z = ah * sw + aw: the pixels h = ah + sh*i, w = aw + sw*j
+// of one phase all take the same taps r = r0 + rstep*u (u < nr), s = s0 + sstep*v (v < ns), each
+// from the dy row p = i + (ah + ph - r*dh) / sh and column q = j + (aw + pw - s*dw) / sw. So a
+// stride-2 layer reduces over a quarter of K*R*S, with no divisibility test per element (a
+// single GEMM over all of K*R*S would multiply three zeros in four).
+struct Phase {
+    int ah, aw;            // the phase
+    int hi, wj;            // its pixels: i < hi, j < wj
+    int r0, rstep, nr;     // its taps along h
+    int s0, sstep, ns;     // and along w
+    __device__ int taps() const { return nr * ns; }
+};
+
+// The taps r in [0, R) with (a + pad - r*dil) divisible by stride: r0, r0 + step, ... (count n).
+// They repeat every stride / gcd(stride, dil), so the first lies below that period or nowhere.
+__device__ inline void phase_taps(int a, int pad, int stride, int dil, int R, int& r0, int& step,
+                                  int& n) {
+    int g = stride, d = dil;
+    while (d != 0) {
+        const int m = g % d;
+        g = d;
+        d = m;
+    }
+    step = stride / g;
+    r0 = 0;
+    n = 0;
+    for (int r = 0; r < step && r < R; ++r) {
+        if ((a + pad - r * dil) % stride == 0) {
+            r0 = r;
+            n = (R - r + step - 1) / step;
+            break;
+        }
+    }
+}
+
+__device__ inline Phase make_phase(const ConvShape& s, int z) {
+    Phase f;
+    f.ah = z / s.sw;
+    f.aw = z % s.sw;
+    f.hi = f.ah < s.H ? (s.H - f.ah + s.sh - 1) / s.sh : 0;
+    f.wj = f.aw < s.W ? (s.W - f.aw + s.sw - 1) / s.sw : 0;
+    phase_taps(f.ah, s.ph, s.sh, s.dh, s.R, f.r0, f.rstep, f.nr);
+    phase_taps(f.aw, s.pw, s.sw, s.dw, s.S, f.s0, f.sstep, f.ns);
+    return f;
+}
+
 template <typename T>
-struct BwdDataA {  // w[k, c, r, s] read as a C × KRS matrix
+struct BwdDataA {  // w[k, c, r, s] read as a C × (k, u, v) matrix
     const T* w;
     ConvShape s;
-    struct Red { long long base; bool valid; };  // offset of w[k, 0, r, s]
-    __device__ Red reduction(int kk, bool valid) const {
-        const int rs = s.R * s.S;
-        if (!valid) return Red{0, false};
-        return Red{(long long)(kk / rs) * s.C * rs + kk % rs, true};
+    Phase f;
+    struct Red { int base; bool valid; };  // offset of w[k, 0, r, s], from B's row table
+    __device__ Red reduction(int, const RowInfo& row, bool valid) const {
+        return Red{valid ? row.d : 0, valid};
     }
     __device__ T operator()(int c, Red r) const {
         return r.valid ? w[r.base + (long long)c * s.R * s.S] : T(0);
@@ -190,39 +239,34 @@ struct BwdDataA {  // w[k, c, r, s] read as a C × KRS matrix
 };
 
 template <typename T>
-struct BwdDataB {  // dy gathered for the input pixel of this column
+struct BwdDataB {  // dy gathered for the phase pixel (i, j) of this column
     const T* dy;
     ConvShape s;
-    struct Col { long long base; int hp, wp; bool valid; };  // hp = h + ph, wp = w + pw
+    Phase f;
+    struct Col { long long base; int i, j; bool valid; };
     __device__ Col column(int n, bool valid) const {
         Col c{0, 0, 0, valid};
         if (!valid) return c;
-        const int hw = s.H * s.W;
-        const int nb = n / hw, rem = n % hw;
+        const int ij = f.hi * f.wj;
+        const int nb = n / ij, rem = n % ij;
         c.base = (long long)nb * s.K * s.P * s.Q;
-        c.hp = rem / s.W + s.ph;
-        c.wp = rem % s.W + s.pw;
+        c.i = rem / f.wj;
+        c.j = rem % f.wj;
         return c;
     }
-    // row (k, r, s): {offset of plane k, r*dh, s*dw}
+    // row (k, u, v): {offset of plane k, p - i, q - j, offset of w[k, 0, r, s] (for A)}
     __device__ RowInfo row(int kk) const {
-        const int rs = s.R * s.S;
-        const int k = kk / rs, r = (kk % rs) / s.S, q = kk % s.S;
-        return RowInfo{k * s.P * s.Q, r * s.dh, q * s.dw, 0};
+        const int taps = f.taps();
+        if (taps == 0) return RowInfo{0, 0, 0, 0};  // no reduction: the table is never read
+        const int k = kk / taps, t = kk % taps;
+        const int r = f.r0 + (t / f.ns) * f.rstep, q = f.s0 + (t % f.ns) * f.sstep;
+        return RowInfo{k * s.P * s.Q, (f.ah + s.ph - r * s.dh) / s.sh, (f.aw + s.pw - q * s.dw) / s.sw,
+                       (k * s.C * s.R + r) * s.S + q};
     }
     __device__ T operator()(const RowInfo& r, const Col& c) const {
         if (!c.valid) return T(0);
-        int p = c.hp - r.b, q = c.wp - r.c;
-        if (p < 0 || q < 0) return T(0);
-        if (s.sh != 1) {
-            if (p % s.sh != 0) return T(0);
-            p /= s.sh;
-        }
-        if (s.sw != 1) {
-            if (q % s.sw != 0) return T(0);
-            q /= s.sw;
-        }
-        if (p >= s.P || q >= s.Q) return T(0);
+        const int p = c.i + r.b, q = c.j + r.c;
+        if (p < 0 || p >= s.P || q < 0 || q >= s.Q) return T(0);
         return dy[c.base + r.a + (long long)p * s.Q + q];
     }
 };
@@ -231,17 +275,25 @@ template <typename T>
 struct BwdDataOut {
     T* dx;
     ConvShape s;
+    Phase f;
     __device__ void operator()(int c, int n, T v) const {
-        const int hw = s.H * s.W;
-        const int nb = n / hw, rem = n % hw;
-        dx[((long long)nb * s.C + c) * hw + rem] = v;
+        const int ij = f.hi * f.wj;
+        const int nb = n / ij, rem = n % ij;
+        const int h = f.ah + s.sh * (rem / f.wj), w = f.aw + s.sw * (rem % f.wj);
+        dx[((long long)nb * s.C + c) * s.H * s.W + (long long)h * s.W + w] = v;
     }
 };
 
+// Launch: grid (ceil(N * ceil(H/sh) * ceil(W/sw) / BN), ceil(C / BM), sh * sw); phase 0 has the
+// most pixels, and a block past the end of its phase's columns returns at once (the whole block:
+// no barrier is left half-reached).
 template <typename T, int BM, int BN>
 __device__ void conv2d_bwd_data(const T* dy, const T* w, T* dx, ConvShape s) {
-    gemm_tile<T, BM, BN>(BwdDataA<T>{w, s}, BwdDataB<T>{dy, s}, BwdDataOut<T>{dx, s},
-                 s.C, s.N * s.H * s.W, 0, s.K * s.R * s.S);
+    const Phase f = make_phase(s, blockIdx.z);
+    const int cols = s.N * f.hi * f.wj;
+    if ((long long)blockIdx.x * BN >= cols) return;
+    gemm_tile<T, BM, BN>(BwdDataA<T>{w, s, f}, BwdDataB<T>{dy, s, f}, BwdDataOut<T>{dx, s, f},
+                         s.C, cols, 0, s.K * f.taps());
 }
 
 // ---- backward-weight: rows k, columns (c, r, s), reduction (n, p, q), split over blockIdx.z ----
@@ -250,7 +302,7 @@ struct BwdWeightA {  // dy[n, k, p, q] read as a K × NPQ matrix
     const T* dy;
     ConvShape s;
     struct Red { long long base; bool valid; };  // offset of dy[n, 0, p, q]
-    __device__ Red reduction(int kk, bool valid) const {
+    __device__ Red reduction(int kk, const RowInfo&, bool valid) const {
         const int pq = s.P * s.Q;
         if (!valid) return Red{0, false};
         return Red{(long long)(kk / pq) * s.K * pq + kk % pq, true};
@@ -320,19 +372,30 @@ __device__ void conv2d_reduce(const T* partial, T* out, long long count, int spl
     }
 }
 
-// db[k] = sum over (n, p, q) of dy[n, k, p, q]: one block per k, a fixed-shape tree in shared
-// memory. Launch: grid (K), block (BIAS_THREADS), dynamic shared memory BIAS_THREADS * sizeof(T).
+// partial[z, k] = sum of dy[n, k, p, q] over the flat indices i = n*P*Q + p*Q + q of split z,
+// [z * s.chunk, (z + 1) * s.chunk): one block per (k, z), each thread a strided sum along the
+// planes that the range meets, then a fixed-shape tree in shared memory. conv2d_reduce adds the
+// splits in order (with one split, partial is db itself). Launch: grid (K, splits), block
+// (BIAS_THREADS), dynamic shared memory BIAS_THREADS * sizeof(T).
+// NOTE: a block per k alone left all but K multiprocessors idle: each block then read a whole
+// N*P*Q column of dy, one load in flight per thread.
 #define BIAS_THREADS 256
 template <typename T>
-__device__ void conv2d_bias_grad(const T* dy, T* db, ConvShape s) {
+__device__ void conv2d_bias_grad(const T* dy, T* partial, ConvShape s) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* part = reinterpret_cast<T*>(smem_raw);
     const int k = blockIdx.x, t = threadIdx.x;
     const int pq = s.P * s.Q;
+    const int npq = s.N * pq;
+    const int begin = blockIdx.y * s.chunk;
+    const int end = begin + s.chunk < npq ? begin + s.chunk : npq;
     T sum = T(0);
-    for (int n = 0; n < s.N; ++n) {
+    for (int i = begin; i < end;) {  // one plane dy[n, k] at a time: j in [j0, j1)
+        const int n = i / pq, j0 = i - n * pq;
+        const int j1 = end - i < pq - j0 ? j0 + (end - i) : pq;
         const T* plane = dy + ((long long)n * s.K + k) * pq;
-        for (int i = t; i < pq; i += BIAS_THREADS) sum += plane[i];
+        for (int j = j0 + t; j < j1; j += BIAS_THREADS) sum += plane[j];
+        i += j1 - j0;
     }
     part[t] = sum;
     __syncthreads();
@@ -340,10 +403,12 @@ __device__ void conv2d_bias_grad(const T* dy, T* db, ConvShape s) {
         if (t < half) part[t] += part[t + half];
         __syncthreads();
     }
-    if (t == 0) db[k] = part[0];
+    if (t == 0) partial[(long long)blockIdx.y * s.K + k] = part[0];
 }
 
 // ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
+// NOTE: backward-data in float is held to 80 registers, three blocks of 256 threads a
+// multiprocessor (it took 90-95, two blocks); the compile gate shows it does not spill.
 extern "C" __global__ void conv2d_fwd_float(
         const float* x, const float* w, const float* b, float* y, ConvShape s) {
     conv2d_fwd<float, 64, 64>(x, w, b, y, s);
@@ -360,7 +425,7 @@ extern "C" __global__ void conv2d_fwd_narrow_double(
         const double* x, const double* w, const double* b, double* y, ConvShape s) {
     conv2d_fwd<double, 16, 256>(x, w, b, y, s);
 }
-extern "C" __global__ void conv2d_bwd_data_float(
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_float(
         const float* dy, const float* w, float* dx, ConvShape s) {
     conv2d_bwd_data<float, 64, 64>(dy, w, dx, s);
 }
@@ -368,7 +433,7 @@ extern "C" __global__ void conv2d_bwd_data_double(
         const double* dy, const double* w, double* dx, ConvShape s) {
     conv2d_bwd_data<double, 64, 64>(dy, w, dx, s);
 }
-extern "C" __global__ void conv2d_bwd_data_narrow_float(
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_narrow_float(
         const float* dy, const float* w, float* dx, ConvShape s) {
     conv2d_bwd_data<float, 16, 256>(dy, w, dx, s);
 }
@@ -398,9 +463,9 @@ extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out,
 extern "C" __global__ void conv2d_reduce_double(const double* partial, double* out, long long count,
                                                 int splits) { conv2d_reduce<double>(partial, out, count, splits); }
 
-extern "C" __global__ void conv2d_bias_grad_float(const float* dy, float* db, ConvShape s) {
-    conv2d_bias_grad<float>(dy, db, s);
+extern "C" __global__ void conv2d_bias_grad_float(const float* dy, float* partial, ConvShape s) {
+    conv2d_bias_grad<float>(dy, partial, s);
 }
-extern "C" __global__ void conv2d_bias_grad_double(const double* dy, double* db, ConvShape s) {
-    conv2d_bias_grad<double>(dy, db, s);
+extern "C" __global__ void conv2d_bias_grad_double(const double* dy, double* partial, ConvShape s) {
+    conv2d_bias_grad<double>(dy, partial, s);
 }

@@ -69,6 +69,30 @@ def test_reference_kernels_match_numpy_in_both_thread_orders(monkeypatch):
         assert np.array_equal(f, r), f"{name} depends on the order threads run in"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_split_over_many_blocks_match_numpy(monkeypatch, dtype):
+    """On a GPU the weight and bias gradients split their (n, p, q) sums over many blocks to
+    fill the device; the emulator has few "multiprocessors", so this asks for many small splits,
+    whose ranges straddle the sample planes, and checks both against NumPy."""
+    from polycnn.geometry import conv_geometry
+
+    monkeypatch.setattr(cupy_backend, "BIAS_MIN_CHUNK", 8)
+    be = cupy_backend.create_emu()
+    be.target_blocks = 200
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 5, 7)).astype(dtype)  # N*P*Q = 105 = 11 chunks of 9 and one of 6
+    w = rng.standard_normal((4, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    g = conv_geometry(x.shape, w.shape, 1, 1)
+    assert be._bias_splits(g) == (12, 9)
+    assert be._weight_splits(g, np.dtype(dtype).itemsize)[0] > 1
+    expected = run_conv(NumpyBackend(), x, w, b)
+    got = run_conv(be, x, w, b)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for name, e, f in zip(("y", "dx", "dw", "db"), expected, got):
+        np.testing.assert_allclose(f, e, rtol=tol, atol=tol, err_msg=name)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
 def test_a_removed_syncthreads_is_caught(tmp_path, monkeypatch, reverse):
     """Without the barrier between storing a tile to shared memory and multiplying it out,

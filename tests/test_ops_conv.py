@@ -41,6 +41,12 @@ CASES = [
     # more channels than a kernel's register tile or output group holds, a partial last one
     conv("many-channels", (2, 8, 7, 9), (13, 8, 3, 3), padding=1),
     conv("many-channels-stride2", (2, 7, 8, 6), (9, 7, 3, 3), stride=2, padding=1),
+    # stride and dilation together: the taps that reach one stride phase of the input repeat
+    # every stride / gcd(stride, dilation); some phases get none, or have no pixels at all
+    conv("stride2-dilation2", (2, 2, 11, 10), (3, 2, 3, 3), stride=2, dilation=2, padding=1),
+    conv("stride2-dilation3", (1, 2, 12, 11), (2, 2, 3, 2), stride=2, dilation=3, padding=(2, 1)),
+    conv("stride3-dilation2-pair", (1, 2, 10, 9), (2, 2, 2, 3), stride=(3, 2), dilation=(2, 3)),
+    conv("stride-gt-input", (2, 2, 2, 2), (3, 2, 1, 1), stride=3),
 ]
 
 

@@ -37,6 +37,8 @@ POOL_SHAPE = np.dtype([(f, np.int32) for f in (
 TILE_K = 16
 GEMM_THREADS = 256
 BIAS_THREADS = 256
+#: the fewest dy entries one block of the bias gradient sums (8 a thread)
+BIAS_MIN_CHUNK = 8 * BIAS_THREADS
 ELEMENTWISE_THREADS = 256
 #: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels
 TILES = {"": (64, 64), "_narrow": (16, 256)}
@@ -74,7 +76,7 @@ KERNELS = {
                                         "s: ConvShape")),
     "conv2d_reduce": ("conv2d.cu", ("partial: const T*", "out: T*", "count: int64",
                                     "splits: int32")),
-    "conv2d_bias_grad": ("conv2d.cu", ("dy: const T*", "db: T*", "s: ConvShape")),
+    "conv2d_bias_grad": ("conv2d.cu", ("dy: const T*", "partial: T*", "s: ConvShape")),
     "maxpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "argmax: int32*", "s: PoolShape")),
     "maxpool2d_bwd": ("pool2d.cu", ("dy: const T*", "argmax: const int32*", "dx: T*",
                                     "s: PoolShape")),
@@ -234,10 +236,12 @@ class CupyBackend(Backend):
         return (max(1, min(ceil_div(count, ELEMENTWISE_THREADS), 65536)),)
 
     # ---- convolution --------------------------------------------------------------------
-    def _gemm(self, op, dtype, rows, cols, splits, args, shapes):
+    def _gemm(self, op, dtype, rows, cols, depth, args, shapes):
+        """Launch a GEMM kernel over rows × cols in the tile that pads it least, ``depth``
+        blocks deep (the weight pass's splits, backward-data's stride phases)."""
         tile = gemm_tile(rows, cols)
         bm, bn = TILES[tile]
-        self._launch(op + tile, dtype, (ceil_div(cols, bn), ceil_div(rows, bm), splits),
+        self._launch(op + tile, dtype, (ceil_div(cols, bn), ceil_div(rows, bm), depth),
                      (GEMM_THREADS,), args, shapes, gemm_smem_bytes(tile, np.dtype(dtype).itemsize))
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
@@ -266,7 +270,10 @@ class CupyBackend(Backend):
         dx = None
         if input_grad:
             dx = xp.empty(g.x_shape, dtype=dtype)
-            self._gemm("conv2d_bwd_data", dtype, g.C, g.N * g.H * g.W, 1, [dy, w, dx, s],
+            # one GEMM per stride phase (grid z); phase 0 has the most pixels
+            self._gemm("conv2d_bwd_data", dtype, g.C,
+                       g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w),
+                       g.stride_h * g.stride_w, [dy, w, dx, s],
                        [g.y_shape, g.w_shape, g.x_shape, None])
 
         crs = g.C * g.R * g.S
@@ -285,10 +292,30 @@ class CupyBackend(Backend):
 
         db = None
         if ctx.inputs["has_bias"]:
-            db = xp.empty((g.K,), dtype=dtype)
-            self._launch("conv2d_bias_grad", dtype, (g.K,), (BIAS_THREADS,), [dy, db, s],
-                         [g.y_shape, (g.K,), None], shared_mem=BIAS_THREADS * dtype.itemsize)
+            db = self._bias_grad(dy, g)
         return dx, dw, db
+
+    def _bias_splits(self, g: ConvGeometry) -> tuple[int, int]:
+        """(splits, chunk) of the bias gradient's (n, p, q) sum: enough blocks of (k, split)
+        to fill the device, none summing fewer than BIAS_MIN_CHUNK entries."""
+        npq = g.N * g.P * g.Q
+        splits = max(1, min(ceil_div(self.target_blocks, g.K), npq // BIAS_MIN_CHUNK, 65535))
+        chunk = ceil_div(npq, splits)
+        return ceil_div(npq, chunk), chunk
+
+    def _bias_grad(self, dy, g: ConvGeometry):
+        dtype = dy.dtype
+        splits, chunk = self._bias_splits(g)
+        db = self.xp.empty((g.K,), dtype=dtype)
+        partial = db if splits == 1 else self.xp.empty((splits, g.K), dtype=dtype)
+        self._launch("conv2d_bias_grad", dtype, (g.K, splits), (BIAS_THREADS,),
+                     [dy, partial, self._conv_shape(g, chunk)],
+                     [g.y_shape, partial.shape, None], shared_mem=BIAS_THREADS * dtype.itemsize)
+        if splits > 1:
+            self._launch("conv2d_reduce", dtype, self._elementwise_grid(g.K), (ELEMENTWISE_THREADS,),
+                         [partial, db, np.int64(g.K), np.int32(splits)],
+                         [partial.shape, (g.K,), None, None])
+        return db
 
     # ---- pooling ------------------------------------------------------------------------
     def _maxpool2d_forward(self, x, g: PoolGeometry):
