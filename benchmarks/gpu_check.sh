@@ -11,7 +11,9 @@
 # Usage: bash benchmarks/gpu_check.sh   (53 s on an H100 with POLYCNN_BENCH_TIMEOUT=0; each step has
 #        its own timeout, so the whole script ends within 8 minutes whatever happens)
 # Environment: PYTHON (default python3), PYTEST_TIMEOUT (200 s), BENCH_TIMEOUT (150 s),
-#              POLYCNN_BENCH_TIMEOUT (90 s; 0 skips step 3).
+#              POLYCNN_BENCH_TIMEOUT (90 s; 0 skips step 3),
+#              GPU_CHECK_DRY=1 (no GPU needed: step 2 on cupy-emu and PyTorch's CPU at tiny sizes,
+#              to check the script itself before spending device time; its timings mean nothing).
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 2
@@ -44,12 +46,17 @@ for name, state in pc.available_backends().items():
     print(f"  {name:9} {'available: ' + str(pc.get_backend(name).info()) if state is True else 'unavailable: ' + state}")
 PY
 
-section "1. pytest -m gpu (timeout ${PYTEST_TIMEOUT}s)"
-timeout "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu -q -ra -p no:cacheprovider \
-    --continue-on-collection-errors tests 2>&1 | tail -n 60
-rc=${PIPESTATUS[0]}
-echo "pytest exit status: $rc"
-[ "$rc" -eq 0 ] || status=1
+if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
+    echo "GPU_CHECK_DRY=1: step 1 (pytest -m gpu) and step 3 skipped; step 2 on cupy-emu and the CPU"
+    POLYCNN_BENCH_TIMEOUT=0
+else
+    section "1. pytest -m gpu (timeout ${PYTEST_TIMEOUT}s)"
+    timeout "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu -q -ra -p no:cacheprovider \
+        --continue-on-collection-errors tests 2>&1 | tail -n 60
+    rc=${PIPESTATUS[0]}
+    echo "pytest exit status: $rc"
+    [ "$rc" -eq 0 ] || status=1
+fi
 
 section "2. cupy vs PyTorch + cuDNN on the GPU (timeout ${BENCH_TIMEOUT}s)"
 timeout "$BENCH_TIMEOUT" "$PY" - <<'PY'
@@ -61,16 +68,21 @@ import numpy as np
 
 import polycnn as pc
 
-be = pc.get_backend("cupy")
-import cupy  # noqa: E402
+import os  # noqa: E402
+
+# GPU_CHECK_DRY=1: the same code on cupy-emu and PyTorch's CPU at tiny sizes, to check the script
+# itself on a machine without a GPU before spending device time (its timings mean nothing)
+DRY = os.environ.get("GPU_CHECK_DRY") == "1"
+be = pc.get_backend("cupy-emu" if DRY else "cupy")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 print("cupy backend:", be.info())
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()},"
-      f" device {torch.cuda.get_device_name(0)}")
+dev = torch.device("cpu" if DRY else "cuda")
+if not DRY:
+    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()},"
+          f" device {torch.cuda.get_device_name(0)}")
 torch.backends.cudnn.benchmark = True
-dev = torch.device("cuda")
 
 # name: x shape, w shape, stride, padding (notes/perf-baseline.md)
 LAYERS = {
@@ -80,9 +92,13 @@ LAYERS = {
     "d": ((64, 3, 64, 64), (16, 3, 5, 5), 1, 2),
     "e": ((64, 32, 32, 32), (64, 32, 3, 3), 2, 1),
 }
+if DRY:
+    LAYERS = {k: ((1,) + xs[1:], ws, stride, pad) for k, (xs, ws, stride, pad) in LAYERS.items()}
 
 
 def timed(fn, sync, reps=20, rounds=5):
+    if DRY:
+        reps, rounds = 1, 1
     for _ in range(3):
         fn()
     sync()
@@ -102,7 +118,7 @@ def set_tf32(flag):
 
 
 cupy_sync = be.synchronize
-torch_sync = torch.cuda.synchronize
+torch_sync = (lambda: None) if DRY else torch.cuda.synchronize
 rows = []
 for name, (xs, ws, stride, pad) in LAYERS.items():
     rng = np.random.default_rng(0)
@@ -158,7 +174,7 @@ for r in rows:
           f" {r['torch_tf32_fb']*1e3:10.3f} {r['torch_tf32_fb']/r['cupy_fb']:6.2f} {r['max_err_vs_torch']:8.1e}")
 sys.stdout.flush()
 
-# where the time of cupy's fwd+bwd goes, kernel by kernel (layers b to e)
+# where the time of cupy's fwd+bwd goes, pass by pass (layers b to e)
 from polycnn.backends import cupy_backend as cb  # noqa: E402
 from polycnn.geometry import conv_geometry  # noqa: E402
 
@@ -167,38 +183,38 @@ for name in ("b", "c", "d", "e"):
     g = conv_geometry(xs, ws, stride, pad)
     x = be.asarray(np.random.default_rng(0).standard_normal(xs).astype(np.float32))
     w = be.asarray(np.random.default_rng(1).standard_normal(ws).astype(np.float32))
-    y = be.xp.empty(g.y_shape, np.float32)
-    dx = be.xp.empty(g.x_shape, np.float32)
-    splits, chunk = be._weight_splits(g, 4)
-    crs = g.C * g.R * g.S
-    partial = be.xp.empty((splits, g.K, crs), np.float32)
-    dw = be.xp.empty(g.w_shape, np.float32)
-    db = be.xp.empty((g.K,), np.float32)
-    s0, s1 = be._conv_shape(g), be._conv_shape(g, chunk)
+    dy = be.asarray(np.random.default_rng(2).standard_normal(g.y_shape).astype(np.float32))
+    wsplits = be._weight_splits(g, 4)[0]
+    bsplits = be._bias_splits(g)[0]
     parts = {
-        "fwd": lambda: be._gemm("conv2d_fwd", np.float32, g.K, g.N * g.P * g.Q, 1,
-                                [x, w, None, y, s0], [g.x_shape, g.w_shape, (g.K,), g.y_shape, None]),
-        "bwd_data": lambda: be._gemm("conv2d_bwd_data", np.float32, g.C, g.N * g.H * g.W, 1,
-                                     [y, w, dx, s0], [g.y_shape, g.w_shape, g.x_shape, None]),
-        f"bwd_weight ({splits} splits)": lambda: be._gemm(
-            "conv2d_bwd_weight", np.float32, g.K, crs, splits, [y, x, partial, s1],
-            [g.y_shape, g.x_shape, partial.shape, None]),
-        "reduce": lambda: be._launch(
-            "conv2d_reduce", np.float32, be._elementwise_grid(g.K * crs), (cb.ELEMENTWISE_THREADS,),
-            [partial, dw, np.int64(g.K * crs), np.int32(splits)], [partial.shape, g.w_shape, None, None]),
-        "bias_grad": lambda: be._launch(
-            "conv2d_bias_grad", np.float32, (g.K,), (cb.BIAS_THREADS,), [y, db, s0],
-            [g.y_shape, (g.K,), None], shared_mem=cb.BIAS_THREADS * 4),
+        "fwd": lambda: be._conv2d_forward(x, w, None, g),
+        f"bwd_data ({g.stride_h * g.stride_w} phases)": lambda: be._conv_bwd_data(dy, w, g),
+        f"bwd_weight ({wsplits} splits, reduce)": lambda: be._conv_bwd_weight(dy, x, g),
+        f"bias_grad ({bsplits} splits, reduce)": lambda: be._bias_grad(dy, g),
     }
     times = {k: timed(f, cupy_sync) * 1e3 for k, f in parts.items()}
     tiles = {op: "x".join(map(str, cb.TILES[cb.gemm_tile(r, c)])) for op, r, c in (
-        ("fwd", g.K, g.N * g.P * g.Q), ("bwd_data", g.C, g.N * g.H * g.W), ("bwd_weight", g.K, crs))}
-    print(f"layer {name} kernels (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items())
+        ("fwd", g.K, g.N * g.P * g.Q), ("bwd_data", g.C, g.N * g.H * g.W // (stride * stride)),
+        ("bwd_weight", g.K, g.C * g.R * g.S))}
+    print(f"layer {name} (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items())
           + f"; tiles {tiles}")
+
+# host-side cost of one call, on a conv too small for the GPU to matter (layer a's shapes)
+xs, ws, stride, pad = LAYERS["a"]
+xa = be.asarray(np.zeros(xs, np.float32))
+wa = be.asarray(np.zeros(ws, np.float32))
+ba = be.asarray(np.zeros(ws[0], np.float32))
+ya, ctxa = be.conv2d_forward(xa, wa, ba, stride=stride, padding=pad)
+dya = be.xp.zeros_like(ya)
+for label, fn in (("conv2d_forward", lambda: be.conv2d_forward(xa, wa, ba, stride=stride, padding=pad)),
+                  ("conv2d_backward", lambda: be.conv2d_backward(dya, ctxa)),
+                  ("relu_forward", lambda: be.relu_forward(ya)),
+                  ("cupy add (for scale)", lambda: ya + ya)):
+    print(f"host cost of {label} on layer a: {timed(fn, cupy_sync, reps=200) * 1e6:.1f} us per call")
 sys.stdout.flush()
 
 # ---- training throughput: the shapes CNN of perf-baseline.md at batch 128 ----
-BATCH, STEPS = 128, 20
+BATCH, STEPS = (4, 2) if DRY else (128, 20)
 rng = np.random.default_rng(0)
 xh = rng.standard_normal((BATCH * STEPS, 3, 64, 64)).astype(np.float32)
 yh = rng.integers(0, 3, BATCH * STEPS)
@@ -206,7 +222,7 @@ yh = rng.integers(0, 3, BATCH * STEPS)
 model = pc.Sequential(
     pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
     pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
-    pc.Dropout(0.5), pc.Flatten(), pc.Linear(32 * 16 * 16, 3), backend="cupy", seed=0)
+    pc.Dropout(0.5), pc.Flatten(), pc.Linear(32 * 16 * 16, 3), backend=be, seed=0)
 opt = pc.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
 
@@ -216,7 +232,7 @@ def pc_epoch(steps=STEPS):
         sl = slice(i * BATCH, (i + 1) * BATCH)
         opt.zero_grad()
         loss, dlogits = pc.losses.cross_entropy(be, model(xh[sl]), yh[sl])
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)  # as pc.fit does: the images need no gradient
         opt.step()
         losses.append(loss)
     be.synchronize()
@@ -242,7 +258,7 @@ def torch_epoch(steps=STEPS):
         loss.backward()
         topt.step()
         losses.append(loss.item())
-    torch.cuda.synchronize()
+    torch_sync()
     return losses
 
 
@@ -264,14 +280,14 @@ def breakdown():
         be.synchronize(); t0 = time.perf_counter()
         logits = model(xb); be.synchronize(); t1 = time.perf_counter()
         loss, dlogits = pc.losses.cross_entropy(be, logits, yb); be.synchronize(); t2 = time.perf_counter()
-        opt.zero_grad(); model.backward(dlogits); be.synchronize(); t3 = time.perf_counter()
+        opt.zero_grad(); model.backward(dlogits, input_grad=False); be.synchronize(); t3 = time.perf_counter()
         opt.step(); be.synchronize(); t4 = time.perf_counter()
         parts = {"forward": t1 - t0, "loss": t2 - t1, "backward": t3 - t2, "sgd": t4 - t3}
     return {k: round(v * 1e3, 3) for k, v in parts.items()}
 
 
 cupy_ips = images_per_s(pc_epoch)
-print("\nshapes CNN training, batch 128, 3x64x64, SGD momentum 0.9, host batches copied each step")
+print(f"\nshapes CNN training, batch {BATCH}, 3x64x64, SGD momentum 0.9, host batches copied each step")
 print(f"  cupy backend           {cupy_ips:10.0f} images/s   step breakdown (ms): {breakdown()}")
 for flag, tag in ((False, "fp32"), (True, "tf32")):
     set_tf32(flag)

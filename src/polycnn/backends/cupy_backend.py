@@ -263,37 +263,40 @@ class CupyBackend(Backend):
 
     def _conv2d_backward(self, dy, ctx: OpContext, input_grad: bool):
         g: ConvGeometry = ctx.geom
-        x, w = ctx.inputs["x"], ctx.inputs["w"]
-        xp, dtype = self.xp, x.dtype
-        s = self._conv_shape(g)
+        dx = self._conv_bwd_data(dy, ctx.inputs["w"], g) if input_grad else None
+        dw = self._conv_bwd_weight(dy, ctx.inputs["x"], g)
+        db = self._bias_grad(dy, g) if ctx.inputs["has_bias"] else None
+        return dx, dw, db
 
-        dx = None
-        if input_grad:
-            dx = xp.empty(g.x_shape, dtype=dtype)
-            # one GEMM per stride phase (grid z); phase 0 has the most pixels
-            self._gemm("conv2d_bwd_data", dtype, g.C,
-                       g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w),
-                       g.stride_h * g.stride_w, [dy, w, dx, s],
-                       [g.y_shape, g.w_shape, g.x_shape, None])
+    def _conv_bwd_data(self, dy, w, g: ConvGeometry):
+        """dx: one GEMM per stride phase (grid z); phase 0 has the most pixels."""
+        dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
+        self._gemm("conv2d_bwd_data", dy.dtype, g.C,
+                   g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w),
+                   g.stride_h * g.stride_w, [dy, w, dx, self._conv_shape(g)],
+                   [g.y_shape, g.w_shape, g.x_shape, None])
+        return dx
 
+    def _conv_bwd_weight(self, dy, x, g: ConvGeometry):
+        """dw: the (n, p, q) reduction split over grid z, the partial sums added in order."""
+        xp, dtype = self.xp, dy.dtype
         crs = g.C * g.R * g.S
         splits, chunk = self._weight_splits(g, dtype.itemsize)
-        s = self._conv_shape(g, chunk)
         dw = xp.empty(g.w_shape, dtype=dtype)
         partial = dw if splits == 1 else xp.empty((splits, g.K, crs), dtype=dtype)
-        self._gemm("conv2d_bwd_weight", dtype, g.K, crs, splits, [dy, x, partial, s],
+        self._gemm("conv2d_bwd_weight", dtype, g.K, crs, splits,
+                   [dy, x, partial, self._conv_shape(g, chunk)],
                    [g.y_shape, g.x_shape, partial.shape, None])
         if splits > 1:
-            count = g.K * crs
-            self._launch("conv2d_reduce", dtype, self._elementwise_grid(count),
-                         (ELEMENTWISE_THREADS,),
-                         [partial, dw, np.int64(count), np.int32(splits)],
-                         [partial.shape, g.w_shape, None, None])
+            self._reduce(partial, dw)
+        return dw
 
-        db = None
-        if ctx.inputs["has_bias"]:
-            db = self._bias_grad(dy, g)
-        return dx, dw, db
+    def _reduce(self, partial, out):
+        """out = partial.sum(axis=0), the splits added in order (conv2d_reduce)."""
+        count = out.size
+        self._launch("conv2d_reduce", out.dtype, self._elementwise_grid(count),
+                     (ELEMENTWISE_THREADS,), [partial, out, np.int64(count), np.int32(partial.shape[0])],
+                     [partial.shape, out.shape, None, None])
 
     def _bias_splits(self, g: ConvGeometry) -> tuple[int, int]:
         """(splits, chunk) of the bias gradient's (n, p, q) sum: enough blocks of (k, split)
@@ -312,9 +315,7 @@ class CupyBackend(Backend):
                      [dy, partial, self._conv_shape(g, chunk)],
                      [g.y_shape, partial.shape, None], shared_mem=BIAS_THREADS * dtype.itemsize)
         if splits > 1:
-            self._launch("conv2d_reduce", dtype, self._elementwise_grid(g.K), (ELEMENTWISE_THREADS,),
-                         [partial, db, np.int64(g.K), np.int32(splits)],
-                         [partial.shape, (g.K,), None, None])
+            self._reduce(partial, db)
         return db
 
     # ---- pooling ------------------------------------------------------------------------
