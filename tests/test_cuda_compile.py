@@ -62,8 +62,8 @@ def test_kernels_compile_with_nvrtc_without_warnings_or_spills(filename, arch):
               f" stores  {f['spill_loads']} B spill loads  {f['stack']} B stack")
     spilled = [f for f in facts if f["spill_stores"] or f["spill_loads"]]
     assert not spilled, f"register spills in kernels/{filename} ({arch}): {spilled}"
-    expected = {f"{name}_{t}" for name, (src, _) in KERNELS.items() if src == filename
-                for t in ("float", "double")}
+    expected = {entry for name, (src, _) in KERNELS.items() if src == filename
+                for entry, _ in cupy_backend.entry_points(name)}
     assert expected <= {f["kernel"] for f in facts}, (
         f"entry points the backend launches are missing from kernels/{filename}:"
         f" {sorted(expected - {f['kernel'] for f in facts})}")
@@ -116,8 +116,8 @@ def test_backend_parameter_lists_match_what_the_compiler_saw(filename):
     for name, (src, params) in KERNELS.items():
         if src != filename:
             continue
-        for ctype, dtype in (("float", "float32"), ("double", "float64")):
-            kernel = library.kernels[f"{name}_{ctype}"]
-            assert kernel.params == tuple(_c_type(p, dtype) for p in params), (
-                f"{name}_{ctype}: kernel takes {kernel.params}, backend passes {params}")
+        for entry, dtype in cupy_backend.entry_points(name):
+            kernel = library.kernels[entry]
+            assert kernel.params == tuple(_c_type(p, dtype.name) for p in params), (
+                f"{entry}: kernel takes {kernel.params}, backend passes {params}")
     assert np.dtype(cupy_backend.CONV_SHAPE).itemsize == 16 * 4

@@ -12,7 +12,8 @@ from polycnn.layers import Parameter
 
 
 def _params(backend, rng):
-    return [Parameter(backend.asarray(rng.standard_normal(s)), f"p{i}") for i, s in
+    # NOTE: with its backend, as a layer makes it: SGD updates through backend.sgd_step
+    return [Parameter(backend.asarray(rng.standard_normal(s)), f"p{i}", backend) for i, s in
             enumerate([(3, 4), (5,)])]
 
 
@@ -59,6 +60,39 @@ def test_optimizer_matches_pytorch(backend, case):
     for a, b in zip(ours, tparams):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=1e-12,
                                    err_msg=f"{case}, backend={backend.name}")
+
+
+SGD_CASES = {"sgd": dict(lr=0.1), "sgd-momentum-wd": dict(lr=0.1, momentum=0.9, weight_decay=0.01),
+             "sgd-nesterov": dict(lr=0.05, momentum=0.8, nesterov=True)}
+
+
+@pytest.mark.parametrize("case", list(SGD_CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_matches_a_hand_written_update(backend, case, dtype):
+    """SGD runs through the parameter's backend (one kernel a parameter on the GPU): the same
+    five steps as the formula written out in float64."""
+    kw = SGD_CASES[case]
+    lr, mu, wd, nesterov = kw["lr"], kw.get("momentum", 0.0), kw.get("weight_decay", 0.0), \
+        kw.get("nesterov", False)
+    start = [np.random.default_rng(0).standard_normal(s) for s in [(3, 4), (5,)]]
+    params = [Parameter(backend.asarray(a.astype(dtype)), f"p{i}", backend) for i, a in enumerate(start)]
+    opt = pc.SGD(params, **kw)
+    want = [a.astype(dtype).astype(np.float64) for a in start]
+    velocity = [np.zeros_like(a) for a in want]
+    for t in range(5):
+        for i, (p, g) in enumerate(zip(params, _grads(None, t))):
+            g = g.astype(dtype)
+            p.grad = backend.asarray(g)
+            g = g.astype(np.float64) + wd * want[i]
+            if mu:
+                velocity[i] = mu * velocity[i] + g
+                g = g + mu * velocity[i] if nesterov else velocity[i]
+            want[i] = want[i] - lr * g
+        opt.step()
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for p, w in zip(params, want):
+        assert p.data.dtype == dtype
+        np.testing.assert_allclose(backend.to_numpy(p.data), w, rtol=tol, atol=tol)
 
 
 def test_adam_first_step_by_hand(backend):

@@ -51,14 +51,17 @@ def _probability(p, name: str = "p") -> float:
 
 
 class Parameter:
-    """A trainable array on the backend (``data``) and its gradient (``grad``, set by backward)."""
+    """A trainable array on the backend (``data``) and its gradient (``grad``, set by backward).
+    ``backend``: the backend the array lives on (optimisers update through it), None for a
+    plain array."""
 
-    __slots__ = ("data", "grad", "name")
+    __slots__ = ("data", "grad", "name", "backend")
 
-    def __init__(self, data, name: str):
+    def __init__(self, data, name: str, backend=None):
         self.data = data
         self.grad = None
         self.name = name
+        self.backend = backend
 
     @property
     def shape(self):
@@ -104,7 +107,7 @@ class Layer:
             self.build(None, np.random.default_rng(0), np.float32)
 
     def _param(self, name: str, host: np.ndarray) -> None:
-        self._params[name] = Parameter(self.backend.asarray(host, dtype=self.dtype), name)
+        self._params[name] = Parameter(self.backend.asarray(host, dtype=self.dtype), name, self.backend)
 
     def parameters(self) -> list[Parameter]:
         return list(self._params.values())

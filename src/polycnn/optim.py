@@ -1,8 +1,9 @@
 """Optimisers (SGD with momentum / Nesterov / weight decay, Adam, AdamW) and learning-rate
 schedules (step, cosine, warm-up).
 
-Updates run in place on the backend with ``backend.xp``, parameter by parameter, in the order of
-``model.parameters()``. The state (step count, momentum / moment buffers) can be exported and
+Updates run in place on the backend, parameter by parameter, in the order of
+``model.parameters()``: SGD through the parameter's backend (``Backend.sgd_step``, one kernel on
+the GPU), Adam with the arrays' own operators. The state (step count, momentum / moment buffers) can be exported and
 restored exactly, so a resumed run continues bit for bit.
 
 A schedule maps the optimiser's step count ``t`` (0 for the first update) to a factor of the base
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .backends.base import Backend
 
 
 def _number(value, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
@@ -102,6 +105,10 @@ def schedule_from_spec(spec):
 
 
 # ---- optimisers ---------------------------------------------------------------------------
+#: updates a parameter made without a backend (its array's own operators do the work)
+_PLAIN = Backend()
+
+
 class Optimizer:
     """Base class. ``params``: ``model.parameters()``; ``lr`` the base learning rate;
     ``schedule`` an optional :class:`Schedule`. ``step()`` applies one update using each
@@ -205,16 +212,9 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def _update(self, p, state, lr):
-        t = p.data.dtype.type
-        g = p.grad
-        if self.weight_decay:
-            g = g + t(self.weight_decay) * p.data
-        if self.momentum:
-            v = self._buffer(state, "velocity", p)
-            v *= t(self.momentum)
-            v += g
-            g = g + t(self.momentum) * v if self.nesterov else v
-        p.data -= t(lr) * g
+        v = self._buffer(state, "velocity", p) if self.momentum else None
+        backend = p.backend if p.backend is not None else _PLAIN
+        backend.sgd_step(p.data, p.grad, v, lr, self.momentum, self.weight_decay, self.nesterov)
 
     def hyperparameters(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov,

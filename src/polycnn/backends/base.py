@@ -58,6 +58,9 @@ linear_forward(x, w, b) -> (y, ctx); linear_backward(dy, ctx, input_grad=True) -
     x (N, F), w (O, F), b (O,) or None: y = x @ w.T + b; dx None with ``input_grad=False``.
 relu_forward(x) -> (y, ctx); relu_backward(dy, ctx) -> dx
     y = max(x, 0); dx = dy where x > 0, else 0.
+sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None
+    In place: g = grad + wd*p; velocity = momentum*velocity + g;
+    p -= lr * (g + momentum*velocity if nesterov else velocity)  (velocity None without momentum).
 cross_entropy(logits, labels, label_smoothing=0.0) -> (loss, dlogits)
     logits (N, K), labels (N,) integer classes on the host; loss is a Python float (mean over N)
     and dlogits its gradient (softmax - target) / N, on the backend.
@@ -245,6 +248,21 @@ class Backend:
         z *= u64(hashing.MIX2)
         z ^= z >> u64(31)
         return (z >> u64(40) >= u64(threshold)).reshape(shape)
+
+    def sgd_step(self, p, grad, velocity, lr: float, momentum: float, weight_decay: float,
+                 nesterov: bool) -> None:
+        """One SGD update of the array ``p`` in place (PyTorch's form, see optim.SGD);
+        ``velocity`` is updated in place too (None without momentum). Written with the arrays'
+        own operators, so it serves any array type."""
+        t = p.dtype.type
+        g = grad
+        if weight_decay:
+            g = g + t(weight_decay) * p
+        if momentum:
+            velocity *= t(momentum)
+            velocity += g
+            g = g + t(momentum) * velocity if nesterov else velocity
+        p -= t(lr) * g
 
     def relu_forward(self, x):
         y = self.xp.maximum(x, 0)

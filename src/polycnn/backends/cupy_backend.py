@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
+from ..losses import check_labels
 from .base import Backend, OpContext
 
 CONV_SHAPE = np.dtype([(f, np.int32) for f in (
@@ -33,13 +34,14 @@ CONV_SHAPE = np.dtype([(f, np.int32) for f in (
 POOL_SHAPE = np.dtype([(f, np.int32) for f in (
     "N", "C", "H", "W", "R", "S", "P", "Q", "sh", "sw", "ph", "pw")])
 
-# NOTE: these mirror the #defines of conv2d.cu; the launch shapes depend on them.
+# NOTE: these mirror the #defines of conv2d.cu and glue.cu; the launch shapes depend on them.
 TILE_K = 16
 GEMM_THREADS = 256
 BIAS_THREADS = 256
 #: the fewest dy entries one block of the bias gradient sums (8 a thread)
 BIAS_MIN_CHUNK = 8 * BIAS_THREADS
 ELEMENTWISE_THREADS = 256
+GLUE_THREADS = 256
 #: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels
 TILES = {"": (64, 64), "_narrow": (16, 256)}
 
@@ -82,6 +84,13 @@ KERNELS = {
                                     "s: PoolShape")),
     "avgpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "s: PoolShape")),
     "avgpool2d_bwd": ("pool2d.cu", ("dy: const T*", "dx: T*", "s: PoolShape")),
+    "relu_fwd": ("glue.cu", ("x: const T*", "y: T*", "count: int64")),
+    "relu_bwd": ("glue.cu", ("dy: const T*", "x: const T*", "dx: T*", "count: int64")),
+    "dropout_mask": ("glue.cu", ("keep: bool*", "count: int64", "key: uint64", "threshold: uint64")),
+    "sgd_step": ("glue.cu", ("p: T*", "grad: const T*", "v: T*", "count: int64", "lr: T",
+                             "momentum: T", "wd: T", "nesterov: int32")),
+    "cross_entropy": ("glue.cu", ("logits: const T*", "labels: const int64*", "dlogits: T*",
+                                  "loss: float64*", "n: int32", "k: int32", "smoothing: T")),
 }
 for _op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
     KERNELS[_op + "_narrow"] = KERNELS[_op]
@@ -124,13 +133,25 @@ class _Param:
             if type(value) is not np.ndarray or value.dtype != self.elem or value.size != 1:
                 return TypeError, f"must be a size-1 numpy array of dtype {self.spec}"
             return None
-        if type(value) is not self.elem.type:
-            return TypeError, f"must be numpy.{self.elem.name}, got {type(value).__name__}"
+        want = np.dtype(dtype) if self.elem is None else self.elem
+        if type(value) is not want.type:
+            return TypeError, f"must be numpy.{want.name}, got {type(value).__name__}"
         return None
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: the dtypes a kernel is compiled for, when not float32 and float64
+KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),)}
+
+
+def entry_points(name: str) -> list[tuple[str, np.dtype]]:
+    """(entry point, dtype) of each compiled variant of kernel ``name``: ``<name>_<C type>``."""
+    return [(f"{name}_{_C_TYPES[d]}", d) for d in KERNEL_DTYPES.get(name, _FLOAT_DTYPES)]
+
+
 _PARAMS = {name: tuple(_Param(p) for p in params) for name, (_, params) in KERNELS.items()}
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: kernel-name suffix of each dtype a kernel is launched for (``bool``: dropout_mask's output)
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.bool_): "bool"}
 
 
 def kernel_source(filename: str, kernel_dir=None) -> str:
@@ -317,6 +338,81 @@ class CupyBackend(Backend):
         if splits > 1:
             self._reduce(partial, db)
         return db
+
+    # ---- training glue: one kernel where CuPy's array functions take several ---------------
+    def relu_forward(self, x):
+        """See base; one kernel. The context keeps x (the mask is ``x > 0``)."""
+        xc = self._glue_input(x)
+        if xc is None:
+            return super().relu_forward(x)
+        x = xc
+        y = self.xp.empty(x.shape, dtype=x.dtype)
+        self._launch("relu_fwd", x.dtype, self._elementwise_grid(x.size), (GLUE_THREADS,),
+                     [x, y, np.int64(x.size)], [x.shape, x.shape, None])
+        return y, OpContext("relu", None, np.dtype(x.dtype), {"x": x})
+
+    def relu_backward(self, dy, ctx):
+        if "x" not in ctx.inputs:
+            return super().relu_backward(dy, ctx)
+        x = ctx.inputs["x"]
+        if tuple(dy.shape) != tuple(x.shape):
+            raise ValueError(f"relu backward: dy has shape {tuple(dy.shape)}, expected {tuple(x.shape)}")
+        if dy.dtype != x.dtype:
+            raise TypeError(f"relu backward: dy is {dy.dtype} but the forward ran in {x.dtype}")
+        dy = self.xp.ascontiguousarray(dy)
+        dx = self.xp.empty(x.shape, dtype=x.dtype)
+        self._launch("relu_bwd", x.dtype, self._elementwise_grid(x.size), (GLUE_THREADS,),
+                     [dy, x, dx, np.int64(x.size)], [x.shape, x.shape, x.shape, None])
+        return dx
+
+    def _glue_input(self, x):
+        """x as a contiguous device array of a float dtype the kernels take, else None (the
+        base's array functions then handle it, and raise what they raise)."""
+        if not isinstance(x, self.xp.ndarray) or np.dtype(x.dtype) not in _FLOAT_DTYPES:
+            return None
+        return self.xp.ascontiguousarray(x)
+
+    def _dropout_mask(self, shape: tuple, threshold: int, key: int):
+        """See base; one kernel."""
+        keep = self.xp.empty(shape, dtype=np.bool_)
+        if keep.size:
+            self._launch("dropout_mask", np.bool_, self._elementwise_grid(keep.size),
+                         (GLUE_THREADS,), [keep, np.int64(keep.size), np.uint64(key),
+                                           np.uint64(threshold)], [shape, None, None, None])
+        return keep
+
+    def sgd_step(self, p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
+        """See base; one kernel a parameter."""
+        dtype = np.dtype(p.dtype)
+        arrays = (p, grad) + ((velocity,) if momentum else ())
+        if dtype not in _FLOAT_DTYPES or not all(
+                isinstance(a, self.xp.ndarray) and a.flags.c_contiguous for a in arrays):
+            return super().sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov)
+        t = dtype.type
+        self._launch("sgd_step", dtype, self._elementwise_grid(p.size), (GLUE_THREADS,),
+                     [p, grad, velocity if momentum else p, np.int64(p.size), t(lr), t(momentum),
+                      t(weight_decay), np.int32(bool(nesterov))],
+                     [p.shape, p.shape, p.shape, None, None, None, None, None])
+
+    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        """See base; one kernel (one block: rows in a fixed order, a fixed tree), then one
+        copy of the loss to the host."""
+        lc = self._glue_input(logits)
+        if lc is None or lc.ndim != 2 or 0 in lc.shape:
+            return super().cross_entropy(logits, labels, label_smoothing)
+        logits = lc
+        n, k = logits.shape
+        labels = check_labels(labels, n, k)  # a label out of range would match no class
+        dtype = np.dtype(logits.dtype)
+        labels_dev = self.xp.asarray(labels)
+        dlogits = self.xp.empty((n, k), dtype=dtype)
+        loss = self.xp.empty((1,), dtype=np.float64)
+        self._launch("cross_entropy", dtype, (1,), (GLUE_THREADS,),
+                     [logits, labels_dev, dlogits, loss, np.int32(n), np.int32(k),
+                      dtype.type(label_smoothing)],
+                     [(n, k), (n,), (n, k), (1,), None, None, None],
+                     shared_mem=GLUE_THREADS * 8)
+        return float(self.to_numpy(loss)[0]), dlogits
 
     # ---- pooling ------------------------------------------------------------------------
     def _maxpool2d_forward(self, x, g: PoolGeometry):
