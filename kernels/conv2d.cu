@@ -16,9 +16,10 @@
 // conv2d_reduce_* adds them in split order. No float atomics anywhere: every result is
 // bit-identical from run to run.
 //
-// Each GEMM kernel comes in two tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...) and 16×256
-// for few rows (`conv2d_fwd_narrow_float`, ...: a layer with 3 or 16 channels would leave most of
-// a 64-row tile idle). Launch: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
+// Each GEMM kernel comes in three tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...), 32×128
+// (`conv2d_fwd_mid_float`, ...) and 16×256 (`conv2d_fwd_narrow_float`, ...) for fewer rows: a
+// layer with 3, 16 or 32 channels would leave much of a 64-row tile idle; the host picks the
+// shape that pads the output least. Launch: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
 // GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), z) with z the
 // weight pass's splits or backward-data's stride phases (1 for the forward).
 // Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
@@ -32,8 +33,8 @@ struct ConvShape {
 
 #define TILE_K 16
 #define GEMM_THREADS 256
-// NOTE: the A tile's rows are padded by 4 so that its column-wise stores spread over banks
-#define GEMM_SMEM_BYTES(BM, BN, elem) (2 * TILE_K * 16 + TILE_K * ((BM) + 4 + (BN)) * (elem))
+// NOTE: the A and B tiles' rows are padded by 4 so that column-wise stores spread over banks
+#define GEMM_SMEM_BYTES(BM, BN, elem) (2 * TILE_K * 16 + TILE_K * ((BM) + 4 + (BN) + 4) * (elem))
 
 // What the operands need to know about one reduction index; computed by B once per tile, by
 // TILE_K threads, into a table in shared memory (integer division is slow on a GPU). A reads the
@@ -47,29 +48,37 @@ template <typename T> struct __align__(16) Vec4 { T v[4]; };
 // as vectors. Software pipeline: the next tile's operands are fetched from global memory into
 // registers while the current tile is multiplied out of shared memory. The table of B's
 // reduction rows is double-buffered the same way, so it needs no barrier of its own.
+// B_ALONG_K: neighbouring threads fetch neighbouring reduction rows of one B column (each thread
+// B_LOADS columns) instead of neighbouring columns of one row: the weight pass's columns are
+// (c, r, s), far apart in x, while its reduction rows (n, p, q) are next to each other.
 // NOTE: every thread of the block reaches every __syncthreads: the loop bounds depend only on
 // blockIdx and the shape.
-template <typename T, int BM, int BN, class A, class B, class Out>
+template <typename T, int BM, int BN, bool B_ALONG_K = false, class A, class B, class Out>
 __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int cols,
                           int k_begin, int k_end) {
-    constexpr int A_STRIDE = BM + 4;
+    constexpr int A_STRIDE = BM + 4, B_STRIDE = BN + 4;
     constexpr int A_LOADS = BM * TILE_K / GEMM_THREADS, B_LOADS = BN * TILE_K / GEMM_THREADS;
     static_assert((BM / 4) * (BN / 4) == GEMM_THREADS, "one 4x4 register tile per thread");
     static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B loads");
     extern __shared__ __align__(16) unsigned char smem_raw[];
     RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
     T* As = reinterpret_cast<T*>(smem_raw + 2 * TILE_K * sizeof(RowInfo));  // [TILE_K][A_STRIDE]
-    T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][BN]
+    T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][B_STRIDE]
 
     const int t = threadIdx.x;
     const int tx = t % (BN / 4), ty = t / (BN / 4);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
 
     // This thread always loads A entries of reduction column a_kk (rows a_row + i*GEMM_THREADS/
-    // TILE_K) and B entries of column b_nn (reduction rows b_kk + i*GEMM_THREADS/BN).
+    // TILE_K) and B entries (b_kk(i), b_nn(i)): columns b_nn + i*GEMM_THREADS/TILE_K of reduction
+    // row b_kk (B_ALONG_K), else column b_nn of reduction rows b_kk + i*GEMM_THREADS/BN.
     const int a_kk = t % TILE_K, a_row = t / TILE_K;
-    const int b_nn = t % BN, b_kk = t / BN;
-    const typename B::Col bcol = b.column(n0 + b_nn, n0 + b_nn < cols);
+    const int b_nn = B_ALONG_K ? t / TILE_K : t % BN, b_kk = B_ALONG_K ? t % TILE_K : t / BN;
+    constexpr int B_COLS = B_ALONG_K ? B_LOADS : 1;
+    auto b_kk_of = [&](int i) { return B_ALONG_K ? b_kk : b_kk + i * (GEMM_THREADS / BN); };
+    auto b_nn_of = [&](int i) { return B_ALONG_K ? b_nn + i * (GEMM_THREADS / TILE_K) : b_nn; };
+    typename B::Col bcol[B_COLS];
+    for (int i = 0; i < B_COLS; ++i) bcol[i] = b.column(n0 + b_nn_of(i), n0 + b_nn_of(i) < cols);
     T a_next[A_LOADS], b_next[B_LOADS];
     auto fetch = [&](int k0, const RowInfo* rows_of_tile) {
         const int ka = k0 + a_kk;
@@ -79,8 +88,8 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
             a_next[i] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
         }
         for (int i = 0; i < B_LOADS; ++i) {
-            const int kk = b_kk + i * (GEMM_THREADS / BN);
-            b_next[i] = (k0 + kk < k_end) ? b(rows_of_tile[kk], bcol) : T(0);
+            const int kk = b_kk_of(i);
+            b_next[i] = (k0 + kk < k_end) ? b(rows_of_tile[kk], bcol[B_ALONG_K ? i : 0]) : T(0);
         }
     };
 
@@ -95,14 +104,14 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (int i = 0; i < A_LOADS; ++i)
             As[a_kk * A_STRIDE + a_row + i * (GEMM_THREADS / TILE_K)] = a_next[i];
-        for (int i = 0; i < B_LOADS; ++i) Bs[(b_kk + i * (GEMM_THREADS / BN)) * BN + b_nn] = b_next[i];
+        for (int i = 0; i < B_LOADS; ++i) Bs[b_kk_of(i) * B_STRIDE + b_nn_of(i)] = b_next[i];
         const bool more = k0 + TILE_K < k_end;
         if (t < TILE_K && more) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
         __syncthreads();
         if (more) fetch(k0 + TILE_K, table + (buf ^ 1) * TILE_K);
         for (int kk = 0; kk < TILE_K; ++kk) {
             const Vec4<T> av = *reinterpret_cast<const Vec4<T>*>(&As[kk * A_STRIDE + 4 * ty]);
-            const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * BN + 4 * tx]);
+            const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * B_STRIDE + 4 * tx]);
             for (int i = 0; i < 4; ++i)
                 for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
         }
@@ -316,15 +325,13 @@ template <typename T>
 struct BwdWeightB {  // x gathered for kernel tap (c, r, s) of this column
     const T* x;
     ConvShape s;
-    struct Col { long long base; int roff, soff; bool valid; };
+    // {offset of plane c, r*dh - ph, s*dw - pw}; a column past the end gets a row offset that
+    // puts every h below 0 (three ints: the weight pass keeps four columns a thread)
+    struct Col { int base, roff, soff; };
     __device__ Col column(int n, bool valid) const {
-        Col c{0, 0, 0, valid};
-        if (!valid) return c;
+        if (!valid) return Col{0, -(1 << 30), 0};
         const int rs = s.R * s.S;
-        c.base = (long long)(n / rs) * s.H * s.W;
-        c.roff = ((n % rs) / s.S) * s.dh - s.ph;
-        c.soff = (n % s.S) * s.dw - s.pw;
-        return c;
+        return Col{(n / rs) * s.H * s.W, ((n % rs) / s.S) * s.dh - s.ph, (n % s.S) * s.dw - s.pw};
     }
     // row (n, p, q): {n, p*sh, q*sw}
     __device__ RowInfo row(int kk) const {
@@ -333,7 +340,6 @@ struct BwdWeightB {  // x gathered for kernel tap (c, r, s) of this column
         return RowInfo{kk / pq, (rem / s.Q) * s.sh, (rem % s.Q) * s.sw, 0};
     }
     __device__ T operator()(const RowInfo& r, const Col& c) const {
-        if (!c.valid) return T(0);
         const int h = r.b + c.roff, w = r.c + c.soff;
         if (h < 0 || h >= s.H || w < 0 || w >= s.W) return T(0);
         return x[(long long)r.a * s.C * s.H * s.W + c.base + (long long)h * s.W + w];
@@ -356,7 +362,9 @@ __device__ void conv2d_bwd_weight(const T* dy, const T* x, T* partial, ConvShape
     const int npq = s.N * s.P * s.Q;
     const int k_begin = blockIdx.z * s.chunk;
     const int k_end = k_begin + s.chunk < npq ? k_begin + s.chunk : npq;
-    gemm_tile<T, BM, BN>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
+    // along K where a thread then keeps at most four columns (not the 16 x 256 tile's sixteen)
+    constexpr bool along_k = BN * TILE_K / GEMM_THREADS <= 4;
+    gemm_tile<T, BM, BN, along_k>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
                  PartialOut<T>{partial, (long long)blockIdx.z * s.K * crs, crs},
                  s.K, crs, k_begin, k_end);
 }
@@ -407,8 +415,9 @@ __device__ void conv2d_bias_grad(const T* dy, T* partial, ConvShape s) {
 }
 
 // ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
-// NOTE: backward-data in float is held to 80 registers, three blocks of 256 threads a
-// multiprocessor (it took 90-95, two blocks); the compile gate shows it does not spill.
+// NOTE: the backward passes in float are held to 80 registers, three blocks of 256 threads a
+// multiprocessor (backward-data took 90-95, the weight pass along K 93: two blocks); the
+// compile gate shows they do not spill.
 extern "C" __global__ void conv2d_fwd_float(
         const float* x, const float* w, const float* b, float* y, ConvShape s) {
     conv2d_fwd<float, 64, 64>(x, w, b, y, s);
@@ -424,6 +433,14 @@ extern "C" __global__ void conv2d_fwd_narrow_float(
 extern "C" __global__ void conv2d_fwd_narrow_double(
         const double* x, const double* w, const double* b, double* y, ConvShape s) {
     conv2d_fwd<double, 16, 256>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_mid_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 32, 128>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_mid_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 32, 128>(x, w, b, y, s);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_float(
         const float* dy, const float* w, float* dx, ConvShape s) {
@@ -441,7 +458,15 @@ extern "C" __global__ void conv2d_bwd_data_narrow_double(
         const double* dy, const double* w, double* dx, ConvShape s) {
     conv2d_bwd_data<double, 16, 256>(dy, w, dx, s);
 }
-extern "C" __global__ void conv2d_bwd_weight_float(
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_mid_float(
+        const float* dy, const float* w, float* dx, ConvShape s) {
+    conv2d_bwd_data<float, 32, 128>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_mid_double(
+        const double* dy, const double* w, double* dx, ConvShape s) {
+    conv2d_bwd_data<double, 32, 128>(dy, w, dx, s);
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_float(
         const float* dy, const float* x, float* partial, ConvShape s) {
     conv2d_bwd_weight<float, 64, 64>(dy, x, partial, s);
 }
@@ -449,13 +474,21 @@ extern "C" __global__ void conv2d_bwd_weight_double(
         const double* dy, const double* x, double* partial, ConvShape s) {
     conv2d_bwd_weight<double, 64, 64>(dy, x, partial, s);
 }
-extern "C" __global__ void conv2d_bwd_weight_narrow_float(
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_narrow_float(
         const float* dy, const float* x, float* partial, ConvShape s) {
     conv2d_bwd_weight<float, 16, 256>(dy, x, partial, s);
 }
 extern "C" __global__ void conv2d_bwd_weight_narrow_double(
         const double* dy, const double* x, double* partial, ConvShape s) {
     conv2d_bwd_weight<double, 16, 256>(dy, x, partial, s);
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_mid_float(
+        const float* dy, const float* x, float* partial, ConvShape s) {
+    conv2d_bwd_weight<float, 32, 128>(dy, x, partial, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_mid_double(
+        const double* dy, const double* x, double* partial, ConvShape s) {
+    conv2d_bwd_weight<double, 32, 128>(dy, x, partial, s);
 }
 
 extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out, long long count,

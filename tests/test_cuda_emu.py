@@ -93,6 +93,35 @@ def test_gradients_split_over_many_blocks_match_numpy(monkeypatch, dtype):
         np.testing.assert_allclose(f, e, rtol=tol, atol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("tile", list(cupy_backend.TILES), ids=lambda s: s.strip("_") or "square")
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (2, 2)])
+def test_every_tile_shape_matches_numpy_in_both_thread_orders(monkeypatch, tile, stride, dilation):
+    """The host picks a GEMM tile shape by the padding it leaves, so small test layers would only
+    ever use the narrow one: here each shape is forced on all three passes (several weight
+    splits, partial tiles in both directions), in float64, with threads forwards and reversed."""
+    monkeypatch.setattr(cupy_backend, "gemm_tile", lambda rows, cols: tile)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 5, 11, 10))
+    w = rng.standard_normal((6, 5, 3, 2))
+    b = rng.standard_normal(6)
+    be = cupy_backend.create_emu()
+    be.target_blocks = 64
+
+    def run(backend):
+        y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b),
+                                        stride=stride, padding=1, dilation=dilation)
+        dy = np.random.default_rng(1).standard_normal(tuple(y.shape))
+        return [backend.to_numpy(a) for a in (y, *backend.conv2d_backward(backend.asarray(dy), ctx))]
+
+    expected = run(NumpyBackend())
+    forward = run(be)
+    monkeypatch.setitem(runtime.options, "reverse", True)
+    backward = run(be)
+    for name, e, f, r in zip(("y", "dx", "dw", "db"), expected, forward, backward):
+        np.testing.assert_allclose(f, e, rtol=1e-12, atol=1e-12, err_msg=name)
+        assert np.array_equal(f, r), f"{name} depends on the order threads run in"
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["in-order", "reversed"])
 def test_a_removed_syncthreads_is_caught(tmp_path, monkeypatch, reverse):
     """Without the barrier between storing a tile to shared memory and multiplying it out,

@@ -7,14 +7,16 @@ contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy
 - Every launch goes through :meth:`CupyBackend._launch`, which checks each argument against the
   kernel's parameter list below (dtype, contiguity, device, shape; scalars as exact NumPy types)
   before the kernel runs: a mismatch on a GPU is silent garbage.
-- Arrays stay on the device: only ``asarray`` and ``to_numpy`` cross. The glue of base.py
-  (linear, ReLU, cross-entropy) runs on the device through ``xp`` (CuPy's array functions).
+- Arrays stay on the device: only ``asarray`` and ``to_numpy`` cross. ReLU, dropout masks,
+  cross-entropy and the SGD step are one kernel each (glue.cu); the rest of base.py's glue
+  (linear layers, dropout's multiply) runs on the device through ``xp`` (CuPy's array functions).
 
-Optimisations: conv forward, backward-data and backward-weight are one tiled implicit GEMM
-(64×64 or, for few output rows, 16×256 tiles through shared memory, a 4×4 register tile a
-thread, whichever pads the output least; see conv2d.cu); the weight pass
-splits its reduction over enough blocks to fill the device, reduced in a fixed order; when one
-split suffices it writes ``dw`` directly. No float atomics: results are bit-identical run to run.
+Optimisations: conv forward, backward-data and backward-weight are tiled implicit GEMMs (64×64,
+32×128 or 16×256 tiles through shared memory, whichever pads the output least, a 4×4 register
+tile a thread; see conv2d.cu). Backward-data is one GEMM per stride phase, over the taps that
+reach it. The weight pass and the bias gradient split their (n, p, q) sums over enough blocks to
+fill the device and add the partial sums in a fixed order (with one split, the kernel writes the
+result directly). No float atomics: results are bit-identical run to run.
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ BIAS_THREADS = 256
 BIAS_MIN_CHUNK = 8 * BIAS_THREADS
 ELEMENTWISE_THREADS = 256
 GLUE_THREADS = 256
-#: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels
-TILES = {"": (64, 64), "_narrow": (16, 256)}
+#: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, squarest first (the
+#: first of those that pad an output least is used: fewer loads per multiply)
+TILES = {"": (64, 64), "_mid": (32, 128), "_narrow": (16, 256)}
 
 
 def gemm_smem_bytes(tile: str, itemsize: int) -> int:
     """GEMM_SMEM_BYTES of conv2d.cu: the row table, then the A and B tiles."""
     bm, bn = TILES[tile]
-    return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn) * itemsize
+    return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn + 4) * itemsize
 
 
 def gemm_tile(rows: int, cols: int) -> str:
@@ -93,7 +96,8 @@ KERNELS = {
                                   "loss: float64*", "n: int32", "k: int32", "smoothing: T")),
 }
 for _op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
-    KERNELS[_op + "_narrow"] = KERNELS[_op]
+    for _tile in TILES:
+        KERNELS[_op + _tile] = KERNELS[_op]
 _STRUCTS = {"ConvShape": CONV_SHAPE, "PoolShape": POOL_SHAPE}
 
 
