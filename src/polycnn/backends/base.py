@@ -92,6 +92,37 @@ from ..geometry import (
 )
 
 
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, b_shape):
+    return conv_geometry(x_shape, w_shape, stride, padding, dilation, b_shape=b_shape)
+
+
+_GEOMETRY_CACHE: dict = {}
+
+
+def _typed(v):
+    """A cache key that tells 1 from 1.0 and True, inside tuples too (validation must not be
+    skipped because an equal value of another type was seen first)."""
+    if isinstance(v, (tuple, list)):
+        return (type(v),) + tuple(_typed(e) for e in v)
+    return (type(v), v)
+
+
+def _cached(fn, *args):
+    """``fn(*args)`` for a geometry function, remembered (a model asks for the same few shapes
+    every step); arguments that do not hash are computed each time, errors never remembered."""
+    try:
+        key = (fn,) + tuple(_typed(a) for a in args)
+        hit = _GEOMETRY_CACHE.get(key)
+    except TypeError:  # unhashable
+        return fn(*args)
+    if hit is None:
+        hit = fn(*args)
+        if len(_GEOMETRY_CACHE) >= 1024:
+            _GEOMETRY_CACHE.clear()
+        _GEOMETRY_CACHE[key] = hit
+    return hit
+
+
 @dataclass
 class OpContext:
     """What a forward pass hands to its backward: the geometry, the inputs the backward needs,
@@ -160,8 +191,8 @@ class Backend:
         if b is not None:
             b = self._prepare(b, "b", 1)
         dtype = check_same_dtype(x=x, w=w, b=b)
-        g = conv_geometry(x.shape, w.shape, stride, padding, dilation,
-                          b_shape=None if b is None else b.shape)
+        g = _cached(_conv_geometry, tuple(x.shape), tuple(w.shape), stride, padding, dilation,
+                    None if b is None else tuple(b.shape))
         y, saved = self._conv2d_forward(x, w, b, g)
         ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None}, saved)
         return y, ctx
@@ -174,7 +205,7 @@ class Backend:
     # ---- pooling ------------------------------------------------------------------------
     def maxpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
         x = self._prepare(x, "x", 4)
-        g = pool_geometry(x.shape, kernel_size, stride, padding)
+        g = _cached(pool_geometry, tuple(x.shape), kernel_size, stride, padding)
         y, saved = self._maxpool2d_forward(x, g)
         return y, OpContext("maxpool2d", g, np.dtype(x.dtype), {}, saved)
 
@@ -184,7 +215,7 @@ class Backend:
 
     def avgpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
         x = self._prepare(x, "x", 4)
-        g = pool_geometry(x.shape, kernel_size, stride, padding)
+        g = _cached(pool_geometry, tuple(x.shape), kernel_size, stride, padding)
         y = self._avgpool2d_forward(x, g)
         return y, OpContext("avgpool2d", g, np.dtype(x.dtype), {}, None)
 

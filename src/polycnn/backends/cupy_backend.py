@@ -21,6 +21,7 @@ result directly). No float atomics: results are bit-identical run to run.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -158,6 +159,11 @@ _PARAMS = {name: tuple(_Param(p) for p in params) for name, (_, params) in KERNE
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.bool_): "bool"}
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def kernel_source(filename: str, kernel_dir=None) -> str:
     """The text of ``kernels/<filename>`` with a ``#line`` prefix naming the real file."""
     if kernel_dir is None:
@@ -208,8 +214,7 @@ class CupyBackend(Backend):
                 "threads": None, "device": f"{name} (device {device})"}
 
     # ---- kernels ------------------------------------------------------------------------
-    def _function(self, name: str, dtype):
-        device = self.xp.cuda.Device().id
+    def _function(self, name: str, dtype, device: int):
         key = (device, name, dtype)
         fn = self._functions.get(key)
         if fn is None:
@@ -237,10 +242,12 @@ class CupyBackend(Backend):
                 kind, message = problem
                 raise kind(f"{name}_{_C_TYPES[np.dtype(dtype)]}: argument {param.name!r}"
                            f" ({param.spec}) {message}")
-        self._function(name, dtype)(grid, block, tuple(args), shared_mem=shared_mem)
+        self._function(name, dtype, device)(grid, block, tuple(args), shared_mem=shared_mem)
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def _conv_shape(g: ConvGeometry, chunk: int = 0):
+        """The ConvShape struct of ``g`` (cached, read-only: a model reuses a few shapes)."""
         for what, size in (("N*P*Q", g.N * g.P * g.Q), ("N*H*W", g.N * g.H * g.W),
                            ("C*R*S", g.C * g.R * g.S), ("K*R*S", g.K * g.R * g.S),
                            ("C*H*W", g.C * g.H * g.W), ("K*P*Q", g.K * g.P * g.Q),
@@ -248,13 +255,15 @@ class CupyBackend(Backend):
             if size > _INT32_MAX:
                 raise ValueError(f"conv2d on the CUDA backend: {what} = {size} exceeds 2^31 - 1"
                                  f" (x {g.x_shape}, w {g.w_shape}); split the batch")
-        return np.array([(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
-                          g.pad_h, g.pad_w, g.dil_h, g.dil_w, chunk)], dtype=CONV_SHAPE)
+        return _frozen(np.array([(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride_h,
+                                  g.stride_w, g.pad_h, g.pad_w, g.dil_h, g.dil_w, chunk)],
+                                dtype=CONV_SHAPE))
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def _pool_shape(g: PoolGeometry):
-        return np.array([(g.N, g.C, g.H, g.W, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
-                          g.pad_h, g.pad_w)], dtype=POOL_SHAPE)
+        return _frozen(np.array([(g.N, g.C, g.H, g.W, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
+                                  g.pad_h, g.pad_w)], dtype=POOL_SHAPE))
 
     @staticmethod
     def _elementwise_grid(count: int):
