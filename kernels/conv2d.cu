@@ -9,8 +9,9 @@
 // The three passes are one tiled GEMM whose operands are gathered on the fly (implicit GEMM):
 //   forward          y[k, (n,p,q)]  = sum over (c,r,s) of w[k, (c,r,s)] * x(n, c, p*sh-ph+r*dh, q*sw-pw+s*dw)
 //   backward-data    dx[c, (n,h,w)] = sum over (k,r,s) of w[k, c, r, s] * dy(n, k, p, q)
-//                                     where h = p*sh-ph+r*dh and w = q*sw-pw+s*dw   (a gather, no scatter;
-//                                     one GEMM per stride phase, over the taps that reach it)
+//                                     where h = p*sh-ph+r*dh and w = q*sw-pw+s*dw
+//                                     (a gather, no scatter; one GEMM per stride phase, over the
+//                                     taps that reach it)
 //   backward-weight  dw[k, (c,r,s)] = sum over (n,p,q) of dy[n, k, p, q] * x(n, c, p*sh-ph+r*dh, q*sw-pw+s*dw)
 // The weight pass splits its long (n,p,q) reduction over gridDim.z blocks that write partial sums;
 // conv2d_reduce_* adds them in split order. No float atomics anywhere: every result is

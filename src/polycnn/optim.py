@@ -3,8 +3,8 @@ schedules (step, cosine, warm-up).
 
 Updates run in place on the backend, parameter by parameter, in the order of
 ``model.parameters()``: SGD through the parameter's backend (``Backend.sgd_step``, one kernel on
-the GPU), Adam with the arrays' own operators. The state (step count, momentum / moment buffers) can be exported and
-restored exactly, so a resumed run continues bit for bit.
+the GPU), Adam with the arrays' own operators. The state (step count, momentum / moment buffers)
+can be exported and restored exactly, so a resumed run continues bit for bit.
 
 A schedule maps the optimiser's step count ``t`` (0 for the first update) to a factor of the base
 learning rate: ``lr_t = lr * schedule(t)``.
