@@ -17,10 +17,12 @@
 // conv2d_reduce_* adds them in split order. No float atomics anywhere: every result is
 // bit-identical from run to run.
 //
-// Each GEMM kernel comes in three tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...), 32×128
-// (`conv2d_fwd_mid_float`, ...) and 16×256 (`conv2d_fwd_narrow_float`, ...) for fewer rows: a
-// layer with 3, 16 or 32 channels would leave much of a 64-row tile idle; the host picks the
-// shape that pads the output least. Launch: blockDim = (GEMM_THREADS, 1, 1), dynamic shared memory
+// Each GEMM kernel comes in four tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...), 32×128
+// (`conv2d_fwd_mid_float`, ...) and 16×256 (`conv2d_fwd_narrow_float`, ...) for fewer rows, and
+// 16×64 (`conv2d_fwd_small_float`, ...) for small outputs such as a first layer's weight gradient
+// (16 × 27): a layer with 3, 16 or 32 channels would leave much of a 64-row tile idle; the host
+// picks the shape that pads the output least. Launch: blockDim = (BM * BN / 16, 1, 1) (256
+// threads, 64 for the small tile), dynamic shared memory
 // GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), z) with z the
 // weight pass's splits or backward-data's stride phases (1 for the forward).
 // Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
@@ -57,10 +59,11 @@ template <typename T> struct __align__(16) Vec4 { T v[4]; };
 template <typename T, int BM, int BN, bool B_ALONG_K = false, class A, class B, class Out>
 __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int cols,
                           int k_begin, int k_end) {
+    constexpr int THREADS = (BM / 4) * (BN / 4);  // one 4×4 register tile a thread
     constexpr int A_STRIDE = BM + 4, B_STRIDE = BN + 4;
-    constexpr int A_LOADS = BM * TILE_K / GEMM_THREADS, B_LOADS = BN * TILE_K / GEMM_THREADS;
-    static_assert((BM / 4) * (BN / 4) == GEMM_THREADS, "one 4x4 register tile per thread");
-    static_assert(GEMM_THREADS % BN == 0 || BN % GEMM_THREADS == 0, "B loads");
+    constexpr int A_LOADS = BM * TILE_K / THREADS, B_LOADS = BN * TILE_K / THREADS;
+    static_assert(THREADS % BN == 0 || BN % THREADS == 0, "B loads");
+    static_assert(THREADS % TILE_K == 0 && THREADS >= TILE_K, "A loads and the row table");
     extern __shared__ __align__(16) unsigned char smem_raw[];
     RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
     T* As = reinterpret_cast<T*>(smem_raw + 2 * TILE_K * sizeof(RowInfo));  // [TILE_K][A_STRIDE]
@@ -70,14 +73,14 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     const int tx = t % (BN / 4), ty = t / (BN / 4);
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
 
-    // This thread always loads A entries of reduction column a_kk (rows a_row + i*GEMM_THREADS/
-    // TILE_K) and B entries (b_kk(i), b_nn(i)): columns b_nn + i*GEMM_THREADS/TILE_K of reduction
-    // row b_kk (B_ALONG_K), else column b_nn of reduction rows b_kk + i*GEMM_THREADS/BN.
+    // This thread always loads A entries of reduction column a_kk (rows a_row + i*THREADS/
+    // TILE_K) and B entries (b_kk(i), b_nn(i)): columns b_nn + i*THREADS/TILE_K of reduction
+    // row b_kk (B_ALONG_K), else column b_nn of reduction rows b_kk + i*THREADS/BN.
     const int a_kk = t % TILE_K, a_row = t / TILE_K;
     const int b_nn = B_ALONG_K ? t / TILE_K : t % BN, b_kk = B_ALONG_K ? t % TILE_K : t / BN;
     constexpr int B_COLS = B_ALONG_K ? B_LOADS : 1;
-    auto b_kk_of = [&](int i) { return B_ALONG_K ? b_kk : b_kk + i * (GEMM_THREADS / BN); };
-    auto b_nn_of = [&](int i) { return B_ALONG_K ? b_nn + i * (GEMM_THREADS / TILE_K) : b_nn; };
+    auto b_kk_of = [&](int i) { return B_ALONG_K ? b_kk : b_kk + i * (THREADS / BN); };
+    auto b_nn_of = [&](int i) { return B_ALONG_K ? b_nn + i * (THREADS / TILE_K) : b_nn; };
     typename B::Col bcol[B_COLS];
     for (int i = 0; i < B_COLS; ++i) bcol[i] = b.column(n0 + b_nn_of(i), n0 + b_nn_of(i) < cols);
     T a_next[A_LOADS], b_next[B_LOADS];
@@ -85,7 +88,7 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
         const int ka = k0 + a_kk;
         const typename A::Red ared = a.reduction(ka, rows_of_tile[a_kk], ka < k_end);
         for (int i = 0; i < A_LOADS; ++i) {
-            const int m = m0 + a_row + i * (GEMM_THREADS / TILE_K);
+            const int m = m0 + a_row + i * (THREADS / TILE_K);
             a_next[i] = (m < rows && ka < k_end) ? a(m, ared) : T(0);
         }
         for (int i = 0; i < B_LOADS; ++i) {
@@ -104,7 +107,7 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     int buf = 0;
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (int i = 0; i < A_LOADS; ++i)
-            As[a_kk * A_STRIDE + a_row + i * (GEMM_THREADS / TILE_K)] = a_next[i];
+            As[a_kk * A_STRIDE + a_row + i * (THREADS / TILE_K)] = a_next[i];
         for (int i = 0; i < B_LOADS; ++i) Bs[b_kk_of(i) * B_STRIDE + b_nn_of(i)] = b_next[i];
         const bool more = k0 + TILE_K < k_end;
         if (t < TILE_K && more) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
@@ -364,7 +367,7 @@ __device__ void conv2d_bwd_weight(const T* dy, const T* x, T* partial, ConvShape
     const int k_begin = blockIdx.z * s.chunk;
     const int k_end = k_begin + s.chunk < npq ? k_begin + s.chunk : npq;
     // along K where a thread then keeps at most four columns (not the 16 x 256 tile's sixteen)
-    constexpr bool along_k = BN * TILE_K / GEMM_THREADS <= 4;
+    constexpr bool along_k = BN * TILE_K / ((BM / 4) * (BN / 4)) <= 4;
     gemm_tile<T, BM, BN, along_k>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
                  PartialOut<T>{partial, (long long)blockIdx.z * s.K * crs, crs},
                  s.K, crs, k_begin, k_end);
@@ -443,6 +446,14 @@ extern "C" __global__ void conv2d_fwd_mid_double(
         const double* x, const double* w, const double* b, double* y, ConvShape s) {
     conv2d_fwd<double, 32, 128>(x, w, b, y, s);
 }
+extern "C" __global__ void conv2d_fwd_small_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 16, 64>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_small_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 16, 64>(x, w, b, y, s);
+}
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_float(
         const float* dy, const float* w, float* dx, ConvShape s) {
     conv2d_bwd_data<float, 64, 64>(dy, w, dx, s);
@@ -467,6 +478,14 @@ extern "C" __global__ void conv2d_bwd_data_mid_double(
         const double* dy, const double* w, double* dx, ConvShape s) {
     conv2d_bwd_data<double, 32, 128>(dy, w, dx, s);
 }
+extern "C" __global__ void conv2d_bwd_data_small_float(
+        const float* dy, const float* w, float* dx, ConvShape s) {
+    conv2d_bwd_data<float, 16, 64>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_small_double(
+        const double* dy, const double* w, double* dx, ConvShape s) {
+    conv2d_bwd_data<double, 16, 64>(dy, w, dx, s);
+}
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_float(
         const float* dy, const float* x, float* partial, ConvShape s) {
     conv2d_bwd_weight<float, 64, 64>(dy, x, partial, s);
@@ -490,6 +509,14 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_
 extern "C" __global__ void conv2d_bwd_weight_mid_double(
         const double* dy, const double* x, double* partial, ConvShape s) {
     conv2d_bwd_weight<double, 32, 128>(dy, x, partial, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_small_float(
+        const float* dy, const float* x, float* partial, ConvShape s) {
+    conv2d_bwd_weight<float, 16, 64>(dy, x, partial, s);
+}
+extern "C" __global__ void conv2d_bwd_weight_small_double(
+        const double* dy, const double* x, double* partial, ConvShape s) {
+    conv2d_bwd_weight<double, 16, 64>(dy, x, partial, s);
 }
 
 extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out, long long count,

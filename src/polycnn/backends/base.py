@@ -82,6 +82,7 @@ from typing import Any
 import numpy as np
 
 from .. import hashing
+from ..losses import check_labels
 from ..geometry import (
     ConvGeometry,
     PoolGeometry,
@@ -300,12 +301,16 @@ class Backend:
         return y, OpContext("relu", None, np.dtype(x.dtype), {"mask": x > 0})
 
     def relu_backward(self, dy, ctx):
-        return dy * ctx.inputs["mask"]
+        mask = ctx.inputs["mask"]
+        if tuple(dy.shape) != tuple(mask.shape):
+            raise ValueError(f"relu backward: dy has shape {tuple(dy.shape)}, expected"
+                             f" {tuple(mask.shape)}")
+        return dy * mask
 
     def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         xp = self.xp
         n, k = logits.shape
-        labels = xp.asarray(np.asarray(labels, dtype=np.int64))
+        labels = xp.asarray(check_labels(labels, n, k))
         shifted = logits - logits.max(axis=1, keepdims=True)
         logsum = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         logp = shifted - logsum

@@ -12,8 +12,8 @@ contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy
   (linear layers, dropout's multiply) runs on the device through ``xp`` (CuPy's array functions).
 
 Optimisations: conv forward, backward-data and backward-weight are tiled implicit GEMMs (64×64,
-32×128 or 16×256 tiles through shared memory, whichever pads the output least, a 4×4 register
-tile a thread; see conv2d.cu). Backward-data is one GEMM per stride phase, over the taps that
+32×128, 16×256 or 16×64 tiles through shared memory, whichever pads the output least, a 4×4
+register tile a thread; see conv2d.cu). Backward-data is one GEMM per stride phase, over the taps that
 reach it. The weight pass and the bias gradient split their (n, p, q) sums over enough blocks to
 fill the device and add the partial sums in a fixed order (with one split, the kernel writes the
 result directly). No float atomics: results are bit-identical run to run.
@@ -45,9 +45,15 @@ BIAS_THREADS = 256
 BIAS_MIN_CHUNK = 8 * BIAS_THREADS
 ELEMENTWISE_THREADS = 256
 GLUE_THREADS = 256
-#: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, squarest first (the
-#: first of those that pad an output least is used: fewer loads per multiply)
-TILES = {"": (64, 64), "_mid": (32, 128), "_narrow": (16, 256)}
+#: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, in order of preference
+#: (the bigger and squarer, the fewer loads per multiply; see gemm_tile)
+TILES = {"": (64, 64), "_mid": (32, 128), "_narrow": (16, 256), "_small": (16, 64)}
+
+
+def gemm_threads(tile: str) -> int:
+    """Threads of a GEMM block: one 4×4 register tile each."""
+    bm, bn = TILES[tile]
+    return bm * bn // 16
 
 
 def gemm_smem_bytes(tile: str, itemsize: int) -> int:
@@ -57,11 +63,13 @@ def gemm_smem_bytes(tile: str, itemsize: int) -> int:
 
 
 def gemm_tile(rows: int, cols: int) -> str:
-    """The tile shape that pads a rows × cols output least (ties: the square one)."""
+    """The first tile shape of TILES (squarest first) that pads a rows × cols output at most 5%
+    more than the one that pads it least: a smaller tile only where it saves real work."""
     def padded(tile):
         bm, bn = TILES[tile]
         return ceil_div(rows, bm) * bm * ceil_div(cols, bn) * bn
-    return min(TILES, key=padded)
+    least = min(padded(tile) for tile in TILES)
+    return next(tile for tile in TILES if padded(tile) <= 1.05 * least)
 
 
 #: Upper bound on the backward-weight partial sums, in bytes.
@@ -276,7 +284,8 @@ class CupyBackend(Backend):
         tile = gemm_tile(rows, cols)
         bm, bn = TILES[tile]
         self._launch(op + tile, dtype, (ceil_div(cols, bn), ceil_div(rows, bm), depth),
-                     (GEMM_THREADS,), args, shapes, gemm_smem_bytes(tile, np.dtype(dtype).itemsize))
+                     (gemm_threads(tile),), args, shapes,
+                     gemm_smem_bytes(tile, np.dtype(dtype).itemsize))
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
         s = self._conv_shape(g)
@@ -288,9 +297,12 @@ class CupyBackend(Backend):
     def _weight_splits(self, g: ConvGeometry, itemsize: int) -> tuple[int, int]:
         """(splits, chunk) of the weight pass's (n, p, q) reduction."""
         npq, crs = g.N * g.P * g.Q, g.C * g.R * g.S
-        bm, bn = TILES[gemm_tile(g.K, crs)]
+        tile = gemm_tile(g.K, crs)
+        bm, bn = TILES[tile]
+        # NOTE: target_blocks counts blocks of GEMM_THREADS; a smaller block gets more of them
+        blocks = ceil_div(self.target_blocks * GEMM_THREADS, gemm_threads(tile))
         tiles = ceil_div(g.K, bm) * ceil_div(crs, bn)
-        splits = min(ceil_div(npq, TILE_K), max(1, ceil_div(self.target_blocks, tiles)), 65535,
+        splits = min(ceil_div(npq, TILE_K), max(1, ceil_div(blocks, tiles)), 65535,
                      max(1, PARTIAL_BYTES // (g.K * crs * itemsize)))
         chunk = ceil_div(ceil_div(npq, splits), TILE_K) * TILE_K
         return ceil_div(npq, chunk), chunk

@@ -1,0 +1,79 @@
+"""The training glue that backends may replace with their own kernels (ReLU, cross-entropy,
+SGD's step; dropout masks in test_dropout_mask.py) against the base class's array-function
+defaults, on every backend: bit for bit where the result is one rounding, within float
+rounding where it is a sum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polycnn.backends.numpy_backend import NumpyBackend
+
+SPECIAL = [-1.5, 0.0, -0.0, 2.0, np.nan, np.inf, -np.inf, 3e-39]
+SPECIAL_DY = [1.0, 2.0, 3.0, -4.0, 5.0, np.nan, np.inf, 1.0]
+
+
+def test_relu_matches_the_default_bit_for_bit(backend, dtype):
+    ref = NumpyBackend()
+    x = np.array(SPECIAL * 40, dtype=dtype).reshape(4, 5, 16)  # several blocks' worth
+    dy = np.array(SPECIAL_DY * 40, dtype=dtype).reshape(x.shape)
+    y, ctx = backend.relu_forward(backend.asarray(x))
+    y_ref, ctx_ref = ref.relu_forward(x)
+    assert backend.to_numpy(y).tobytes() == y_ref.tobytes()
+    with np.errstate(invalid="ignore"):
+        dx_ref = ref.relu_backward(dy, ctx_ref)
+    with np.errstate(invalid="ignore"):  # inf * 0 in NumPy
+        dx = backend.to_numpy(backend.relu_backward(backend.asarray(dy), ctx))
+    assert dx.dtype == dtype and dx.tobytes() == dx_ref.tobytes()
+
+
+def test_relu_backward_checks_dy(backend):
+    y, ctx = backend.relu_forward(backend.asarray(np.ones((2, 3), np.float32)))
+    with pytest.raises(ValueError, match=r"relu backward: dy has shape \(3, 2\), expected \(2, 3\)"):
+        backend.relu_backward(backend.asarray(np.ones((3, 2), np.float32)), ctx)
+
+
+@pytest.mark.parametrize("n, k", [(6, 4), (300, 3), (1, 1)])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_matches_the_default(backend, dtype, n, k, smoothing):
+    rng = np.random.default_rng(n + k)
+    logits = (rng.standard_normal((n, k)) * 3).astype(dtype)
+    labels = rng.integers(0, k, n)
+    loss, d = backend.cross_entropy(backend.asarray(logits), labels, smoothing)
+    loss_ref, d_ref = NumpyBackend().cross_entropy(logits, labels, smoothing)
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    assert isinstance(loss, float)
+    assert abs(loss - loss_ref) <= tol * max(1.0, abs(loss_ref)), (loss, loss_ref)
+    d = backend.to_numpy(d)
+    assert d.dtype == dtype
+    np.testing.assert_allclose(d, d_ref, rtol=tol, atol=tol)
+
+
+def test_cross_entropy_rejects_labels_out_of_range(backend):
+    logits = backend.asarray(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"labels must be"):
+        backend.cross_entropy(logits, np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"labels must"):
+        backend.cross_entropy(logits, np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("momentum, weight_decay, nesterov", [(0.0, 0.0, False), (0.9, 0.01, False),
+                                                                 (0.8, 0.0, True)])
+def test_sgd_step_matches_the_default_bit_for_bit(backend, dtype, momentum, weight_decay, nesterov):
+    """One rounding per operation, in the same order: the same bits (on a GPU, a fused
+    multiply-add may round once where NumPy rounds twice: only close there)."""
+    rng = np.random.default_rng(3)
+    p, g, v = (rng.standard_normal(1000).astype(dtype) for _ in range(3))
+    p_ref, v_ref = p.copy(), v.copy()
+    NumpyBackend().sgd_step(p_ref, g, v_ref if momentum else None, 0.05, momentum, weight_decay,
+                            nesterov)
+    pd, vd = backend.asarray(p), backend.asarray(v)
+    backend.sgd_step(pd, backend.asarray(g), vd if momentum else None, 0.05, momentum,
+                     weight_decay, nesterov)
+    got_p, got_v = backend.to_numpy(pd), backend.to_numpy(vd)
+    if backend.name == "cupy":
+        np.testing.assert_allclose(got_p, p_ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got_v, v_ref, rtol=1e-6, atol=1e-6)
+    else:
+        assert got_p.tobytes() == p_ref.tobytes() and got_v.tobytes() == v_ref.tobytes()
