@@ -196,6 +196,8 @@ for name in ("b", "c", "d", "e"):
     tiles = {op: "x".join(map(str, cb.TILES[cb.gemm_tile(r, c)])) for op, r, c in (
         ("fwd", g.K, g.N * g.P * g.Q), ("bwd_data", g.C, g.N * g.H * g.W // (stride * stride)),
         ("bwd_weight", g.K, g.C * g.R * g.S))}
+    if g.C <= cb.FEWC_MAX:
+        tiles["bwd_data"] = "one thread a pixel"
     print(f"layer {name} (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items())
           + f"; tiles {tiles}")
 

@@ -309,6 +309,47 @@ __device__ void conv2d_bwd_data(const T* dy, const T* w, T* dx, ConvShape s) {
                          s.C, cols, 0, s.K * f.taps());
 }
 
+// ---- backward-data for few input channels: one thread an input pixel, all its channels -------
+// With C <= FEWC_MAX (an image's three colours) the GEMM's rows would be mostly padding: a tile
+// has at least 16. Here thread i of a grid-stride loop takes input pixel (n, h, w) and sums, over
+// the taps (r, s) that reach it and every k, w[k, c, r, s] * dy[n, k, p, q] into C registers.
+// Neighbouring threads read neighbouring q of dy; every thread of a warp reads the same weight.
+// Launch: any grid, blockDim = (FEWC_THREADS, 1, 1).
+#define FEWC_MAX 4
+#define FEWC_THREADS 256
+template <typename T>
+__device__ void conv2d_bwd_data_fewc(const T* dy, const T* w, T* dx, ConvShape s) {
+    const int hw = s.H * s.W, pq = s.P * s.Q, rs = s.R * s.S;
+    const long long npix = (long long)s.N * hw;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < npix; i += step) {
+        const int n = (int)(i / hw), rem = (int)(i % hw);
+        const int h = rem / s.W, x = rem % s.W;
+        T acc[FEWC_MAX];
+        for (int c = 0; c < FEWC_MAX; ++c) acc[c] = T(0);
+        for (int r = 0; r < s.R; ++r) {
+            const int hp = h + s.ph - r * s.dh;  // p * sh
+            if (hp < 0) break;                   // and for every larger r
+            if (hp % s.sh != 0 || hp / s.sh >= s.P) continue;
+            for (int q_ = 0; q_ < s.S; ++q_) {
+                const int wq = x + s.pw - q_ * s.dw;  // q * sw
+                if (wq < 0) break;
+                if (wq % s.sw != 0 || wq / s.sw >= s.Q) continue;
+                const T* d = dy + (long long)n * s.K * pq + (hp / s.sh) * s.Q + wq / s.sw;
+                const T* wk = w + r * s.S + q_;
+                for (int k = 0; k < s.K; ++k) {
+                    const T v = d[(long long)k * pq];
+                    for (int c = 0; c < FEWC_MAX; ++c)
+                        if (c < s.C) acc[c] += wk[(k * s.C + c) * rs] * v;
+                }
+            }
+        }
+        T* out = dx + (long long)n * s.C * hw + rem;
+        for (int c = 0; c < FEWC_MAX; ++c)
+            if (c < s.C) out[(long long)c * hw] = acc[c];
+    }
+}
+
 // ---- backward-weight: rows k, columns (c, r, s), reduction (n, p, q), split over blockIdx.z ----
 template <typename T>
 struct BwdWeightA {  // dy[n, k, p, q] read as a K × NPQ matrix
@@ -485,6 +526,14 @@ extern "C" __global__ void conv2d_bwd_data_small_float(
 extern "C" __global__ void conv2d_bwd_data_small_double(
         const double* dy, const double* w, double* dx, ConvShape s) {
     conv2d_bwd_data<double, 16, 64>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_fewc_float(
+        const float* dy, const float* w, float* dx, ConvShape s) {
+    conv2d_bwd_data_fewc<float>(dy, w, dx, s);
+}
+extern "C" __global__ void conv2d_bwd_data_fewc_double(
+        const double* dy, const double* w, double* dx, ConvShape s) {
+    conv2d_bwd_data_fewc<double>(dy, w, dx, s);
 }
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_float(
         const float* dy, const float* x, float* partial, ConvShape s) {

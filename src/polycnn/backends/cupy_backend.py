@@ -13,10 +13,11 @@ contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy
 
 Optimisations: conv forward, backward-data and backward-weight are tiled implicit GEMMs (64×64,
 32×128, 16×256 or 16×64 tiles through shared memory, whichever pads the output least, a 4×4
-register tile a thread; see conv2d.cu). Backward-data is one GEMM per stride phase, over the taps that
-reach it. The weight pass and the bias gradient split their (n, p, q) sums over enough blocks to
-fill the device and add the partial sums in a fixed order (with one split, the kernel writes the
-result directly). No float atomics: results are bit-identical run to run.
+register tile a thread; see conv2d.cu). Backward-data is one GEMM per stride phase, over the taps
+that reach it, or for at most four input channels (an image) one thread an input pixel. The
+weight pass and the bias gradient split their (n, p, q) sums over enough blocks to fill the
+device and add the partial sums in a fixed order (with one split, the kernel writes the result
+directly). No float atomics: results are bit-identical run to run.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ BIAS_THREADS = 256
 BIAS_MIN_CHUNK = 8 * BIAS_THREADS
 ELEMENTWISE_THREADS = 256
 GLUE_THREADS = 256
+#: backward-data of at most this many input channels runs the one-pixel-a-thread kernel
+FEWC_MAX = 4
+FEWC_THREADS = 256
 #: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, in order of preference
 #: (the bigger and squarer, the fewer loads per multiply; see gemm_tile)
 TILES = {"": (64, 64), "_mid": (32, 128), "_narrow": (16, 256), "_small": (16, 64)}
@@ -104,6 +108,7 @@ KERNELS = {
     "cross_entropy": ("glue.cu", ("logits: const T*", "labels: const int64*", "dlogits: T*",
                                   "loss: float64*", "n: int32", "k: int32", "smoothing: T")),
 }
+KERNELS["conv2d_bwd_data_fewc"] = KERNELS["conv2d_bwd_data"]
 for _op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
     for _tile in TILES:
         KERNELS[_op + _tile] = KERNELS[_op]
@@ -315,8 +320,15 @@ class CupyBackend(Backend):
         return dx, dw, db
 
     def _conv_bwd_data(self, dy, w, g: ConvGeometry):
-        """dx: one GEMM per stride phase (grid z); phase 0 has the most pixels."""
+        """dx: one GEMM per stride phase (grid z; phase 0 has the most pixels), or for few input
+        channels one thread a pixel."""
         dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
+        if g.C <= FEWC_MAX:
+            self._launch("conv2d_bwd_data_fewc", dy.dtype,
+                         (max(1, min(ceil_div(g.N * g.H * g.W, FEWC_THREADS), 65536)),),
+                         (FEWC_THREADS,), [dy, w, dx, self._conv_shape(g)],
+                         [g.y_shape, g.w_shape, g.x_shape, None])
+            return dx
         self._gemm("conv2d_bwd_data", dy.dtype, g.C,
                    g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w),
                    g.stride_h * g.stride_w, [dy, w, dx, self._conv_shape(g)],
