@@ -1,6 +1,6 @@
-// The training glue of the `cupy` backend (and of `cupy-emu`): ReLU, dropout masks, softmax
-// cross-entropy and the SGD update, one kernel each where CuPy's array functions take several
-// launches (a dropout mask was 11, a cross-entropy 20). Semantics: the contract in
+// The training glue of the `cupy` backend (and of `cupy-emu`): ReLU, dropout (mask and apply),
+// softmax cross-entropy and the SGD update, one kernel each where CuPy's array functions take
+// several launches (a dropout mask was 11, a cross-entropy 20). Semantics: the contract in
 // src/polycnn/backends/base.py and optim.py; every result is the same on every backend up to
 // float rounding, and bit-identical from run to run (no atomics, sums in a fixed order).
 //
@@ -38,6 +38,16 @@ __device__ void dropout_mask(bool* keep, long long count, unsigned long long key
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         z ^= z >> 31;
         keep[i] = (z >> 40) >= threshold;
+    }
+}
+
+// y = (x * keep) * scale: Dropout's forward and backward, the two roundings of the default.
+template <typename T>
+__device__ void dropout_apply(const T* x, const bool* keep, T* y, long long count, T scale) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) {
+        const T kept = x[i] * (keep[i] ? T(1) : T(0));
+        y[i] = kept * scale;
     }
 }
 
@@ -115,6 +125,14 @@ extern "C" __global__ void relu_bwd_double(const double* dy, const double* x, do
 extern "C" __global__ void dropout_mask_bool(bool* keep, long long count, unsigned long long key,
                                              unsigned long long threshold) {
     dropout_mask(keep, count, key, threshold);
+}
+extern "C" __global__ void dropout_apply_float(const float* x, const bool* keep, float* y,
+                                               long long count, float scale) {
+    dropout_apply<float>(x, keep, y, count, scale);
+}
+extern "C" __global__ void dropout_apply_double(const double* x, const bool* keep, double* y,
+                                                long long count, double scale) {
+    dropout_apply<double>(x, keep, y, count, scale);
 }
 extern "C" __global__ void cross_entropy_float(const float* logits, const long long* labels,
                                                float* dlogits, double* loss, int n, int k,

@@ -77,3 +77,15 @@ def test_sgd_step_matches_the_default_bit_for_bit(backend, dtype, momentum, weig
         np.testing.assert_allclose(got_v, v_ref, rtol=1e-6, atol=1e-6)
     else:
         assert got_p.tobytes() == p_ref.tobytes() and got_v.tobytes() == v_ref.tobytes()
+
+
+@pytest.mark.parametrize("mask_shape", [(3, 4, 5, 6), (3, 4, 1, 1)], ids=["dropout", "dropout2d"])
+def test_dropout_apply_matches_the_default_bit_for_bit(backend, dtype, mask_shape):
+    ref = NumpyBackend()
+    x = np.array(SPECIAL * 45, dtype=dtype).reshape(3, 4, 5, 6)
+    keep = ref.dropout_mask(mask_shape, 0.3, 99)
+    with np.errstate(invalid="ignore"):  # inf * 0
+        want = ref.dropout_apply(x, keep, 1 / 0.7)
+        got = backend.to_numpy(backend.dropout_apply(backend.asarray(x), backend.asarray(keep),
+                                                     1 / 0.7))
+    assert got.dtype == dtype and got.tobytes() == want.tobytes()

@@ -537,20 +537,16 @@ class Dropout(Layer):
         # floats on the host and copying them was estimated at a third of a GPU step's forward)
         key = int(self._rng.integers(0, 1 << 64, dtype=np.uint64))
         mask = self.backend.dropout_mask(self._mask_shape(x), self.p, key)
-        scale = x.dtype.type(1.0 / (1.0 - self.p))
+        scale = 1.0 / (1.0 - self.p)
         self._ctx = (mask, scale)
-        y = x * mask
-        y *= scale
-        return y
+        return self.backend.dropout_apply(x, mask, scale)
 
     def backward(self, dy):
         # NOTE: None means the forward was the identity (eval mode or p == 0)
         if self._ctx is None:
             return dy
         mask, scale = self._ctx
-        dx = dy * mask
-        dx *= scale
-        return dx
+        return self.backend.dropout_apply(dy, mask, scale)
 
     def config(self):
         return {"p": self.p}

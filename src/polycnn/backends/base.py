@@ -56,6 +56,7 @@ The glue below has a default written with ``xp``; a backend may override it with
 
 linear_forward(x, w, b) -> (y, ctx); linear_backward(dy, ctx, input_grad=True) -> (dx, dw, db)
     x (N, F), w (O, F), b (O,) or None: y = x @ w.T + b; dx None with ``input_grad=False``.
+dropout_apply(x, keep, scale) -> (x * keep) * scale   (keep may broadcast, as Dropout2d's does)
 relu_forward(x) -> (y, ctx); relu_backward(dy, ctx) -> dx
     y = max(x, 0); dx = dy where x > 0, else 0.
 sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None
@@ -295,6 +296,13 @@ class Backend:
             velocity += g
             g = g + t(momentum) * velocity if nesterov else velocity
         p -= t(lr) * g
+
+    def dropout_apply(self, x, keep, scale: float):
+        """(x * keep) * scale, keep a bool mask of x's shape or one that broadcasts to it
+        (Dropout2d's (N, C, 1, 1)); Dropout's forward and its backward."""
+        y = x * keep
+        y *= x.dtype.type(scale)
+        return y
 
     def relu_forward(self, x):
         y = self.xp.maximum(x, 0)

@@ -7,9 +7,9 @@ contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy
 - Every launch goes through :meth:`CupyBackend._launch`, which checks each argument against the
   kernel's parameter list below (dtype, contiguity, device, shape; scalars as exact NumPy types)
   before the kernel runs: a mismatch on a GPU is silent garbage.
-- Arrays stay on the device: only ``asarray`` and ``to_numpy`` cross. ReLU, dropout masks,
-  cross-entropy and the SGD step are one kernel each (glue.cu); the rest of base.py's glue
-  (linear layers, dropout's multiply) runs on the device through ``xp`` (CuPy's array functions).
+- Arrays stay on the device: only ``asarray`` and ``to_numpy`` cross. ReLU, dropout (mask and
+  apply), cross-entropy and the SGD step are one kernel each (glue.cu); the rest of base.py's
+  glue (linear layers) runs on the device through ``xp`` (CuPy's array functions).
 
 Optimisations: conv forward, backward-data and backward-weight are tiled implicit GEMMs (64×64,
 32×128, 16×256 or 16×64 tiles through shared memory, whichever pads the output least, a 4×4
@@ -103,6 +103,8 @@ KERNELS = {
     "relu_fwd": ("glue.cu", ("x: const T*", "y: T*", "count: int64")),
     "relu_bwd": ("glue.cu", ("dy: const T*", "x: const T*", "dx: T*", "count: int64")),
     "dropout_mask": ("glue.cu", ("keep: bool*", "count: int64", "key: uint64", "threshold: uint64")),
+    "dropout_apply": ("glue.cu", ("x: const T*", "keep: const bool*", "y: T*", "count: int64",
+                                  "scale: T")),
     "sgd_step": ("glue.cu", ("p: T*", "grad: const T*", "v: T*", "count: int64", "lr: T",
                              "momentum: T", "wd: T", "nesterov: int32")),
     "cross_entropy": ("glue.cu", ("logits: const T*", "labels: const int64*", "dlogits: T*",
@@ -417,6 +419,19 @@ class CupyBackend(Backend):
                          (GLUE_THREADS,), [keep, np.int64(keep.size), np.uint64(key),
                                            np.uint64(threshold)], [shape, None, None, None])
         return keep
+
+    def dropout_apply(self, x, keep, scale: float):
+        """See base; one kernel where the mask has x's shape (else the base's broadcast)."""
+        xc = self._glue_input(x)
+        if xc is None or tuple(keep.shape) != tuple(x.shape) or keep.dtype != np.bool_ \
+                or not isinstance(keep, self.xp.ndarray):
+            return super().dropout_apply(x, keep, scale)
+        keep = self.xp.ascontiguousarray(keep)
+        y = self.xp.empty(xc.shape, dtype=xc.dtype)
+        self._launch("dropout_apply", xc.dtype, self._elementwise_grid(xc.size), (GLUE_THREADS,),
+                     [xc, keep, y, np.int64(xc.size), xc.dtype.type(scale)],
+                     [xc.shape, xc.shape, xc.shape, None, None])
+        return y
 
     def sgd_step(self, p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
         """See base; one kernel a parameter."""
