@@ -161,6 +161,87 @@ def test_a_wrong_scalar_type_is_caught(tmp_path):
         be.conv2d_backward(be.asarray(np.ones(y.shape, np.float32)), ctx)
 
 
+_ASAN_SCRIPT = r"""
+import sys
+import numpy as np
+from polycnn.backends import cupy_backend
+from polycnn.backends.numpy_backend import NumpyBackend
+
+kernel_dir = sys.argv[1] if len(sys.argv) > 1 else None  # given: one conv, then stop
+ref = NumpyBackend()
+rng = np.random.default_rng(0)
+cases = [((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, 1), ((2, 5, 11, 10), (6, 5, 3, 2), 2, 1, 2),
+         ((1, 2, 10, 9), (3, 2, 2, 3), (3, 2), 0, (2, 3)), ((2, 7, 8, 6), (9, 7, 3, 3), 2, 1, 1)]
+if kernel_dir:
+    cases = cases[:1]
+for tile in [None] if kernel_dir else [None, *cupy_backend.TILES]:
+    if tile is not None:
+        cupy_backend.gemm_tile = lambda rows, cols, tile=tile: tile
+    be = cupy_backend.create_emu(kernel_dir=kernel_dir)
+    be.target_blocks = 64
+    for xs, ws, stride, pad, dil in cases:
+        x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+        out = []
+        for bk in (ref, be):
+            y, ctx = bk.conv2d_forward(bk.asarray(x), bk.asarray(w), bk.asarray(b), stride=stride,
+                                       padding=pad, dilation=dil)
+            dy = np.random.default_rng(1).standard_normal(tuple(y.shape))
+            out.append([bk.to_numpy(a) for a in (y, *bk.conv2d_backward(bk.asarray(dy), ctx))])
+        for e, g in zip(*out):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10)
+x = rng.standard_normal((3, 4, 9, 7))
+for op in ("maxpool2d", "avgpool2d"):
+    y, ctx = getattr(be, op + "_forward")(be.asarray(x), 3, 2, 1)
+    getattr(be, op + "_backward")(be.asarray(np.ones(tuple(y.shape))), ctx)
+y, ctx = be.relu_forward(be.asarray(x))
+be.relu_backward(be.asarray(x), ctx)
+keep = be.dropout_mask(x.shape, 0.5, 7)
+be.dropout_apply(be.asarray(x), keep, 2.0)
+be.cross_entropy(be.asarray(x.reshape(-1, 7)), np.arange(x.size // 7) % 7, 0.1)
+p, g, v = (be.asarray(rng.standard_normal(37)) for _ in range(3))
+be.sgd_step(p, g, v, 0.1, 0.9, 0.01, True)
+print("ok")
+"""
+
+
+@pytest.fixture(scope="module")
+def asan_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("asan-cache")
+
+
+def _run_under_asan(cache, *args):
+    """Run _ASAN_SCRIPT with the kernels built with AddressSanitizer (skip where g++ has none)."""
+    import os
+    import subprocess
+    import sys
+
+    lib = subprocess.run([build.compiler(), "-print-file-name=libasan.so"], capture_output=True,
+                         text=True).stdout.strip()
+    if not os.path.isabs(lib) or not os.path.exists(lib):
+        pytest.skip("g++ has no AddressSanitizer runtime (libasan.so)")
+    env = dict(os.environ, POLYCNN_EMU_SANITIZE="address", LD_PRELOAD=lib,
+               ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0",
+               POLYCNN_EMU_CACHE=str(cache))
+    return subprocess.run([sys.executable, "-c", _ASAN_SCRIPT, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_every_kernel_stays_in_bounds_under_addresssanitizer(asan_cache):
+    """Out-of-bounds reads of a GPU kernel return garbage silently (or nothing: padding often
+    sits next to valid data). Built with AddressSanitizer, the emulator stops at the first one:
+    every conv pass in every tile shape, strided and dilated, the pools and the glue run clean."""
+    proc = _run_under_asan(asan_cache)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_addresssanitizer_catches_an_out_of_bounds_read(tmp_path, asan_cache):
+    """The net above works: a backward-data that reads one weight plane too far is stopped."""
+    folder = seeded_copy(tmp_path, "conv2d.cu", "acc[c] += wk[(k * s.C + c) * rs] * v;",
+                         "acc[c] += wk[(k * s.C + c + 1) * rs] * v;")
+    proc = _run_under_asan(asan_cache, folder)
+    assert proc.returncode != 0 and "heap-buffer-overflow" in proc.stderr, proc.stderr[-3000:]
+
+
 def test_python_scalars_are_refused_where_cupy_would_pass_the_wrong_width():
     module = standin.RawModule(code=cupy_backend.kernel_source("conv2d.cu"))
     reduce = module.get_function("conv2d_reduce_float")

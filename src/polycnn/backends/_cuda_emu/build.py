@@ -5,6 +5,11 @@ to the block's dynamic shared memory, the only C++-incompatible construct the ke
 a table of the ``extern "C" __global__`` entry points, which exports each kernel's parameter types
 as the compiler saw them. Libraries are cached by a hash of all inputs in
 ``$POLYCNN_EMU_CACHE`` (default: ``$XDG_CACHE_HOME/polycnn/cuda-emu`` or ``~/.cache/...``).
+
+``POLYCNN_EMU_SANITIZE=address`` builds the kernels with AddressSanitizer, so that a kernel that
+reads or writes outside an array stops with a report instead of passing on what it found there;
+Python is not built with it, so the process must preload the runtime:
+``LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,18 @@ from pathlib import Path
 from ...errors import BackendUnavailable
 
 CXX_FLAGS = ("-std=c++20", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread")
+SANITIZE_FLAGS = {"address": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g1")}
+
+
+def cxx_flags() -> tuple:
+    """CXX_FLAGS, plus the sanitizer's that ``POLYCNN_EMU_SANITIZE`` names."""
+    name = os.environ.get("POLYCNN_EMU_SANITIZE", "")
+    if not name:
+        return CXX_FLAGS
+    if name not in SANITIZE_FLAGS:
+        raise ValueError(f"POLYCNN_EMU_SANITIZE={name!r}: known sanitizers are"
+                         f" {', '.join(SANITIZE_FLAGS)} (or unset)")
+    return CXX_FLAGS + SANITIZE_FLAGS[name]
 
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _ENTRY = re.compile(
@@ -97,10 +114,11 @@ EMU_EXPORT int emu_launch(int i, const unsigned int* grid, const unsigned int* b
 def build(source: str) -> Path:
     """The path of the shared library compiled from ``source`` (built once, then cached)."""
     cxx = compiler()
+    flags = cxx_flags()
     unit = translation_unit(source)
     header = _header()
     key = hashlib.sha256("\0".join(
-        [unit, header, compiler_version(cxx), " ".join(CXX_FLAGS)]).encode()).hexdigest()[:24]
+        [unit, header, compiler_version(cxx), " ".join(flags)]).encode()).hexdigest()[:24]
     folder = cache_dir()
     target = folder / f"kernels-{key}.so"
     if target.exists():
@@ -111,7 +129,7 @@ def build(source: str) -> Path:
         cpp = Path(tmp) / "unit.cpp"
         cpp.write_text(unit)
         out = Path(tmp) / "unit.so"
-        proc = subprocess.run([cxx, *CXX_FLAGS, "-I", tmp, str(cpp), "-o", str(out)],
+        proc = subprocess.run([cxx, *flags, "-I", tmp, str(cpp), "-o", str(out)],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise CompileError(f"g++ failed to compile the kernels:\n{proc.stderr.strip()}")
