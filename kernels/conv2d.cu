@@ -14,14 +14,15 @@
 //                                     taps that reach it)
 //   backward-weight  dw[k, (c,r,s)] = sum over (n,p,q) of dy[n, k, p, q] * x(n, c, p*sh-ph+r*dh, q*sw-pw+s*dw)
 // The weight pass splits its long (n,p,q) reduction over gridDim.z blocks that write partial sums;
-// conv2d_reduce_* adds them in split order. No float atomics anywhere: every result is
-// bit-identical from run to run.
+// conv2d_reduce_* adds them in split order (the bias gradient splits and adds the same way). With
+// at most four input channels, backward-data is a direct loop instead (conv2d_bwd_data_fewc_*).
+// No float atomics anywhere: every result is bit-identical from run to run.
 //
 // Each GEMM kernel comes in four tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...), 32×128
 // (`conv2d_fwd_mid_float`, ...) and 16×256 (`conv2d_fwd_narrow_float`, ...) for fewer rows, and
 // 16×64 (`conv2d_fwd_small_float`, ...) for small outputs such as a first layer's weight gradient
 // (16 × 27): a layer with 3, 16 or 32 channels would leave much of a 64-row tile idle; the host
-// picks the shape that pads the output least. Launch: blockDim = (BM * BN / 16, 1, 1) (256
+// picks the biggest shape that pads the output within 5% of the least. Launch: blockDim = (BM * BN / 16, 1, 1) (256
 // threads, 64 for the small tile), dynamic shared memory
 // GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), z) with z the
 // weight pass's splits or backward-data's stride phases (1 for the forward).
