@@ -22,10 +22,10 @@
 // (`conv2d_fwd_mid_float`, ...) and 16×256 (`conv2d_fwd_narrow_float`, ...) for fewer rows, and
 // 16×64 (`conv2d_fwd_small_float`, ...) for small outputs such as a first layer's weight gradient
 // (16 × 27): a layer with 3, 16 or 32 channels would leave much of a 64-row tile idle; the host
-// picks the biggest shape that pads the output within 5% of the least. Launch: blockDim = (BM * BN / 16, 1, 1) (256
-// threads, 64 for the small tile), dynamic shared memory
-// GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), z) with z the
-// weight pass's splits or backward-data's stride phases (1 for the forward).
+// picks the biggest shape that pads the output within 5% of the least.
+// Launch: blockDim = (BM * BN / 16, 1, 1) (256 threads, 64 for the small tile), dynamic shared
+// memory GEMM_SMEM_BYTES(BM, BN, sizeof(T)), grid = (ceil(cols / BN), ceil(rows / BM), z) with
+// z the weight pass's splits or backward-data's stride phases (1 for the forward).
 // Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
 // flat offsets are 64-bit.
 
@@ -271,7 +271,9 @@ struct BwdDataB {  // dy gathered for the phase pixel (i, j) of this column
     // row (k, u, v): {offset of plane k, p - i, q - j, offset of w[k, 0, r, s] (for A)}
     __device__ RowInfo row(int kk) const {
         const int taps = f.taps();
-        if (taps == 0) return RowInfo{0, 0, 0, 0};  // no reduction: the table is never read
+        // past the reduction (the last tile's tail, or a phase no tap reaches): never read, and
+        // k * P * Q could overflow there
+        if (kk >= s.K * taps) return RowInfo{0, 0, 0, 0};
         const int k = kk / taps, t = kk % taps;
         const int r = f.r0 + (t / f.ns) * f.rstep, q = f.s0 + (t % f.ns) * f.sstep;
         return RowInfo{k * s.P * s.Q, (f.ah + s.ph - r * s.dh) / s.sh, (f.aw + s.pw - q * s.dw) / s.sw,
