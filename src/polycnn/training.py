@@ -238,11 +238,14 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
                 raise TrainingDiverged(
                     f"the loss became {loss} at epoch {epoch + 1}, batch {bi + 1}/{n_batches}"
                     f" (learning rate {optimizer.current_lr:g}); lower the learning rate{kept}")
+            # NOTE: counted before the backward pass: the loss has just waited for the device,
+            # and a copy to the host after the backward would wait for all of it (on a GPU the
+            # next batch's host work then overlaps this step's backward and update)
+            correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
             model.backward(dlogits, input_grad=False)
             optimizer.step()
             seen += b - a
             loss_sum += loss * (b - a)
-            correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
             if callback is not None:
                 now = time.perf_counter()
                 elapsed = now - t0
