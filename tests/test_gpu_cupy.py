@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
+from polycnn.backends import cupy_backend
 from polycnn.backends.numpy_backend import NumpyBackend
 
 
@@ -96,3 +97,30 @@ def test_training_steps_on_the_gpu_match_numpy_and_stay_on_the_device(gpu):
         assert isinstance(p.data, cupy.ndarray) and isinstance(p.grad, cupy.ndarray), p.name
         np.testing.assert_allclose(gpu.to_numpy(p.data), r.data, rtol=1e-3, atol=1e-4,
                                    err_msg=p.name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", list(cupy_backend.TILES), ids=lambda s: s.strip("_") or "square")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_tile_shape_on_the_gpu(gpu, monkeypatch, tile, stride):
+    """Each GEMM tile shape forced on all three passes on the real device (the host's choice
+    would leave most shapes untested by any one layer), float32, two runs bit for bit."""
+    monkeypatch.setattr(cupy_backend, "gemm_tile", lambda rows, cols: tile)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 9, 21, 19)).astype(np.float32)
+    w = (rng.standard_normal((37, 9, 3, 3)) / 9).astype(np.float32)
+    b = rng.standard_normal(37).astype(np.float32)
+    ref = NumpyBackend()
+    yr, ctxr = ref.conv2d_forward(x, w, b, stride=stride, padding=1)
+    dy = rng.standard_normal(yr.shape).astype(np.float32)
+    expected = (yr, *ref.conv2d_backward(dy, ctxr))
+    runs = []
+    for _ in range(2):
+        y, ctx = gpu.conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b), stride=stride,
+                                    padding=1)
+        runs.append([gpu.to_numpy(a) for a in (y, *gpu.conv2d_backward(gpu.asarray(dy), ctx))])
+    for name, got, again, want in zip(("y", "dx", "dw", "db"), runs[0], runs[1], expected):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale,
+                                   err_msg=f"conv2d {name}, tile {tile or 'square'}, stride {stride}")
+        assert np.array_equal(got, again), f"conv2d {name} differs between two runs (tile {tile!r})"
