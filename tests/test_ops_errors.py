@@ -72,6 +72,19 @@ def test_conv_argument_of_wrong_type(backend, name, value):
                                **{name: value})
 
 
+@pytest.mark.parametrize("value", [1.0, True, (1.0, 1)])
+def test_a_remembered_geometry_never_lets_a_wrong_type_through(backend, value):
+    """Geometries are remembered between calls; 1.0 and True equal 1 as dict keys, so a valid
+    call with stride=1 first must not make them pass."""
+    x, w = arr(backend, (1, 1, 4, 4)), arr(backend, (1, 1, 2, 2))
+    backend.conv2d_forward(x, w, stride=1)
+    backend.maxpool2d_forward(x, 1)
+    with raises(TypeError, "stride"):
+        backend.conv2d_forward(x, w, stride=value)
+    with raises(TypeError, "kernel_size"):
+        backend.maxpool2d_forward(x, value)
+
+
 def test_conv_same_padding_needs_stride_1(backend):
     with raises(ValueError, "same", "stride"):
         backend.conv2d_forward(arr(backend, (1, 1, 4, 4)), arr(backend, (1, 1, 3, 3)),

@@ -94,7 +94,7 @@ from ..geometry import (
 )
 
 
-def _conv_geometry(x_shape, w_shape, stride, padding, dilation, b_shape):
+def _conv_geometry(x_shape, w_shape, b_shape, stride, padding, dilation):
     return conv_geometry(x_shape, w_shape, stride, padding, dilation, b_shape=b_shape)
 
 
@@ -109,16 +109,18 @@ def _typed(v):
     return (type(v), v)
 
 
-def _cached(fn, *args):
-    """``fn(*args)`` for a geometry function, remembered (a model asks for the same few shapes
-    every step); arguments that do not hash are computed each time, errors never remembered."""
+def _cached(fn, shapes: tuple, *args):
+    """``fn(*shapes, *args)`` for a geometry function, remembered (a model asks for the same few
+    shapes every step). ``shapes`` are arrays' shapes (tuples of ints); ``args`` the caller's
+    other arguments, keyed with their types. Arguments that do not hash are computed each time,
+    errors never remembered."""
     try:
-        key = (fn,) + tuple(_typed(a) for a in args)
+        key = (fn, shapes) + tuple(_typed(a) for a in args)
         hit = _GEOMETRY_CACHE.get(key)
     except TypeError:  # unhashable
-        return fn(*args)
+        return fn(*shapes, *args)
     if hit is None:
-        hit = fn(*args)
+        hit = fn(*shapes, *args)
         if len(_GEOMETRY_CACHE) >= 1024:
             _GEOMETRY_CACHE.clear()
         _GEOMETRY_CACHE[key] = hit
@@ -193,8 +195,8 @@ class Backend:
         if b is not None:
             b = self._prepare(b, "b", 1)
         dtype = check_same_dtype(x=x, w=w, b=b)
-        g = _cached(_conv_geometry, tuple(x.shape), tuple(w.shape), stride, padding, dilation,
-                    None if b is None else tuple(b.shape))
+        g = _cached(_conv_geometry, (tuple(x.shape), tuple(w.shape),
+                                     None if b is None else tuple(b.shape)), stride, padding, dilation)
         y, saved = self._conv2d_forward(x, w, b, g)
         ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None}, saved)
         return y, ctx
@@ -207,7 +209,7 @@ class Backend:
     # ---- pooling ------------------------------------------------------------------------
     def maxpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
         x = self._prepare(x, "x", 4)
-        g = _cached(pool_geometry, tuple(x.shape), kernel_size, stride, padding)
+        g = _cached(pool_geometry, (tuple(x.shape),), kernel_size, stride, padding)
         y, saved = self._maxpool2d_forward(x, g)
         return y, OpContext("maxpool2d", g, np.dtype(x.dtype), {}, saved)
 
@@ -217,7 +219,7 @@ class Backend:
 
     def avgpool2d_forward(self, x, kernel_size=2, stride=None, padding=0):
         x = self._prepare(x, "x", 4)
-        g = _cached(pool_geometry, tuple(x.shape), kernel_size, stride, padding)
+        g = _cached(pool_geometry, (tuple(x.shape),), kernel_size, stride, padding)
         y = self._avgpool2d_forward(x, g)
         return y, OpContext("avgpool2d", g, np.dtype(x.dtype), {}, None)
 

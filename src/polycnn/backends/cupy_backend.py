@@ -66,6 +66,7 @@ def gemm_smem_bytes(tile: str, itemsize: int) -> int:
     return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn + 4) * itemsize
 
 
+@functools.lru_cache(maxsize=4096)
 def gemm_tile(rows: int, cols: int) -> str:
     """The first tile shape of TILES (squarest first) that pads a rows × cols output at most 5%
     more than the one that pads it least: a smaller tile only where it saves real work."""
