@@ -276,8 +276,8 @@ struct BwdDataB {  // dy gathered for the phase pixel (i, j) of this column
         if (kk >= s.K * taps) return RowInfo{0, 0, 0, 0};
         const int k = kk / taps, t = kk % taps;
         const int r = f.r0 + (t / f.ns) * f.rstep, q = f.s0 + (t % f.ns) * f.sstep;
-        return RowInfo{k * s.P * s.Q, (f.ah + s.ph - r * s.dh) / s.sh, (f.aw + s.pw - q * s.dw) / s.sw,
-                       (k * s.C * s.R + r) * s.S + q};
+        return RowInfo{k * s.P * s.Q, (f.ah + s.ph - r * s.dh) / s.sh,
+                       (f.aw + s.pw - q * s.dw) / s.sw, (k * s.C * s.R + r) * s.S + q};
     }
     __device__ T operator()(const RowInfo& r, const Col& c) const {
         if (!c.valid) return T(0);

@@ -108,14 +108,15 @@ __device__ void sgd_step(T* p, const T* grad, T* v, long long count, T lr, T mom
     }
 }
 
-// ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
+// ---- entry points, one per dtype (spelled out so that tools can find them by name) ----------
 extern "C" __global__ void relu_fwd_float(const float* x, float* y, long long count) {
     relu_fwd<float>(x, y, count);
 }
 extern "C" __global__ void relu_fwd_double(const double* x, double* y, long long count) {
     relu_fwd<double>(x, y, count);
 }
-extern "C" __global__ void relu_bwd_float(const float* dy, const float* x, float* dx, long long count) {
+extern "C" __global__ void relu_bwd_float(const float* dy, const float* x, float* dx,
+                                          long long count) {
     relu_bwd<float>(dy, x, dx, count);
 }
 extern "C" __global__ void relu_bwd_double(const double* dy, const double* x, double* dx,
@@ -148,7 +149,8 @@ extern "C" __global__ void sgd_step_float(float* p, const float* grad, float* v,
                                           float lr, float momentum, float wd, int nesterov) {
     sgd_step<float>(p, grad, v, count, lr, momentum, wd, nesterov);
 }
-extern "C" __global__ void sgd_step_double(double* p, const double* grad, double* v, long long count,
-                                           double lr, double momentum, double wd, int nesterov) {
+extern "C" __global__ void sgd_step_double(double* p, const double* grad, double* v,
+                                           long long count, double lr, double momentum, double wd,
+                                           int nesterov) {
     sgd_step<double>(p, grad, v, count, lr, momentum, wd, nesterov);
 }
