@@ -317,9 +317,8 @@ __device__ void conv2d_bwd_data(const T* dy, const T* w, T* dx, ConvShape s) {
 // has at least 16. Here thread i of a grid-stride loop takes input pixel (n, h, w) and sums, over
 // the taps (r, s) that reach it and every k, w[k, c, r, s] * dy[n, k, p, q] into C registers.
 // Neighbouring threads read neighbouring q of dy; every thread of a warp reads the same weight.
-// Launch: any grid, blockDim = (FEWC_THREADS, 1, 1).
+// Launch: any grid and block (the host uses its grid-stride launch of 256 threads).
 #define FEWC_MAX 4
-#define FEWC_THREADS 256
 template <typename T>
 __device__ void conv2d_bwd_data_fewc(const T* dy, const T* w, T* dx, ConvShape s) {
     const int hw = s.H * s.W, pq = s.P * s.Q, rs = s.R * s.S;

@@ -4,8 +4,8 @@
 // src/polycnn/backends/base.py and optim.py; every result is the same on every backend up to
 // float rounding, and bit-identical from run to run (no atomics, sums in a fixed order).
 //
-// Elementwise kernels take a flat `count` and walk it with a grid-stride loop: launch any grid,
-// blockDim = (GLUE_THREADS, 1, 1).
+// Elementwise kernels take a flat `count` and walk it with a grid-stride loop: launch any grid
+// and block. cross_entropy runs in one block of GLUE_THREADS.
 
 #define GLUE_THREADS 256
 

@@ -195,8 +195,8 @@ class Backend:
         if b is not None:
             b = self._prepare(b, "b", 1)
         dtype = check_same_dtype(x=x, w=w, b=b)
-        g = _cached(_conv_geometry, (tuple(x.shape), tuple(w.shape),
-                                     None if b is None else tuple(b.shape)), stride, padding, dilation)
+        shapes = (tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape))
+        g = _cached(_conv_geometry, shapes, stride, padding, dilation)
         y, saved = self._conv2d_forward(x, w, b, g)
         ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None}, saved)
         return y, ctx
@@ -312,10 +312,17 @@ class Backend:
 
     def relu_backward(self, dy, ctx):
         mask = ctx.inputs["mask"]
-        if tuple(dy.shape) != tuple(mask.shape):
-            raise ValueError(f"relu backward: dy has shape {tuple(dy.shape)}, expected"
-                             f" {tuple(mask.shape)}")
+        self._check_relu_dy(dy, mask.shape)
         return dy * mask
+
+    @staticmethod
+    def _check_relu_dy(dy, shape, dtype=None):
+        """dy of a ReLU backward has the forward's shape (and, given, its dtype)."""
+        if tuple(dy.shape) != tuple(shape):
+            raise ValueError(f"relu backward: dy has shape {tuple(dy.shape)}, expected"
+                             f" {tuple(shape)}")
+        if dtype is not None and dy.dtype != dtype:
+            raise TypeError(f"relu backward: dy is {dy.dtype} but the forward ran in {dtype}")
 
     def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         xp = self.xp

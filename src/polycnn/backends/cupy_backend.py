@@ -44,11 +44,12 @@ GEMM_THREADS = 256
 BIAS_THREADS = 256
 #: the fewest dy entries one block of the bias gradient sums (8 a thread)
 BIAS_MIN_CHUNK = 8 * BIAS_THREADS
+#: block size of every grid-stride kernel (pools, reductions, glue, few-channel backward-data)
 ELEMENTWISE_THREADS = 256
+#: cross_entropy's one block (its shared-memory tree is this wide)
 GLUE_THREADS = 256
 #: backward-data of at most this many input channels runs the one-pixel-a-thread kernel
 FEWC_MAX = 4
-FEWC_THREADS = 256
 #: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, in order of preference
 #: (the bigger and squarer, the fewer loads per multiply; see gemm_tile)
 TILES = {"": (64, 64), "_mid": (32, 128), "_narrow": (16, 256), "_small": (16, 64)}
@@ -103,7 +104,8 @@ KERNELS = {
     "avgpool2d_bwd": ("pool2d.cu", ("dy: const T*", "dx: T*", "s: PoolShape")),
     "relu_fwd": ("glue.cu", ("x: const T*", "y: T*", "count: int64")),
     "relu_bwd": ("glue.cu", ("dy: const T*", "x: const T*", "dx: T*", "count: int64")),
-    "dropout_mask": ("glue.cu", ("keep: bool*", "count: int64", "key: uint64", "threshold: uint64")),
+    "dropout_mask": ("glue.cu", ("keep: bool*", "count: int64", "key: uint64",
+                                 "threshold: uint64")),
     "dropout_apply": ("glue.cu", ("x: const T*", "keep: const bool*", "y: T*", "count: int64",
                                   "scale: T")),
     "sgd_step": ("glue.cu", ("p: T*", "grad: const T*", "v: T*", "count: int64", "lr: T",
@@ -172,7 +174,8 @@ def entry_points(name: str) -> list[tuple[str, np.dtype]]:
 
 _PARAMS = {name: tuple(_Param(p) for p in params) for name, (_, params) in KERNELS.items()}
 #: kernel-name suffix of each dtype a kernel is launched for (``bool``: dropout_mask's output)
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.bool_): "bool"}
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+            np.dtype(np.bool_): "bool"}
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -281,9 +284,11 @@ class CupyBackend(Backend):
         return _frozen(np.array([(g.N, g.C, g.H, g.W, g.R, g.S, g.P, g.Q, g.stride_h, g.stride_w,
                                   g.pad_h, g.pad_w)], dtype=POOL_SHAPE))
 
-    @staticmethod
-    def _elementwise_grid(count: int):
-        return (max(1, min(ceil_div(count, ELEMENTWISE_THREADS), 65536)),)
+    def _launch_flat(self, name, dtype, count: int, args, shapes):
+        """Launch a kernel whose threads walk ``count`` items in a grid-stride loop (any grid
+        and block work): blocks of ELEMENTWISE_THREADS, at most 65536 of them."""
+        grid = (max(1, min(ceil_div(count, ELEMENTWISE_THREADS), 65536)),)
+        self._launch(name, dtype, grid, (ELEMENTWISE_THREADS,), args, shapes)
 
     # ---- convolution --------------------------------------------------------------------
     def _gemm(self, op, dtype, rows, cols, depth, args, shapes):
@@ -327,10 +332,9 @@ class CupyBackend(Backend):
         channels one thread a pixel."""
         dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
         if g.C <= FEWC_MAX:
-            self._launch("conv2d_bwd_data_fewc", dy.dtype,
-                         (max(1, min(ceil_div(g.N * g.H * g.W, FEWC_THREADS), 65536)),),
-                         (FEWC_THREADS,), [dy, w, dx, self._conv_shape(g)],
-                         [g.y_shape, g.w_shape, g.x_shape, None])
+            self._launch_flat("conv2d_bwd_data_fewc", dy.dtype, g.N * g.H * g.W,
+                              [dy, w, dx, self._conv_shape(g)],
+                              [g.y_shape, g.w_shape, g.x_shape, None])
             return dx
         self._gemm("conv2d_bwd_data", dy.dtype, g.C,
                    g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w),
@@ -355,9 +359,9 @@ class CupyBackend(Backend):
     def _reduce(self, partial, out):
         """out = partial.sum(axis=0), the splits added in order (conv2d_reduce)."""
         count = out.size
-        self._launch("conv2d_reduce", out.dtype, self._elementwise_grid(count),
-                     (ELEMENTWISE_THREADS,), [partial, out, np.int64(count), np.int32(partial.shape[0])],
-                     [partial.shape, out.shape, None, None])
+        self._launch_flat("conv2d_reduce", out.dtype, count,
+                          [partial, out, np.int64(count), np.int32(partial.shape[0])],
+                          [partial.shape, out.shape, None, None])
 
     def _bias_splits(self, g: ConvGeometry) -> tuple[int, int]:
         """(splits, chunk) of the bias gradient's (n, p, q) sum: enough blocks of (k, split)
@@ -387,22 +391,19 @@ class CupyBackend(Backend):
             return super().relu_forward(x)
         x = xc
         y = self.xp.empty(x.shape, dtype=x.dtype)
-        self._launch("relu_fwd", x.dtype, self._elementwise_grid(x.size), (GLUE_THREADS,),
-                     [x, y, np.int64(x.size)], [x.shape, x.shape, None])
+        self._launch_flat("relu_fwd", x.dtype, x.size, [x, y, np.int64(x.size)],
+                          [x.shape, x.shape, None])
         return y, OpContext("relu", None, np.dtype(x.dtype), {"x": x})
 
     def relu_backward(self, dy, ctx):
         if "x" not in ctx.inputs:
             return super().relu_backward(dy, ctx)
         x = ctx.inputs["x"]
-        if tuple(dy.shape) != tuple(x.shape):
-            raise ValueError(f"relu backward: dy has shape {tuple(dy.shape)}, expected {tuple(x.shape)}")
-        if dy.dtype != x.dtype:
-            raise TypeError(f"relu backward: dy is {dy.dtype} but the forward ran in {x.dtype}")
+        self._check_relu_dy(dy, x.shape, x.dtype)
         dy = self.xp.ascontiguousarray(dy)
         dx = self.xp.empty(x.shape, dtype=x.dtype)
-        self._launch("relu_bwd", x.dtype, self._elementwise_grid(x.size), (GLUE_THREADS,),
-                     [dy, x, dx, np.int64(x.size)], [x.shape, x.shape, x.shape, None])
+        self._launch_flat("relu_bwd", x.dtype, x.size, [dy, x, dx, np.int64(x.size)],
+                          [x.shape, x.shape, x.shape, None])
         return dx
 
     def _glue_input(self, x):
@@ -416,9 +417,9 @@ class CupyBackend(Backend):
         """See base; one kernel."""
         keep = self.xp.empty(shape, dtype=np.bool_)
         if keep.size:
-            self._launch("dropout_mask", np.bool_, self._elementwise_grid(keep.size),
-                         (GLUE_THREADS,), [keep, np.int64(keep.size), np.uint64(key),
-                                           np.uint64(threshold)], [shape, None, None, None])
+            self._launch_flat("dropout_mask", np.bool_, keep.size,
+                              [keep, np.int64(keep.size), np.uint64(key), np.uint64(threshold)],
+                              [shape, None, None, None])
         return keep
 
     def dropout_apply(self, x, keep, scale: float):
@@ -429,9 +430,9 @@ class CupyBackend(Backend):
             return super().dropout_apply(x, keep, scale)
         keep = self.xp.ascontiguousarray(keep)
         y = self.xp.empty(xc.shape, dtype=xc.dtype)
-        self._launch("dropout_apply", xc.dtype, self._elementwise_grid(xc.size), (GLUE_THREADS,),
-                     [xc, keep, y, np.int64(xc.size), xc.dtype.type(scale)],
-                     [xc.shape, xc.shape, xc.shape, None, None])
+        self._launch_flat("dropout_apply", xc.dtype, xc.size,
+                          [xc, keep, y, np.int64(xc.size), xc.dtype.type(scale)],
+                          [xc.shape, xc.shape, xc.shape, None, None])
         return y
 
     def sgd_step(self, p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
@@ -442,10 +443,10 @@ class CupyBackend(Backend):
                 isinstance(a, self.xp.ndarray) and a.flags.c_contiguous for a in arrays):
             return super().sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov)
         t = dtype.type
-        self._launch("sgd_step", dtype, self._elementwise_grid(p.size), (GLUE_THREADS,),
-                     [p, grad, velocity if momentum else p, np.int64(p.size), t(lr), t(momentum),
-                      t(weight_decay), np.int32(bool(nesterov))],
-                     [p.shape, p.shape, p.shape, None, None, None, None, None])
+        self._launch_flat("sgd_step", dtype, p.size,
+                          [p, grad, velocity if momentum else p, np.int64(p.size), t(lr),
+                           t(momentum), t(weight_decay), np.int32(bool(nesterov))],
+                          [p.shape, p.shape, p.shape, None, None, None, None, None])
 
     def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         """See base; one kernel (one block: rows in a fixed order, a fixed tree), then one
@@ -471,32 +472,29 @@ class CupyBackend(Backend):
     def _maxpool2d_forward(self, x, g: PoolGeometry):
         y = self.xp.empty(g.y_shape, dtype=x.dtype)
         argmax = self.xp.empty(g.y_shape, dtype=np.int32)
-        self._launch("maxpool2d_fwd", x.dtype, self._elementwise_grid(y.size),
-                     (ELEMENTWISE_THREADS,), [x, y, argmax, self._pool_shape(g)],
-                     [g.x_shape, g.y_shape, g.y_shape, None])
+        self._launch_flat("maxpool2d_fwd", x.dtype, y.size, [x, y, argmax, self._pool_shape(g)],
+                          [g.x_shape, g.y_shape, g.y_shape, None])
         return y, argmax
 
     def _maxpool2d_backward(self, dy, ctx: OpContext):
         g: PoolGeometry = ctx.geom
         dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
-        self._launch("maxpool2d_bwd", dy.dtype, self._elementwise_grid(dx.size),
-                     (ELEMENTWISE_THREADS,), [dy, ctx.saved, dx, self._pool_shape(g)],
-                     [g.y_shape, g.y_shape, g.x_shape, None])
+        self._launch_flat("maxpool2d_bwd", dy.dtype, dx.size,
+                          [dy, ctx.saved, dx, self._pool_shape(g)],
+                          [g.y_shape, g.y_shape, g.x_shape, None])
         return dx
 
     def _avgpool2d_forward(self, x, g: PoolGeometry):
         y = self.xp.empty(g.y_shape, dtype=x.dtype)
-        self._launch("avgpool2d_fwd", x.dtype, self._elementwise_grid(y.size),
-                     (ELEMENTWISE_THREADS,), [x, y, self._pool_shape(g)],
-                     [g.x_shape, g.y_shape, None])
+        self._launch_flat("avgpool2d_fwd", x.dtype, y.size, [x, y, self._pool_shape(g)],
+                          [g.x_shape, g.y_shape, None])
         return y
 
     def _avgpool2d_backward(self, dy, ctx: OpContext):
         g: PoolGeometry = ctx.geom
         dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
-        self._launch("avgpool2d_bwd", dy.dtype, self._elementwise_grid(dx.size),
-                     (ELEMENTWISE_THREADS,), [dy, dx, self._pool_shape(g)],
-                     [g.y_shape, g.x_shape, None])
+        self._launch_flat("avgpool2d_bwd", dy.dtype, dx.size, [dy, dx, self._pool_shape(g)],
+                          [g.y_shape, g.x_shape, None])
         return dx
 
 

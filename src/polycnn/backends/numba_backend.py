@@ -540,10 +540,7 @@ class NumbaBackend(Backend):
             return super().relu_backward(dy, ctx)
         x = ctx.inputs["x"]
         dy = np.asarray(dy)
-        if dy.shape != x.shape:
-            raise ValueError(f"relu backward: dy has shape {dy.shape}, expected {x.shape}")
-        if dy.dtype != x.dtype:
-            raise TypeError(f"relu backward: dy is {dy.dtype} but the forward ran in {x.dtype}")
+        self._check_relu_dy(dy, x.shape, x.dtype)
         self._set_threads()
         dy = np.ascontiguousarray(dy)
         dx = np.empty_like(dy)
