@@ -194,7 +194,7 @@ for name in ("b", "c", "d", "e"):
     }
     times = {k: timed(f, cupy_sync) * 1e3 for k, f in parts.items()}
     tiles = {op: "x".join(map(str, cb.TILES[cb.gemm_tile(r, c)])) for op, r, c in (
-        ("fwd", g.K, g.N * g.P * g.Q), ("bwd_data", g.C, g.N * g.H * g.W // (stride * stride)),
+        ("fwd", g.K, g.N * g.P * g.Q), ("bwd_data", g.C, be._bwd_data_columns(g)),
         ("bwd_weight", g.K, g.C * g.R * g.S))}
     if g.C <= cb.FEWC_MAX:
         tiles["bwd_data"] = "one thread a pixel"

@@ -336,11 +336,15 @@ class CupyBackend(Backend):
                               [dy, w, dx, self._conv_shape(g)],
                               [g.y_shape, g.w_shape, g.x_shape, None])
             return dx
-        self._gemm("conv2d_bwd_data", dy.dtype, g.C,
-                   g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w),
+        self._gemm("conv2d_bwd_data", dy.dtype, g.C, self._bwd_data_columns(g),
                    g.stride_h * g.stride_w, [dy, w, dx, self._conv_shape(g)],
                    [g.y_shape, g.w_shape, g.x_shape, None])
         return dx
+
+    @staticmethod
+    def _bwd_data_columns(g: ConvGeometry) -> int:
+        """Columns of backward-data's largest stride phase (phase 0): its GEMM's width."""
+        return g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w)
 
     def _conv_bwd_weight(self, dy, x, g: ConvGeometry):
         """dw: the (n, p, q) reduction split over grid z, the partial sums added in order."""
