@@ -1,0 +1,137 @@
+"""Running polycnn as a hostile or careless user would: each case in a child process of its own,
+with its exit code, its output and its peak memory (``os.wait4``'s ``ru_maxrss`` of that one
+child) measured, and the files under the output name compared before and after.
+
+Used by the ``test_hostile_*.py`` files; a helper module, not a conftest, so that it is imported
+by name::
+
+    from hostile import PEAK_LIMIT, Outcome, run_cli, run_python, snapshot
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+#: every hostile case must stay under this peak resident memory
+PEAK_LIMIT = 1 << 30
+
+
+@dataclasses.dataclass
+class Outcome:
+    argv: list
+    rc: int
+    stdout: str
+    stderr: str
+    peak_bytes: int
+    timed_out: bool
+
+    def __str__(self) -> str:
+        return (f"{' '.join(map(str, self.argv))}\n  exit {self.rc}"
+                f"{' (timed out)' if self.timed_out else ''}, peak {self.peak_bytes / 2**20:.0f} MiB"
+                f"\n  stdout: {self.stdout[-2000:]!r}\n  stderr: {self.stderr[-2000:]!r}")
+
+    def assert_user_error(self, *needles: str, rc: int = 2) -> None:
+        """Exit ``rc`` with one ``error: ...`` line naming every needle (case-insensitive), no
+        traceback, under the memory limit."""
+        assert not self.timed_out, f"timed out:\n{self}"
+        assert self.rc == rc, f"expected exit {rc}:\n{self}"
+        assert "Traceback" not in self.stderr, f"a traceback instead of one line:\n{self}"
+        lines = [line for line in self.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, f"expected one 'error: ' line on stderr:\n{self}"
+        for needle in needles:
+            assert needle.lower() in lines[0].lower(), f"the message does not name {needle!r}:\n{self}"
+        self.assert_bounded()
+
+    def assert_bounded(self) -> None:
+        assert self.peak_bytes < PEAK_LIMIT, (
+            f"peak memory {self.peak_bytes / 2**20:.0f} MiB >= {PEAK_LIMIT / 2**20:.0f} MiB:\n{self}")
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    # NOTE: one BLAS thread, as in the suite: spinning OpenBLAS threads on 2 shared cores
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.update(extra or {})
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run(argv: list, *, env: dict | None = None, cwd=None, timeout: float = 120.0,
+        stdin=subprocess.DEVNULL) -> Outcome:
+    """Run ``argv`` to its end (killed with its process group after ``timeout`` seconds) and
+    measure that child's own peak resident memory."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, stdin=stdin,
+                                env=child_env(env), cwd=cwd, start_new_session=True)
+        fired = threading.Event()
+
+        def kill():
+            fired.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        return Outcome(list(argv), proc.returncode, out.read().decode(errors="replace"),
+                       err.read().decode(errors="replace"), usage.ru_maxrss * 1024, fired.is_set())
+
+
+def run_cli(*args, **kwargs) -> Outcome:
+    """``polycnn ARGS...`` in a child process."""
+    return run([sys.executable, "-m", "polycnn.cli.main", *args], **kwargs)
+
+
+def run_python(code: str, **kwargs) -> Outcome:
+    """A Python snippet in a child process (API cases: an uncaught exception is a traceback, so
+    snippets catch the error they expect and print ``error: <message>`` and exit 2 themselves,
+    through :func:`api_case`)."""
+    return run([sys.executable, "-c", textwrap.dedent(code)], **kwargs)
+
+
+def api_case(statement: str, exception: str = "(ValueError, TypeError)") -> str:
+    """A snippet that runs ``statement`` after ``import polycnn as pc, numpy as np``, and turns
+    the expected exception into one ``error:`` line and exit 2, as the CLI does; any other
+    exception is a traceback (exit 1) and no exception at all exits 0, so both fail the case."""
+    return textwrap.dedent(f"""\
+        import sys
+        import numpy as np
+        import polycnn as pc
+        try:
+        {textwrap.indent(textwrap.dedent(statement), '    ')}
+        except {exception} as exc:
+            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+            sys.exit(2)
+        """)
+
+
+def snapshot(folder) -> dict:
+    """name -> (size, mtime_ns, bytes hash) of every file under ``folder``: compare before and
+    after a case to show that nothing was created, removed or damaged."""
+    import hashlib
+
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            digest = ""
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            found[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns, digest)
+    return found
