@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "bench",
     "parity",
     "visualize",
+    "export",
 ]
 
 

@@ -16,6 +16,7 @@ from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
 from .optim import SGD, Adam, AdamW
 from .training import TrainingDiverged, evaluate, fit, predict
+from .interchange import export_onnx, from_torch_state_dict, load_weights, save_weights
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,5 @@ __all__ = [
     "Sequential", "Conv2d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "BatchNorm2d", "Dropout", "Dropout2d", "Flatten", "Linear", "SGD", "Adam", "AdamW", "Augment",
     "fit", "evaluate", "predict", "load", "TrainingDiverged", "datasets", "metrics", "models", "optim",
+    "export_onnx", "save_weights", "load_weights", "from_torch_state_dict",
 ]
