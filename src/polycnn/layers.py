@@ -15,6 +15,10 @@ gives one run on every backend.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import math
+
 import numpy as np
 
 from . import init as _init
@@ -25,13 +29,25 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 def _dtype(dtype) -> np.dtype:
+    # NOTE: np.dtype(None) is float64: None is refused rather than read as a choice
     try:
-        dt = np.dtype(dtype)
+        dt = np.dtype(dtype) if dtype is not None else None
     except TypeError as exc:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
-    if dt.name not in _DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt.name}")
+    if dt is None or dt.name not in _DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt
+
+
+# ---- argument checks: a wrong type is a TypeError, a wrong value a ValueError; never coerced ----
+@contextlib.contextmanager
+def _arguments(owner: str):
+    """Prefix ``owner`` (the layer's class name) to an argument error raised inside."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        cls = TypeError if isinstance(exc, TypeError) else ValueError
+        raise cls(f"{owner}: {exc}") from None
 
 
 def _positive_int(value, name: str) -> int:
@@ -42,12 +58,27 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
+def _real(value, name: str, lo: float, hi: float, *, lo_open: bool = False,
+          hi_open: bool = False) -> float:
+    """A finite int or float in the interval ``lo..hi`` (``lo_open``/``hi_open``: excluded)."""
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return v
+
+
 def _probability(p, name: str = "p") -> float:
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number in [0, 1), got {p!r}")
-    if not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {p}")
-    return float(p)
+    return _real(p, name, 0.0, 1.0, hi_open=True)
+
+
+def _flag(value, name: str) -> bool:
+    """True or False only: a string such as "no" or a number is not read as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class Parameter:
@@ -117,7 +148,7 @@ class Layer:
         return dict(self._buffers)
 
     def train(self, mode: bool = True):
-        self.training = bool(mode)
+        self.training = _flag(mode, f"{type(self).__name__}.train(mode)")
         return self
 
     def eval(self):
@@ -186,15 +217,16 @@ class Conv2d(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  dilation=1, bias: bool = True, init: str = "he"):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = pair(stride, "stride", minimum=1)
-        self.dilation = pair(dilation, "dilation", minimum=1)
-        resolve_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
-        self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
-        self.bias = bool(bias)
-        self.init = _init.check_scheme(init)
+        with _arguments("Conv2d"):
+            self.in_channels = _positive_int(in_channels, "in_channels")
+            self.out_channels = _positive_int(out_channels, "out_channels")
+            self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
+            self.stride = pair(stride, "stride", minimum=1)
+            self.dilation = pair(dilation, "dilation", minimum=1)
+            resolve_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
+            self.padding = padding.lower() if isinstance(padding, str) else pair(padding, "padding")
+            self.bias = _flag(bias, "bias")
+            self.init = _init_scheme(init)
 
     def _build(self, rng):
         K, C, (R, S) = self.out_channels, self.in_channels, self.kernel_size
@@ -253,6 +285,12 @@ class Conv2d(Layer):
                 f" kernel_size={_short(self.kernel_size)}{extra})")
 
 
+def _init_scheme(init) -> str:
+    if not isinstance(init, str):
+        raise TypeError(f"init must be one of {', '.join(map(repr, _init.SCHEMES))}, got {init!r}")
+    return _init.check_scheme(init)
+
+
 def _short(v):
     if isinstance(v, tuple) and len(v) == 2 and v[0] == v[1]:
         return v[0]
@@ -264,10 +302,11 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he"):
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.bias = bool(bias)
-        self.init = _init.check_scheme(init)
+        with _arguments("Linear"):
+            self.in_features = _positive_int(in_features, "in_features")
+            self.out_features = _positive_int(out_features, "out_features")
+            self.bias = _flag(bias, "bias")
+            self.init = _init_scheme(init)
 
     def _build(self, rng):
         F, O = self.in_features, self.out_features
@@ -336,11 +375,8 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-            raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
-        if not 0.0 <= negative_slope < 1.0:
-            raise ValueError(f"negative_slope must be in [0, 1), got {negative_slope}")
-        self.negative_slope = float(negative_slope)
+        with _arguments("LeakyReLU"):
+            self.negative_slope = _real(negative_slope, "negative_slope", 0.0, 1.0, hi_open=True)
 
     def forward(self, x):
         xp = self.backend.xp
@@ -363,12 +399,13 @@ class _Pool(Layer):
 
     def __init__(self, kernel_size=2, stride=None, padding=0):
         super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride", minimum=1)
-        self.padding = pair(padding, "padding", minimum=0)
-        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
-            raise ValueError(f"padding {self.padding} must be at most half the kernel size"
-                             f" {self.kernel_size}")
+        with _arguments(type(self).__name__):
+            self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
+            self.stride = self.kernel_size if stride is None else pair(stride, "stride", minimum=1)
+            self.padding = pair(padding, "padding", minimum=0)
+            if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+                raise ValueError(f"padding {self.padding} must be at most half the kernel size"
+                                 f" {self.kernel_size}")
 
     def forward(self, x):
         self._check_input(x, 4, "(N, C, H, W)")
@@ -440,13 +477,10 @@ class BatchNorm2d(Layer):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
-        self.num_features = _positive_int(num_features, "num_features")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        if not (isinstance(momentum, (int, float)) and 0.0 < momentum <= 1.0):
-            raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
+        with _arguments("BatchNorm2d"):
+            self.num_features = _positive_int(num_features, "num_features")
+            self.eps = _real(eps, "eps", 0.0, math.inf, lo_open=True, hi_open=True)
+            self.momentum = _real(momentum, "momentum", 0.0, 1.0, lo_open=True)
 
     def _build(self, rng):
         C = self.num_features
@@ -523,7 +557,8 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        self.p = _probability(p)
+        with _arguments(type(self).__name__):
+            self.p = _probability(p)
 
     def _mask_shape(self, x):
         return tuple(x.shape)
@@ -591,10 +626,27 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
 
 
 def layer_from_spec(spec: dict) -> Layer:
+    """A layer from ``{"type": name, "config": {argument: value}}`` (a model JSON entry or a
+    checkpoint's spec): the same checks as the constructor; unknown keys and arguments raise.
+    JSON lists become tuples (``"kernel_size": [3, 3]``); nothing else is converted."""
     if not isinstance(spec, dict) or spec.get("type") not in LAYER_TYPES:
-        raise ValueError(f"unknown layer in architecture spec: {spec!r:.120}")
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("config", {}).items()}
-    return LAYER_TYPES[spec["type"]](**kwargs)
+        raise ValueError(f"unknown layer in architecture spec: {spec!r:.120}"
+                         f" (known types: {', '.join(LAYER_TYPES)})")
+    name = spec["type"]
+    extra = sorted(set(spec) - {"type", "config"}, key=str)
+    if extra:
+        raise ValueError(f"{name}: unknown key(s) {', '.join(map(repr, extra))} in the layer spec;"
+                         ' a layer is {"type": ..., "config": {...}}')
+    config = spec.get("config", {})
+    if not isinstance(config, dict):
+        raise TypeError(f"{name}: config must be an object of arguments, got {config!r:.80}")
+    accepted = [p for p in inspect.signature(LAYER_TYPES[name].__init__).parameters if p != "self"]
+    unknown = sorted(set(config) - set(accepted), key=str)
+    if unknown:
+        raise ValueError(f"{name}: unknown argument(s) {', '.join(map(repr, unknown))};"
+                         f" {name} takes {', '.join(accepted) or 'no arguments'}")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
+    return LAYER_TYPES[name](**kwargs)
 
 
 class Summary:
@@ -650,6 +702,11 @@ class Sequential(Layer):
             raise ValueError("Sequential: the same layer object appears twice; create a new one")
         self.layers = list(layers)
         _check_channels_chain(self.layers)
+        if seed is not None and (isinstance(seed, (bool, np.bool_))
+                                 or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"Sequential: seed must be an int >= 0 or None, got {seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"Sequential: seed must be an int >= 0 or None, got {seed!r}")
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.build(backend, self.rng, dtype)
@@ -715,7 +772,7 @@ class Sequential(Layer):
                         table[name] = arr
 
     def train(self, mode: bool = True):
-        self.training = bool(mode)
+        self.training = _flag(mode, "Sequential.train(mode)")
         for layer in self.layers:
             layer.train(mode)
         return self
@@ -796,6 +853,10 @@ class Sequential(Layer):
     def from_spec(cls, spec: dict, backend=None, seed=0) -> "Sequential":
         if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list):
             raise ValueError("architecture spec must be a dict with a 'layers' list")
+        extra = sorted(set(spec) - {"layers", "dtype"}, key=str)
+        if extra:
+            raise ValueError(f"architecture spec: unknown key(s) {', '.join(map(repr, extra))};"
+                             " expected 'layers' and 'dtype'")
         return cls(*[layer_from_spec(s) for s in spec["layers"]], backend=backend, seed=seed,
                    dtype=spec.get("dtype", "float32"))
 
