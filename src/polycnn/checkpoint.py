@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 
 import numpy as np
 
+from . import limits
 from ._files import replaced_atomically
 
 FORMAT = "polycnn-checkpoint"
@@ -71,45 +73,108 @@ def save(path, model, optimizer=None, rng=None, epoch: int | None = None, histor
 
 
 def read(path) -> tuple[dict, dict]:
-    """-> (metadata dict, host arrays by name); raises ``ValueError`` for a damaged file."""
+    """-> (metadata dict, host arrays by name); raises ``ValueError`` for a damaged file.
+
+    Sizes are checked before anything is allocated: the metadata record (at most
+    :data:`limits.MAX_META_BYTES`) is read first, its architecture gives the shape of every
+    array the file may hold, and each array's ``.npy`` header is checked against it (and the
+    total against :func:`limits.memory_limit`) before its data is decompressed, in bounded
+    chunks."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    limits.regular_file(path, "checkpoint")
     with open(path, "rb") as fh:
         if fh.read(4) != b"PK\x03\x04":  # NOTE: every .npz is a zip archive
             raise ValueError(f"{path} is not a polycnn checkpoint (not an .npz archive)")
     try:
-        z = np.load(path, allow_pickle=False)
-        with z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "not a polycnn checkpoint" in str(exc):
-            raise
-        raise ValueError(f"{path} is not a readable polycnn checkpoint (truncated or corrupt): {exc}") from None
-    except (OSError, EOFError) as exc:
-        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        raise ValueError(f"{path} is not a readable polycnn checkpoint (truncated or corrupt): {exc}") from None
-    except Exception as exc:  # NOTE: zipfile.BadZipFile, zlib.error, ValueError for a bad header
+        with zipfile.ZipFile(path) as zf:
+            return _read_archive(zf, path)
+    except ValueError:
+        raise
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as exc:  # NOTE: zipfile.BadZipFile, zlib.error, EOFError, OSError
         raise ValueError(f"{path} is not a readable polycnn checkpoint (truncated or corrupt):"
                          f" {type(exc).__name__}: {exc}") from None
-    raw = arrays.pop(_META, None)
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+
+
+def _read_archive(zf: zipfile.ZipFile, path: str) -> tuple[dict, dict]:
+    infos = zf.infolist()
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: the archive names an array twice (not written by polycnn)")
+    by_name = dict(zip(names, infos))
+    if _META + ".npy" not in by_name:
         raise ValueError(f"{path} is an .npz file but not a polycnn checkpoint (no {_META} record)")
-    try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: the checkpoint's metadata is corrupt ({exc})") from None
+    with zf.open(by_name[_META + ".npy"]) as f:
+        shape, fortran, dtype = limits.npy_header(f, path, f"the {_META} record")
+        if dtype != np.uint8 or len(shape) != 1:
+            raise ValueError(f"{path} is an .npz file but not a polycnn checkpoint (no {_META}"
+                             " record)")
+        if shape[0] > limits.MAX_META_BYTES:
+            raise ValueError(f"{path}: the {_META} record claims {shape[0]:,} bytes, over the limit"
+                             f" of {limits.MAX_META_BYTES:,}")
+        raw = limits.read_npy_data(f, shape, fortran, dtype, path, f"the {_META} record")
+    meta = limits.parse_json(raw.tobytes(), f"{path}: the checkpoint's metadata",
+                             limits.MAX_META_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a polycnn checkpoint (format {meta.get('format')!r})"
                          if isinstance(meta, dict) else f"{path}: corrupt checkpoint metadata")
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not supported"
                          f" (this polycnn reads version {VERSION})")
+    expected = _expected_arrays(meta, path)
+
+    headers, total = {}, 0
+    for name, info in by_name.items():
+        if name == _META + ".npy":
+            continue
+        key = name[:-4] if name.endswith(".npy") else name
+        if key not in expected:
+            raise ValueError(f"{path}: array {key!r} is not part of the checkpoint's architecture"
+                             " (altered or foreign file)")
+        with zf.open(info) as f:
+            shape, fortran, dtype = limits.npy_header(f, path, f"array {key}")
+        if shape != expected[key]:
+            raise ValueError(f"{path}: array {key} has shape {shape} but the checkpoint's"
+                             f" architecture says {expected[key]}")
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise ValueError(f"{path}: array {key} is {dtype}, expected float32 or float64")
+        headers[key] = (info, shape, fortran, dtype)
+        total += limits.images_bytes(1, shape, dtype.itemsize)
+    limits.check_memory(path, f"arrays of {total:,} bytes", total)
+
+    arrays = {}
+    for key, (info, shape, fortran, dtype) in headers.items():
+        with zf.open(info) as f:
+            limits.npy_header(f, path, f"array {key}")
+            arrays[key] = limits.read_npy_data(f, shape, fortran, dtype, path, f"array {key}")
+            if f.read(1):  # NOTE: reading to the end also checks the member's CRC
+                raise ValueError(f"{path}: array {key} has data after its {shape} values")
     if _digest(arrays) != meta.get("sha256"):
         raise ValueError(f"{path}: checkpoint contents do not match its checksum (the file was"
                          " altered or damaged)")
     return meta, arrays
+
+
+def _expected_arrays(meta: dict, path: str) -> dict:
+    """name -> shape of every array the checkpoint's architecture allows: ``model.*`` from the
+    layers, ``optim.<i>.<buffer>`` shaped as parameter i (the layers' sizes checked first)."""
+    from . import optim
+    from .models import layers_from_spec
+
+    spec = meta.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list):
+        raise ValueError(f"{path}: the checkpoint's architecture spec is missing or corrupt")
+    layers = layers_from_spec(spec["layers"], f"{path}: the checkpoint's architecture")
+    expected = {f"model.{k}": v for k, v in limits.model_arrays(layers).items()}
+    params = limits.parameter_shapes(layers)
+    buffers = {b for cls in vars(optim).values()
+               if isinstance(cls, type) and issubclass(cls, optim.Optimizer)
+               for b in getattr(cls, "_buffers", ())}
+    for i, shape in enumerate(params):
+        for name in buffers:
+            expected[f"optim.{i}.{name}"] = shape
+    return expected
 
 
 def load(path, backend=None):

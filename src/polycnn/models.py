@@ -17,9 +17,9 @@ checkpoint's spec format, ``[{"type": "Conv2d", "config": {...}}, ...]`` (or
 
 from __future__ import annotations
 
-import json
 import os
 
+from . import limits
 from .layers import (BatchNorm2d, Conv2d, Dropout2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
                      ReLU, Sequential, layer_from_spec)
 
@@ -40,12 +40,13 @@ def tutorial(input_shape, classes: int, backend=None, seed: int = 0) -> Sequenti
     if h % 8 or w % 8:
         raise ValueError(f"the tutorial network needs a height and width that are multiples of 8"
                          f" (three 2x2 poolings), got {h}x{w}")
-    return Sequential(
+    return _sequential([
         Conv2d(c, 16, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
         Conv2d(16, 32, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
         Conv2d(32, 64, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
         Dropout2d(0.1), Flatten(),
         Linear(64 * (h // 8) * (w // 8), 64), ReLU(), Linear(64, classes),
+    ], (c, h, w), f"the tutorial network for {c}x{h}x{w} images",
         backend=backend, seed=seed)
 
 
@@ -56,10 +57,11 @@ def lenet5(input_shape, classes: int, backend=None, seed: int = 0) -> Sequential
         raise ValueError(f"lenet5 needs images of at least 28x28, got {h}x{w}")
     pad = 2 if min(h, w) < 32 else 0
     fh, fw = ((h + 2 * pad - 4) // 2 - 4) // 2, ((w + 2 * pad - 4) // 2 - 4) // 2
-    return Sequential(
+    return _sequential([
         Conv2d(c, 6, kernel_size=5, padding=pad), ReLU(), MaxPool2d(2),
         Conv2d(6, 16, kernel_size=5), ReLU(), MaxPool2d(2),
         Flatten(), Linear(16 * fh * fw, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, classes),
+    ], (c, h, w), f"the lenet5 network for {c}x{h}x{w} images",
         backend=backend, seed=seed)
 
 
@@ -68,11 +70,12 @@ def shapes_cnn(input_shape, classes: int, backend=None, seed: int = 0) -> Sequen
     c, h, w = _shape(input_shape)
     if min(h, w) < 8:
         raise ValueError(f"shapes-cnn needs images of at least 8x8, got {h}x{w}")
-    return Sequential(
+    return _sequential([
         Conv2d(c, 16, kernel_size=3, padding=1), BatchNorm2d(16), ReLU(), MaxPool2d(2),
         Conv2d(16, 32, kernel_size=3, padding=1), BatchNorm2d(32), ReLU(), MaxPool2d(2),
         Conv2d(32, 64, kernel_size=3, padding=1), BatchNorm2d(64), ReLU(),
         GlobalAvgPool2d(), Linear(64, classes),
+    ], (c, h, w), f"the shapes-cnn network for {c}x{h}x{w} images",
         backend=backend, seed=seed)
 
 
@@ -91,14 +94,17 @@ def _check_output(model: Sequential, input_shape, classes: int, what: str) -> Se
     return model
 
 
-def from_spec(layers, input_shape, classes: int, backend=None, seed: int = 0,
-              what: str = "model spec") -> Sequential:
-    """A model from a list of ``{"type": ..., "config": {...}}`` (or ``{"layers": [...]}``)."""
+def layers_from_spec(layers, what: str = "model spec") -> list:
+    """The (unbuilt) layers of a list of ``{"type": ..., "config": {...}}`` (or
+    ``{"layers": [...]}``), each checked, at most :data:`limits.MAX_LAYERS` of them, and their
+    parameters' size checked before anything is allocated."""
     if isinstance(layers, dict):
         layers = layers.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError(f"{what}: expected a non-empty JSON list of layers"
                          ' like [{"type": "Conv2d", "config": {...}}, ...]')
+    if len(layers) > limits.MAX_LAYERS:
+        raise ValueError(f"{what}: {len(layers):,} layers, over the limit of {limits.MAX_LAYERS:,}")
     built = []
     for i, spec in enumerate(layers):
         if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
@@ -108,22 +114,33 @@ def from_spec(layers, input_shape, classes: int, backend=None, seed: int = 0,
             built.append(layer_from_spec(spec))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}: layer {i} ({spec.get('type')!r}): {exc}") from None
-    dtype = "float32"
+    limits.check_model(built, what)
+    return built
+
+
+def _sequential(layers, input_shape, what: str, **kwargs) -> Sequential:
+    """``Sequential(*layers)`` after checking what its parameters and one input of
+    ``input_shape`` would take (nothing is allocated before)."""
+    limits.check_model(layers, what, input_shape)
     try:
-        model = Sequential(*built, backend=backend, seed=seed, dtype=dtype)
+        return Sequential(*layers, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what}: {exc}") from None
+
+
+def from_spec(layers, input_shape, classes: int, backend=None, seed: int = 0,
+              what: str = "model spec") -> Sequential:
+    """A model from a list of ``{"type": ..., "config": {...}}`` (or ``{"layers": [...]}``)."""
+    built = layers_from_spec(layers, what)
+    model = _sequential(built, input_shape, what, backend=backend, seed=seed, dtype="float32")
     return _check_output(model, input_shape, classes, what)
 
 
 def from_file(path, input_shape, classes: int, backend=None, seed: int = 0) -> Sequential:
-    """A model from a JSON file (see :func:`from_spec`)."""
+    """A model from a JSON file (see :func:`from_spec`), at most :data:`limits.MAX_JSON_BYTES`
+    long and :data:`limits.MAX_JSON_DEPTH` deep."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            layers = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    layers = limits.read_json_file(path, "model spec file")
     return from_spec(layers, input_shape, classes, backend, seed, what=path)
 
 
@@ -133,11 +150,10 @@ def build(name_or_path: str, input_shape, classes: int, backend=None, seed: int 
         model = PRESETS[name_or_path](input_shape, classes, backend=backend, seed=seed)
         return _check_output(model, input_shape, classes, f"model {name_or_path}")
     if name_or_path.lower().endswith(".json"):
-        if not os.path.isfile(name_or_path):
-            raise FileNotFoundError(f"model spec file not found: {name_or_path}")
         return from_file(name_or_path, input_shape, classes, backend, seed)
     raise ValueError(f"unknown model {name_or_path!r}; choose a preset ({', '.join(PRESETS)})"
                      " or a .json file with a list of layers")
 
 
-__all__ = ["PRESETS", "tutorial", "lenet5", "shapes_cnn", "from_spec", "from_file", "build"]
+__all__ = ["PRESETS", "tutorial", "lenet5", "shapes_cnn", "layers_from_spec", "from_spec", "from_file",
+           "build"]
