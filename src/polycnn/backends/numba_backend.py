@@ -24,10 +24,12 @@ Optimisations (kernels in :mod:`._numba_kernels`):
 
 Compiled code is cached in the user's cache folder (``$XDG_CACHE_HOME/polycnn/numba`` or
 ``~/.cache/polycnn/numba``) unless ``NUMBA_CACHE_DIR`` is set, so it is reused across processes
-even when the package folder is read-only. ``NUMBA_DISABLE_JIT=1`` runs the same code as
-Python (slowly). Unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set, OpenMP worker threads
-wait passively between parallel loops (see ``_load_kernels``); freed arrays stay in the heap
-for the next training step (:mod:`._heap`).
+even when the package folder is read-only. Numba unpickles its cache index, so either folder is
+used only when :func:`polycnn._cache.private_dir` finds it private (else a private temporary
+folder). ``NUMBA_DISABLE_JIT=1`` runs the same code as Python (slowly). Unless
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set, OpenMP worker threads wait passively between
+parallel loops (see ``_load_kernels``); freed arrays stay in the heap for the next training step
+(:mod:`._heap`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import hashing
+from .. import _cache, hashing
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
 from . import _heap
@@ -77,39 +79,26 @@ _kernels = None
 _kernels_lock = threading.Lock()
 
 
-def user_cache_dir() -> Path:
+def user_cache_dir() -> Path | None:
     """Where polycnn keeps compiled Numba code: ``$XDG_CACHE_HOME/polycnn/numba`` (or
-    ``~/.cache/polycnn/numba``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "polycnn" / "numba"
-
-
-def _writable_dir(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        return True
-    except OSError:
-        return False
+    ``~/.cache/polycnn/numba``); None when there is no absolute location for it."""
+    root = _cache.user_cache_root()
+    return None if root is None else root / "numba"
 
 
 def cache_dir() -> str | None:
-    """The folder Numba caches polycnn's kernels in (None: Numba's own fallback locations)."""
-    from numba.core import config
-
-    if config.CACHE_DIR:
-        return config.CACHE_DIR
-    return str(user_cache_dir()) if _kernels is not None and _kernels._polycnn_cache else None
+    """The folder Numba caches polycnn's kernels in (None: not loaded yet, or no JIT)."""
+    return _kernels._polycnn_cache if _kernels is not None else None
 
 
 def _load_kernels():
-    """Import the kernel module with Numba's cache pointed at the user cache folder.
+    """Import the kernel module with Numba's cache pointed at a private cache folder.
 
     NOTE: Numba picks a function's cache folder when the ``@njit(cache=True)`` decorator runs,
     from ``numba.core.config.CACHE_DIR`` (read from ``NUMBA_CACHE_DIR`` when numba is
-    imported). A user-set ``NUMBA_CACHE_DIR`` wins; otherwise the setting is changed only while
+    imported), and unpickles the index it finds there on the first call. The folder, a user-set
+    ``NUMBA_CACHE_DIR`` or ours, is checked first (``_cache.private_dir``: owned by this user,
+    not writable by others; else a private temporary folder); the setting is changed only while
     this module's kernels are decorated, so other Numba code in the process is unaffected."""
     global _kernels
     with _kernels_lock:
@@ -117,11 +106,10 @@ def _load_kernels():
             return _kernels
         from numba.core import config
 
-        override = None
-        if not config.CACHE_DIR:
-            folder = user_cache_dir()
-            if _writable_dir(folder):
-                override = str(folder)
+        folder = None
+        if not config.DISABLE_JIT:
+            wanted = Path(config.CACHE_DIR) if config.CACHE_DIR else user_cache_dir()
+            folder = str(_cache.private_dir(wanted, "numba"))
         # NOTE: on a shared machine, OpenMP threads that spin while they wait for the next
         # parallel loop take CPU from the thread that is still working: with libgomp's default
         # spinning, a training step ran 2x slower on 2 busy cores than with passive waiting.
@@ -131,12 +119,12 @@ def _load_kernels():
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         saved = config.CACHE_DIR
         try:
-            if override:
-                config.CACHE_DIR = override
+            if folder:
+                config.CACHE_DIR = folder
             module = importlib.import_module("polycnn.backends._numba_kernels")
         finally:
             config.CACHE_DIR = saved
-        module._polycnn_cache = override is not None
+        module._polycnn_cache = folder
         _kernels = module
         return module
 
