@@ -12,6 +12,7 @@ learning rate: ``lr_t = lr * schedule(t)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -19,20 +20,42 @@ import numpy as np
 from .backends.base import Backend
 
 
-def _number(value, name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+@contextlib.contextmanager
+def _arguments(owner: str):
+    """Prefix ``owner`` (the class name) to an argument error raised inside."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        cls = TypeError if isinstance(exc, TypeError) else ValueError
+        raise cls(f"{owner}: {exc}") from None
+
+
+def _number(value, name: str, lo: float, hi: float = math.inf, lo_open: bool = False,
+            hi_open: bool = False) -> float:
+    """A finite int or float from ``lo`` to ``hi`` (``lo_open``/``hi_open``: excluded); a bool,
+    a string or any other type is a TypeError, never converted."""
+    bound = f"{'>' if lo_open else '>='} {lo:g}" + (
+        "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi:g}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
     v = float(value)
-    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi:
-        bound = f"{'>' if lo_open else '>='} {lo}" + ("" if hi == math.inf else f" and <= {hi}")
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return v
 
 
-def _steps(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _steps(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 # ---- schedules ----------------------------------------------------------------------------
@@ -53,8 +76,9 @@ class StepLR(Schedule):
     """Multiply by ``gamma`` every ``step_size`` steps."""
 
     def __init__(self, step_size: int, gamma: float = 0.1):
-        self.step_size = _steps(step_size, "step_size")
-        self.gamma = _number(gamma, "gamma", 0.0, 1.0, lo_open=True)
+        with _arguments("StepLR"):
+            self.step_size = _steps(step_size, "step_size")
+            self.gamma = _number(gamma, "gamma", 0.0, 1.0, lo_open=True)
 
     def __call__(self, t):
         return self.gamma ** (t // self.step_size)
@@ -65,13 +89,13 @@ class CosineLR(Schedule):
     ``min_factor`` at ``total_steps`` (held there after)."""
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0):
-        self.total_steps = _steps(total_steps, "total_steps")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) \
-                or not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}),"
-                             f" got {warmup_steps!r}")
-        self.warmup_steps = int(warmup_steps)
-        self.min_factor = _number(min_factor, "min_factor", 0.0, 1.0)
+        with _arguments("CosineLR"):
+            self.total_steps = _steps(total_steps, "total_steps")
+            self.warmup_steps = _steps(warmup_steps, "warmup_steps", minimum=0)
+            if self.warmup_steps >= self.total_steps:
+                raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}),"
+                                 f" got {warmup_steps!r}")
+            self.min_factor = _number(min_factor, "min_factor", 0.0, 1.0)
 
     def __call__(self, t):
         if t < self.warmup_steps:
@@ -85,7 +109,8 @@ class WarmupLR(Schedule):
     """Linear warm-up over ``warmup_steps``, then constant."""
 
     def __init__(self, warmup_steps: int):
-        self.warmup_steps = _steps(warmup_steps, "warmup_steps")
+        with _arguments("WarmupLR"):
+            self.warmup_steps = _steps(warmup_steps, "warmup_steps")
 
     def __call__(self, t):
         return min(1.0, (t + 1) / self.warmup_steps)
@@ -118,16 +143,28 @@ class Optimizer:
     _buffers: tuple = ()
 
     def __init__(self, params, lr: float, schedule: Schedule | None = None):
+        owner = type(self).__name__
+        if not hasattr(params, "__iter__") or isinstance(params, (str, bytes, dict)):
+            raise TypeError(f"{owner}: params must be model.parameters(), got {params!r:.80}")
         params = list(params)
         if not params:
-            raise ValueError("the optimiser got no parameters (pass model.parameters())")
-        for p in params:
+            raise ValueError(f"{owner}: the optimiser got no parameters (pass model.parameters())")
+        seen = {}
+        for i, p in enumerate(params):
             if not hasattr(p, "data") or not hasattr(p, "grad"):
-                raise TypeError(f"optimiser parameters must come from model.parameters(), got {p!r:.80}")
+                raise TypeError(f"{owner}: optimiser parameters must come from model.parameters(),"
+                                f" got {p!r:.80}")
+            if id(p) in seen:
+                # NOTE: the same array stepped twice per update is a silently different run
+                raise ValueError(f"{owner}: parameter {i} ({p.name}, shape {p.shape}) is the same"
+                                 f" object as parameter {seen[id(p)]}; pass each parameter once")
+            seen[id(p)] = i
         if schedule is not None and not callable(schedule):
-            raise TypeError(f"schedule must be a schedule such as pc.optim.CosineLR, got {schedule!r}")
+            raise TypeError(f"{owner}: schedule must be a schedule such as pc.optim.CosineLR,"
+                            f" got {schedule!r}")
         self.params = params
-        self.lr = _number(lr, "lr", 0.0, lo_open=True)
+        with _arguments(owner):
+            self.lr = _number(lr, "lr", 0.0, lo_open=True)
         self.schedule = schedule
         self.t = 0
         self.state = [dict() for _ in params]
@@ -205,11 +242,12 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, schedule: Schedule | None = None):
         super().__init__(params, lr, schedule)
-        self.momentum = _number(momentum, "momentum", 0.0, 1.0)
-        self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
-        if nesterov and self.momentum == 0.0:
-            raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
+        with _arguments("SGD"):
+            self.momentum = _number(momentum, "momentum", 0.0, 1.0, hi_open=True)
+            self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
+            self.nesterov = _flag(nesterov, "nesterov")
+            if self.nesterov and self.momentum == 0.0:
+                raise ValueError("nesterov=True needs momentum > 0")
 
     def _update(self, p, state, lr):
         v = self._buffer(state, "velocity", p) if self.momentum else None
@@ -231,13 +269,13 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, schedule: Schedule | None = None):
         super().__init__(params, lr, schedule)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of numbers, got {betas!r}")
-        self.betas = (_number(betas[0], "betas[0]", 0.0, 1.0), _number(betas[1], "betas[1]", 0.0, 1.0))
-        if max(self.betas) >= 1.0:
-            raise ValueError(f"betas must be < 1, got {betas!r}")
-        self.eps = _number(eps, "eps", 0.0, lo_open=True)
-        self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
+        with _arguments(type(self).__name__):
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise TypeError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+            self.betas = tuple(_number(b, f"betas[{i}]", 0.0, 1.0, hi_open=True)
+                               for i, b in enumerate(betas))
+            self.eps = _number(eps, "eps", 0.0, lo_open=True)
+            self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
 
     def _update(self, p, state, lr):
         xp_t = p.data.dtype.type
