@@ -62,10 +62,14 @@ def test_shear_moves_rows_in_opposite_directions():
     assert out[5].argmax() == 5                                           # centre row stays
 
 
-@pytest.mark.parametrize("kwargs", [dict(hflip=1.5), dict(vflip=-0.1), dict(shear=2.0),
-                                    dict(rotate=200), dict(translate=0.9), dict(shear_p="x")])
-def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(hflip=1.5), ValueError), (dict(vflip=-0.1), ValueError), (dict(shear=2.0), ValueError),
+    (dict(rotate=200), ValueError), (dict(translate=0.9), ValueError),
+    (dict(rotate=float("nan")), ValueError), (dict(shear_p="x"), TypeError),
+    (dict(hflip=True), TypeError)])
+def test_bad_arguments(kwargs, error):
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=f"Augment: {name}"):
         pc.Augment(**kwargs)
 
 

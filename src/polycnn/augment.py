@@ -16,16 +16,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def _prob(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+def _number(value, name, hi, what="a number"):
+    """A finite int or float in [0, hi]: a bool or a string is a TypeError, never converted."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Augment: {name} must be {what} in [0, {hi:g}], got {value!r}")
+    if not 0.0 <= float(value) <= hi:  # NOTE: also refuses NaN
+        raise ValueError(f"Augment: {name} must be {what} in [0, {hi:g}], got {value!r}")
     return float(value)
+
+
+def _prob(value, name):
+    return _number(value, name, 1.0, "a probability")
 
 
 def _magnitude(value, name, hi):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= hi:
-        raise ValueError(f"{name} must be a number in [0, {hi}], got {value!r}")
-    return float(value)
+    return _number(value, name, hi)
 
 
 class Augment:
