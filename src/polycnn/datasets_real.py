@@ -32,13 +32,17 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import tarfile
 import urllib.error
 import urllib.request
+import warnings
+import zlib
 
 import numpy as np
 
+from . import limits
 from ._files import replaced_atomically
 
 #: the data sets :func:`load_splits` knows
@@ -106,42 +110,53 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 # ---- IDX (MNIST, Fashion-MNIST) --------------------------------------------------------------
-def _read_bytes(path: str) -> bytes:
-    if path.endswith(".gz"):
-        try:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: not a complete gzip file ({exc}); delete it and fetch it"
-                             " again") from None
-    with open(path, "rb") as f:
-        return f.read()
+def _open_idx(path: str):
+    """A binary stream of ``path``'s bytes, decompressed when it ends in ``.gz``."""
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 def read_idx(path, ndim: int, tail: tuple | None = None) -> np.ndarray:
-    """The unsigned-byte IDX array in ``path`` (``.gz`` or raw), checked: magic number
-    ``00 00 08 ndim``, positive dimensions, ``tail`` (the dimensions after the first, if given)
-    and the exact file size."""
+    """The unsigned-byte IDX array in ``path`` (``.gz`` or raw), checked before its data is
+    read: a regular file, magic number ``00 00 08 ndim``, positive dimensions, ``tail`` (the
+    dimensions after the first, if given), the memory the array needs (:mod:`polycnn.limits`)
+    and, for a raw file, the exact file size. The data is then read in bounded chunks, so a
+    gzip stream that holds more than its header says is stopped after one chunk."""
     path = os.fspath(path)
-    raw = _read_bytes(path)
+    size = limits.regular_file(path, "IDX file")
     want = f"an IDX file of unsigned bytes with {ndim} dimension{'s' if ndim > 1 else ''}"
-    if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for {want} (truncated?)")
-    magic = raw[:4]
-    if magic[:2] != b"\0\0" or magic[2] != 0x08 or magic[3] != ndim:
-        raise ValueError(f"{path}: magic number {magic.hex()} but expected {want}"
-                         f" (magic 000008{ndim:02x})")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    if tail is not None and dims[1:] != tuple(tail):
-        raise ValueError(f"{path}: dimensions {dims} but expected (N, {', '.join(map(str, tail))})")
-    if min(dims) < 1:
-        raise ValueError(f"{path}: dimensions {dims} include an empty one")
-    body = len(raw) - 4 - 4 * ndim
-    expected = int(np.prod(dims))
-    if body != expected:
-        raise ValueError(f"{path}: {body:,} data bytes but its header {dims} says {expected:,}"
-                         f" ({'truncated' if body < expected else 'trailing data'})")
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    head = 4 + 4 * ndim
+    try:
+        with _open_idx(path) as f:
+            raw = f.read(head)
+            if len(raw) < head:
+                raise ValueError(f"{path}: {len(raw)} bytes, too short for {want} (truncated?)")
+            magic = raw[:4]
+            if magic[:2] != b"\0\0" or magic[2] != 0x08 or magic[3] != ndim:
+                raise ValueError(f"{path}: magic number {magic.hex()} but expected {want}"
+                                 f" (magic 000008{ndim:02x})")
+            dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+            if tail is not None and dims[1:] != tuple(tail):
+                raise ValueError(f"{path}: dimensions {dims} but expected"
+                                 f" (N, {', '.join(map(str, tail))})")
+            if min(dims) < 1:
+                raise ValueError(f"{path}: dimensions {dims} include an empty one")
+            expected = math.prod(dims)
+            if not path.endswith(".gz") and size - head != expected:
+                cut = "truncated" if size - head < expected else "trailing data"
+                raise ValueError(f"{path}: {size - head:,} data bytes but its header {dims} says"
+                                 f" {expected:,} ({cut})")
+            # NOTE: the bytes, then float32 pixels and their scaled copy
+            limits.check_memory(path, f"an IDX header of dimensions {dims}", expected * 9)
+            body = limits.read_exact(f, expected, path, f"the data of its header {dims}")
+            if f.read(1):
+                raise ValueError(f"{path}: more data than its header {dims} says ({expected:,}"
+                                 " bytes): trailing data")
+    except (OSError, EOFError, zlib.error) as exc:
+        if not path.endswith(".gz") or isinstance(exc, (PermissionError, FileNotFoundError)):
+            raise
+        raise ValueError(f"{path}: not a complete gzip file ({exc}); delete it and fetch it"
+                         " again") from None
+    return np.frombuffer(body, np.uint8).reshape(dims)
 
 
 def _find(data_dir: str, names) -> tuple[dict, list]:
@@ -216,14 +231,16 @@ def fashion_mnist(data_dir, split: str = "train", download: bool = False, mirror
 
 # ---- CIFAR-10 ---------------------------------------------------------------------------------
 def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 binary batch: (uint8 (N, 3, 32, 32), uint8 (N,)), size and labels checked."""
+    """One CIFAR-10 binary batch: (uint8 (N, 3, 32, 32), uint8 (N,)), size (checked before
+    reading) and labels checked."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
+    size = limits.regular_file(path, "CIFAR-10 batch")
     expected = CIFAR_BATCH_RECORDS * _CIFAR_RECORD
-    if len(raw) != expected:
-        raise ValueError(f"{path}: {len(raw):,} bytes but a CIFAR-10 binary batch has {expected:,}"
+    if size != expected:
+        raise ValueError(f"{path}: {size:,} bytes but a CIFAR-10 binary batch has {expected:,}"
                          f" ({CIFAR_BATCH_RECORDS:,} records of {_CIFAR_RECORD:,} bytes)")
+    with open(path, "rb") as f:
+        raw = limits.read_exact(f, expected, path, "the batch")
     rec = np.frombuffer(raw, np.uint8).reshape(CIFAR_BATCH_RECORDS, _CIFAR_RECORD)
     labels = rec[:, 0]
     if labels.max() > 9:
@@ -281,43 +298,71 @@ def _class_folders(root: str) -> list[str]:
     return classes
 
 
+def read_image(path, image_size: int, channels: int = 3) -> np.ndarray:
+    """One PNG/JPEG file as float32 (channels, image_size, image_size), values 0..255, resized
+    bilinearly: how :func:`image_folder` reads each file and ``polycnn predict`` a picture.
+    The pixel count in its header is checked (:data:`limits.MAX_IMAGE_PIXELS`, and Pillow's
+    decompression-bomb limit) before it is decoded; a file Pillow cannot read raises
+    ``ValueError`` naming it."""
+    Image, Unidentified = _pillow()
+    path = os.fspath(path)
+    limits.regular_file(path, "image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{path}: refused to decode the image: {exc}") from None
+    except (Unidentified, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    with im:
+        width, height = im.size
+        if width * height > limits.MAX_IMAGE_PIXELS:
+            raise ValueError(f"{path}: the image claims {width}x{height} = {width * height:,} pixels,"
+                             f" over the limit of {limits.MAX_IMAGE_PIXELS:,} (a decompression"
+                             " bomb?)")
+        try:
+            im = im.convert("RGB" if channels == 3 else "L")
+            im = im.resize((image_size, image_size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
 def image_folder(root, image_size: int = 32, channels: int = 3, classes=None):
     """Every PNG/JPEG under ``root/<class>/``, resized to ``image_size`` square, as
     (x float32 (N, channels, size, size) in 0..1, y int64, class names). ``channels`` 1 reads
-    greyscale, 3 RGB. A file Pillow cannot read raises ``ValueError`` naming it."""
-    Image, Unidentified = _pillow()
+    greyscale, 3 RGB. The files are counted and the memory they need checked before any is
+    read; a file Pillow cannot read raises ``ValueError`` naming it (:func:`read_image`)."""
+    _pillow()
     root = os.fspath(root)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     names = list(classes) if classes is not None else _class_folders(root)
-    xs, ys = [], []
+    files = []
     for label, cls in enumerate(names):
         folder = os.path.join(root, cls)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{root}: class folder {cls!r} is missing")
-        for fname in sorted(os.listdir(folder)):
-            if os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            path = os.path.join(folder, fname)
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB" if channels == 3 else "L")
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.float32)
-            except (Unidentified, OSError, SyntaxError, ValueError) as exc:
-                raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
+        files += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))
+                  if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    if not files:
         raise ValueError(f"{root}: no .png/.jpg/.jpeg files in the class folders {names}")
-    counts = np.bincount(ys, minlength=len(names))
+    counts = np.bincount([label for _, label in files], minlength=len(names))
     if (counts == 0).any():
         empty = [n for n, c in zip(names, counts) if c == 0]
         raise ValueError(f"{root}: class folder(s) {empty} hold no .png/.jpg/.jpeg files")
-    x = np.stack(xs) / np.float32(255.0)
-    return x.astype(np.float32), np.array(ys, np.int64), tuple(names)
+    # NOTE: the images, then their scaled float32 copy
+    need = 2 * limits.images_bytes(len(files), (channels, image_size, image_size))
+    limits.check_memory(root, f"{len(files):,} images of {channels}x{image_size}x{image_size}", need)
+    x = np.empty((len(files), channels, image_size, image_size), np.float32)
+    for i, (path, _) in enumerate(files):
+        x[i] = read_image(path, image_size, channels)
+    x /= np.float32(255.0)
+    return x, np.array([label for _, label in files], np.int64), tuple(names)
 
 
 # ---- UCI digits (shipped) ---------------------------------------------------------------------
@@ -490,5 +535,6 @@ def _extract_cifar(archive: str, data_dir: str) -> list[str]:
 
 __all__ = ["NAMES", "CLASSES", "NORMALIZE", "MIRRORS", "MIRRORS_ENV", "SHA256", "read_idx",
            "standardize",
-           "read_cifar_batch", "mnist", "fashion_mnist", "cifar10", "image_folder", "digits",
+           "read_cifar_batch", "mnist", "fashion_mnist", "cifar10", "read_image", "image_folder",
+           "digits",
            "load_splits", "download", "mirrors_for"]

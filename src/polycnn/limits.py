@@ -4,7 +4,7 @@ file can claim, goes through here first.
 A claim (a file header, a model spec, a command-line size) is turned into an estimate of the
 bytes it would need; over the limit, :func:`check_memory` raises ``ValueError`` naming the file
 or option, what it claims, the estimate and the limit. The limit on one run's estimated memory
-is :data:`DEFAULT_MEMORY_LIMIT` (4 GiB: MNIST, CIFAR-10 and the README's runs need well under
+is :data:`DEFAULT_MEMORY_LIMIT` (2 GiB: MNIST, CIFAR-10 and the README's runs need well under
 1 GiB), or ``POLYCNN_MEMORY_LIMIT`` (bytes, or a number with K, M, G or T) for bigger machines.
 Structural caps (JSON nesting, layer count, image pixels, checkpoint metadata) are fixed.
 """
@@ -19,7 +19,7 @@ import stat
 import numpy as np
 
 #: the estimated memory one run may need, unless POLYCNN_MEMORY_LIMIT says otherwise
-DEFAULT_MEMORY_LIMIT = 4 << 30
+DEFAULT_MEMORY_LIMIT = 2 << 30
 MEMORY_LIMIT_ENV = "POLYCNN_MEMORY_LIMIT"
 #: a model spec file (JSON) is read only up to this size
 MAX_JSON_BYTES = 1 << 20
