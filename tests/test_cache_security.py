@@ -126,8 +126,11 @@ def plant_numba_indexes(folder, marker) -> None:
             f.write(data)
 
 
-@pytest.mark.parametrize("how", UNSAFE)
-@pytest.mark.parametrize("where", ["xdg", "NUMBA_CACHE_DIR"])
+@pytest.mark.parametrize("where, how", [
+    pytest.param("xdg", "world-writable", id="world-writable"),
+    pytest.param("xdg", "other-uid", id="other-uid"),
+    pytest.param("NUMBA_CACHE_DIR", "world-writable", id="NUMBA_CACHE_DIR-world-writable"),
+])
 def test_planted_numba_index_runs_no_code(tmp_path, how, where):
     """A conv on the numba backend, with every kernel's index in the cache folder replaced by a
     pickle whose loading creates a marker: the marker is never created."""
@@ -146,3 +149,155 @@ def test_planted_numba_index_runs_no_code(tmp_path, how, where):
     used = out.stdout.split("cache:")[-1].strip()
     assert used != str(folder) and os.path.basename(used).startswith("polycnn-numba-"), str(out)
     assert not os.path.exists(used), f"the temporary folder {used} was left behind"
+
+
+# ---- the CUDA emulator ------------------------------------------------------------------------
+
+#: a kernel small enough to compile in a second
+_TINY_SOURCE = """
+extern "C" __global__ void fill_float(float* out, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = 7.0f;
+}
+"""
+
+_EMU_RUN = f"""
+import numpy as np
+from polycnn.backends._cuda_emu import build, runtime, standin
+source = {_TINY_SOURCE!r}
+out = standin.zeros(5, dtype=np.float32)
+runtime.load(source).kernels["fill_float"]((1,), (8,), (out, np.int32(5)))
+assert standin.asnumpy(out).tolist() == [7.0] * 5
+print("cache:", build.cache_dir())
+"""
+
+_MARKER_SO = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE* f = fopen(MARKER, "w");
+    if (f) fclose(f);
+}
+extern "C" int emu_kernel_count() { return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def emu():
+    from polycnn.backends._cuda_emu import build
+    from polycnn.errors import BackendUnavailable
+
+    try:
+        return build.compiler()
+    except BackendUnavailable as exc:
+        pytest.skip(f"cupy-emu unavailable: {exc}")
+
+
+def marker_library(cxx, tmp_path, marker) -> bytes:
+    """A shared library whose loading (its constructor) creates ``marker``."""
+    src = tmp_path / "planted.cpp"
+    src.write_text(_MARKER_SO)
+    lib = tmp_path / "planted.so"
+    subprocess.run([cxx, "-shared", "-fPIC", f'-DMARKER="{marker}"', str(src), "-o", str(lib)],
+                   check=True, capture_output=True)
+    data = lib.read_bytes()
+    lib.unlink()
+    return data
+
+
+def emu_library_name() -> str:
+    """The name the emulator loads the tiny source's library by (it does not depend on the
+    cache folder)."""
+    from polycnn.backends._cuda_emu import build
+
+    name = build.library_name(_TINY_SOURCE)
+    assert name.startswith("kernels-") and name.endswith(".so"), name
+    return name
+
+
+def plant_library(folder, name, data) -> None:
+    """``data`` under the library's name, with a matching hash beside it (whoever can write to
+    the folder can write both)."""
+    (folder / name).write_bytes(data)
+    (folder / (name + ".sha256")).write_text(hashlib.sha256(data).hexdigest() + "\n")
+
+
+@pytest.mark.parametrize("how", UNSAFE)
+@pytest.mark.parametrize("where", ["xdg", "POLYCNN_EMU_CACHE"])
+def test_planted_emulator_library_runs_no_code(tmp_path, emu, how, where):
+    """A ``.so`` whose constructor creates a marker, under the exact name the emulator would
+    load, with its hash recorded beside it, in a folder others can write to: never loaded."""
+    if where == "xdg":
+        folder = tmp_path / "xdg" / "polycnn" / "cuda-emu"
+        env = clean_env(tmp_path)
+    else:
+        folder = tmp_path / "emu"
+        env = clean_env(tmp_path, POLYCNN_EMU_CACHE=str(folder))
+    marker = tmp_path / "marker"
+    make_unsafe(folder, how)
+    plant_library(folder, emu_library_name(), marker_library(emu, tmp_path, marker))
+    out = run_python(_EMU_RUN, env=env)
+    assert not marker.exists(), f"the planted library was loaded:\n{out}"
+    assert_private_fallback(out, folder)
+    used = out.stdout.split("cache:")[-1].strip()
+    assert os.path.basename(used).startswith("polycnn-cupy-emu-"), str(out)
+    assert not os.path.exists(used), f"the temporary folder {used} was left behind"
+
+
+def test_library_that_no_longer_matches_its_hash_is_rebuilt(tmp_path, emu):
+    """In a good private folder, a library whose bytes changed after it was built (its hash
+    recorded beside it no longer matches) is not loaded but rebuilt."""
+    folder = tmp_path / "emu"
+    env = clean_env(tmp_path, POLYCNN_EMU_CACHE=str(folder))
+    marker = tmp_path / "marker"
+    first = run_python(_EMU_RUN, env=env)
+    assert first.rc == 0 and first.stderr == "", str(first)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    name = emu_library_name()
+    assert (folder / name).is_file()
+    built = (folder / name).read_bytes()
+    recorded = (folder / (name + ".sha256")).read_text().strip()
+    assert recorded == hashlib.sha256(built).hexdigest()
+    planted = marker_library(emu, tmp_path, marker)
+    (folder / name).write_bytes(planted)
+    again = run_python(_EMU_RUN, env=env)
+    assert not marker.exists(), f"the changed library was loaded:\n{again}"
+    assert again.rc == 0 and again.stderr == "", str(again)
+    rebuilt = (folder / name).read_bytes()
+    assert rebuilt != planted
+    assert (folder / (name + ".sha256")).read_text().strip() == hashlib.sha256(rebuilt).hexdigest()
+
+
+# ---- the folder check itself --------------------------------------------------------------------
+
+def test_cache_folder_is_created_private_whatever_the_umask(tmp_path):
+    folder = tmp_path / "a" / "b" / "cache"
+    old = os.umask(0)
+    try:
+        assert _cache.private_dir(folder, "test") == folder
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert folder.stat().st_uid == os.geteuid()
+
+
+@pytest.mark.parametrize("setup, why", [
+    pytest.param(lambda p: (p.mkdir(), p.chmod(0o777)), "writable by group or others",
+                 id="world-writable"),
+    pytest.param(lambda p: (p.mkdir(), p.chmod(0o770)), "writable by group or others",
+                 id="group-writable"),
+    pytest.param(lambda p: (p.with_name("real").mkdir(mode=0o700), p.symlink_to("real")),
+                 "symbolic link", id="symlink"),
+    pytest.param(lambda p: p.write_text("x"), "is not a folder", id="a-file"),
+    pytest.param(lambda p: (p.parent.chmod(0o777), p.mkdir(mode=0o700)),
+                 "without the sticky bit", id="parent-world-writable"),
+])
+def test_unsafe_folder_is_replaced_once_with_a_private_temporary_one(tmp_path, capsys, setup,
+                                                                      why):
+    folder = tmp_path / "cache"
+    setup(folder)
+    used = _cache.private_dir(folder, "test")
+    assert used != folder and stat.S_IMODE(used.stat().st_mode) == 0o700
+    assert _cache.private_dir(folder, "test") == used
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(folder) in err and why in err, err
+    assert str(used) in err and "private temporary folder" in err, err

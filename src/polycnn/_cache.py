@@ -78,17 +78,19 @@ def problem(path: Path) -> str | None:
 
 
 def _create(path: Path) -> str | None:
-    """Create ``path`` (mode 0700; its missing parents with the default mode) unless it exists;
-    why not, or None."""
+    """Create ``path`` and its missing parents with mode 0700 (as the XDG specification asks);
+    why that failed, or None."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
     try:
-        if os.path.lexists(path):
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:  # created meanwhile by another process: checked next
-            return None
-        os.chmod(path, 0o700)  # NOTE: mkdir's mode is masked by the umask, never widened
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:  # created meanwhile by another process: checked later
+                continue
+            os.chmod(folder, 0o700)  # NOTE: the umask can only narrow mkdir's mode; be exact
     except OSError as exc:
         return f"cannot be created ({exc.strerror or exc})"
     return None

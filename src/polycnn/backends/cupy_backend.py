@@ -523,7 +523,8 @@ def create() -> CupyBackend:
 
 def create_emu(kernel_dir=None) -> CupyBackend:
     """The ``cupy-emu`` backend: the same class and kernels on the CPU emulator (needs g++)."""
-    from ._cuda_emu import build, standin
+    from ._cuda_emu import build, runtime, standin
 
     build.compiler()  # BackendUnavailable without a C++ compiler
+    runtime.check_environment()  # ... or with a POLYCNN_EMU_* variable it cannot use
     return CupyBackend(standin, name="cupy-emu", kernel_dir=kernel_dir)

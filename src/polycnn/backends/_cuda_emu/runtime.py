@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...errors import BackendUnavailable
 from . import build
 
 _SCALAR_TYPES = {"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
@@ -23,11 +24,48 @@ _SCALAR_TYPES = {"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", 
 _LOCK = threading.Lock()
 _LIBRARIES: dict[str, "Library"] = {}
 
-#: emulator options, also set from the environment: POLYCNN_EMU_REVERSE=1, POLYCNN_EMU_THREADS=n
-options = {
-    "reverse": os.environ.get("POLYCNN_EMU_REVERSE", "") not in ("", "0"),
-    "threads": int(os.environ.get("POLYCNN_EMU_THREADS", "0")) or (os.cpu_count() or 1),
-}
+#: the most worker threads the emulator runs a launch on (cuda_emu.h caps it there too)
+MAX_THREADS = 1024
+
+
+def read_options() -> dict:
+    """The emulator options the environment sets: ``POLYCNN_EMU_REVERSE`` (1: run the threads
+    of a block in reverse order between barriers; 0 or unset: in order) and
+    ``POLYCNN_EMU_THREADS`` (worker threads, 1 to MAX_THREADS; 0 or unset: one per CPU).
+    BackendUnavailable naming the variable, its value and what it takes."""
+    reverse = os.environ.get("POLYCNN_EMU_REVERSE", "").strip()
+    if reverse not in ("", "0", "1"):
+        raise BackendUnavailable(
+            f"POLYCNN_EMU_REVERSE={reverse!r} is not 0 or 1 (1: run each block's threads in"
+            " reverse order between barriers; 0 or unset: in order)")
+    threads = os.environ.get("POLYCNN_EMU_THREADS", "").strip()
+    count = int(threads) if threads.isascii() and threads.isdigit() else -1
+    if threads and not 0 <= count <= MAX_THREADS:
+        raise BackendUnavailable(
+            f"POLYCNN_EMU_THREADS={threads!r} is not a number of emulator threads: expected a"
+            f" whole number from 1 to {MAX_THREADS}, or 0 (or unset) for one per CPU")
+    return {"reverse": reverse == "1", "threads": count if count > 0 else (os.cpu_count() or 1)}
+
+
+def check_environment() -> None:
+    """BackendUnavailable when a ``POLYCNN_EMU_*`` variable holds a value the emulator cannot
+    use (the options above, ``POLYCNN_EMU_SANITIZE``)."""
+    read_options()
+    try:
+        build.cxx_flags()
+    except ValueError as exc:
+        raise BackendUnavailable(str(exc)) from None
+
+
+def _initial_options() -> dict:
+    try:
+        return read_options()
+    except BackendUnavailable:  # NOTE: said by check_environment when the backend is created
+        return {"reverse": False, "threads": os.cpu_count() or 1}
+
+
+#: emulator options (see read_options), read from the environment when this module loads
+options = _initial_options()
 
 
 @dataclass(frozen=True)
