@@ -764,7 +764,9 @@ class Sequential(Layer):
                     if tuple(new.shape) != tuple(old.shape):
                         raise ValueError(f"{key}: shape {tuple(new.shape)} does not match the model's"
                                          f" {tuple(old.shape)}")
-                    arr = self.backend.asarray(new, dtype=self.dtype)
+                    # NOTE: a copy the model owns: the caller's array may be read-only (a
+                    # checkpoint's buffer) or theirs to change; training writes in place
+                    arr = self.backend.asarray(new.astype(self.dtype, copy=True), dtype=self.dtype)
                     if isinstance(table[name], Parameter):
                         table[name].data = arr
                         table[name].grad = None

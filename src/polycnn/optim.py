@@ -225,7 +225,9 @@ class Optimizer:
             if tuple(value.shape) != tuple(p.data.shape):
                 raise ValueError(f"optimiser state {key!r} has shape {tuple(value.shape)}, expected"
                                  f" {tuple(p.data.shape)}")
-            self.state[i][name] = backend.asarray(value, dtype=p.data.dtype)
+            # NOTE: a copy the optimiser owns (a checkpoint's array may be read-only)
+            self.state[i][name] = backend.asarray(np.array(value, dtype=p.data.dtype, copy=True),
+                                                  dtype=p.data.dtype)
 
     def __repr__(self):
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
