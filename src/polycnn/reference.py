@@ -3,7 +3,13 @@
 Slow on purpose: plain nested Python loops over every index, in float64, written straight from
 the pseudo-loops of the backend contract so that each line can be checked against it by eye.
 Every backend is compared with these functions (``tests/test_ops_*.py``, ``polycnn parity``).
-Sizes come from :mod:`polycnn.geometry` (the one source of truth); values never do.
+
+NOTE: the oracle works out its own sizes and padding (:func:`conv_sizes`, :func:`pool_sizes`, a
+few lines from the definitions) and does not import :mod:`polycnn.geometry`, the backends' one
+source of truth: a wrong rule there (the odd "same" pixel put before instead of after, say)
+then shows up as a parity failure instead of being shared by the oracle and every backend.
+``tests/test_fuzz.py`` checks that the two agree on random arguments. It validates little:
+the arguments are assumed valid (the backends' public checks are tested elsewhere).
 
 Inputs are NumPy arrays of any float dtype; outputs are new float64 arrays. Only for small
 inputs: a conv forward costs N·K·P·Q·C·R·S Python iterations.
@@ -14,15 +20,73 @@ Legend: N batch, C input channels, H×W input, K output channels, R×S kernel, P
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
 from . import hashing
-from .geometry import conv_geometry, pool_geometry
 
 
 def _f64(a):
     return None if a is None else np.array(a, dtype=np.float64)
+
+
+# ---- sizes (the oracle's own arithmetic, see the module docstring) --------------------------
+
+def _pair(v) -> tuple:
+    """``3 -> (3, 3)``, ``(2, 3) -> (2, 3)``."""
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _out_size(size: int, span: int, stride: int, before: int, after: int) -> int:
+    """How many windows of ``span`` pixels, ``stride`` apart, fit in the padded axis."""
+    return (before + size + after - span) // stride + 1
+
+
+def conv_sizes(x_shape, w_shape, stride=1, padding=0, dilation=1) -> SimpleNamespace:
+    """N, C, H, W, K, R, S, P, Q, stride_h/_w, dil_h/_w and the padding on each side
+    (pad_h/pad_w before: top/left; pad_bottom/pad_right after) of a convolution.
+
+    ``"same"`` pads ``dilation*(kernel-1)`` in all per axis, the odd pixel after (bottom/right),
+    as PyTorch does; ``"valid"`` pads nothing. ValueError when no window fits."""
+    N, C, H, W = (int(v) for v in x_shape)
+    K, Cw, R, S = (int(v) for v in w_shape)
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    span_h, span_w = dh * (R - 1) + 1, dw * (S - 1) + 1
+    mode = padding.lower() if isinstance(padding, str) else None
+    if mode == "same":
+        if (sh, sw) != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride {(sh, sw)}")
+        top, left = (span_h - 1) // 2, (span_w - 1) // 2
+        bottom, right = span_h - 1 - top, span_w - 1 - left
+    elif mode == "valid":
+        top = bottom = left = right = 0
+    else:
+        ph, pw = _pair(padding)
+        top = bottom = ph
+        left = right = pw
+    P, Q = _out_size(H, span_h, sh, top, bottom), _out_size(W, span_w, sw, left, right)
+    if Cw != C or P < 1 or Q < 1:
+        raise ValueError(f"no convolution of x {tuple(x_shape)} with w {tuple(w_shape)}:"
+                         f" {Cw} vs {C} channels, output {P}x{Q}")
+    return SimpleNamespace(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, stride_h=sh,
+                           stride_w=sw, dil_h=dh, dil_w=dw, pad_h=top, pad_w=left,
+                           pad_bottom=bottom, pad_right=right,
+                           x_shape=(N, C, H, W), w_shape=(K, C, R, S), y_shape=(N, K, P, Q))
+
+
+def pool_sizes(x_shape, kernel_size=2, stride=None, padding=0) -> SimpleNamespace:
+    """N, C, H, W, R, S, P, Q, stride_h/_w, pad_h/_w of a pooling (``stride`` None: the
+    kernel size; the same padding on both sides). ValueError when no window fits."""
+    N, C, H, W = (int(v) for v in x_shape)
+    R, S = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    ph, pw = _pair(padding)
+    P, Q = _out_size(H, R, sh, ph, ph), _out_size(W, S, sw, pw, pw)
+    if P < 1 or Q < 1:
+        raise ValueError(f"no {R}x{S} pooling window fits x {tuple(x_shape)} padded by {(ph, pw)}")
+    return SimpleNamespace(N=N, C=C, H=H, W=W, R=R, S=S, P=P, Q=Q, stride_h=sh, stride_w=sw,
+                           pad_h=ph, pad_w=pw, x_shape=(N, C, H, W), y_shape=(N, C, P, Q))
 
 
 # ---- convolution -------------------------------------------------------------------------
@@ -30,8 +94,9 @@ def _f64(a):
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     """y[n, k, p, q] = b[k] + sum over c, r, s of w[k, c, r, s] * x[n, c, h, v] (0 outside x)."""
     x, w, b = _f64(x), _f64(w), _f64(b)
-    g = conv_geometry(x.shape, w.shape, stride, padding, dilation,
-                      b_shape=None if b is None else b.shape)
+    g = conv_sizes(x.shape, w.shape, stride, padding, dilation)
+    if b is not None and b.shape != (g.K,):
+        raise ValueError(f"b has shape {b.shape}, expected {(g.K,)}")
     y = np.zeros(g.y_shape)
     for n in range(g.N):
         for k in range(g.K):
@@ -57,7 +122,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, has_bias=True):
     dw[k, c, r, s]; db[k] sums dy[n, k, :, :].
     """
     dy, x, w = _f64(dy), _f64(x), _f64(w)
-    g = conv_geometry(x.shape, w.shape, stride, padding, dilation)
+    g = conv_sizes(x.shape, w.shape, stride, padding, dilation)
     if dy.shape != g.y_shape:
         raise ValueError(f"dy has shape {dy.shape}, expected {g.y_shape}")
     dx = np.zeros(g.x_shape)
@@ -107,7 +172,7 @@ def _max_window(x, n, c, p, q, g):
 def maxpool2d_forward(x, kernel_size=2, stride=None, padding=0):
     """y[n, c, p, q] = max over r, s of x[n, c, p*sh - ph + r, q*sw - pw + s] (-inf outside)."""
     x = _f64(x)
-    g = pool_geometry(x.shape, kernel_size, stride, padding)
+    g = pool_sizes(x.shape, kernel_size, stride, padding)
     y = np.zeros(g.y_shape)
     for n in range(g.N):
         for c in range(g.C):
@@ -120,7 +185,7 @@ def maxpool2d_forward(x, kernel_size=2, stride=None, padding=0):
 def maxpool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
     """dx[n, c, argmax of window (p, q)] += dy[n, c, p, q]."""
     dy, x = _f64(dy), _f64(x)
-    g = pool_geometry(x.shape, kernel_size, stride, padding)
+    g = pool_sizes(x.shape, kernel_size, stride, padding)
     if dy.shape != g.y_shape:
         raise ValueError(f"dy has shape {dy.shape}, expected {g.y_shape}")
     dx = np.zeros(g.x_shape)
@@ -139,7 +204,7 @@ def avgpool2d_forward(x, kernel_size=2, stride=None, padding=0):
     """y[n, c, p, q] = sum over r, s of x[n, c, p*sh - ph + r, q*sw - pw + s] / (R*S);
     padding counts as zeros (``count_include_pad=True``)."""
     x = _f64(x)
-    g = pool_geometry(x.shape, kernel_size, stride, padding)
+    g = pool_sizes(x.shape, kernel_size, stride, padding)
     y = np.zeros(g.y_shape)
     for n in range(g.N):
         for c in range(g.C):
@@ -159,7 +224,7 @@ def avgpool2d_forward(x, kernel_size=2, stride=None, padding=0):
 def avgpool2d_backward(dy, x_shape, kernel_size=2, stride=None, padding=0):
     """dx[n, c, h, v] = sum of dy[n, c, p, q] / (R*S) over the windows (p, q) containing (h, v)."""
     dy = _f64(dy)
-    g = pool_geometry(tuple(x_shape), kernel_size, stride, padding)
+    g = pool_sizes(tuple(x_shape), kernel_size, stride, padding)
     if dy.shape != g.y_shape:
         raise ValueError(f"dy has shape {dy.shape}, expected {g.y_shape}")
     dx = np.zeros(g.x_shape)
@@ -196,6 +261,6 @@ def dropout_mask(shape, p, key):
 
 
 __all__ = [
-    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "conv_sizes", "pool_sizes", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward", "splitmix64", "dropout_mask",
 ]
