@@ -200,12 +200,18 @@ class NumpyBackend(Backend):
             dyw[..., :g.Q] = dy[n0:n1].transpose(1, 0, 2, 3)
             dyw = dyw.reshape(g.K, n * L)
             cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
+            # NOTE: the garbage columns pair pixels with the zeros of dyw (and w with them, for
+            # dx): zeroed, so that an inf or NaN there cannot make a NaN (inf * 0) that leaks
+            # into dw or, through col2im, into dx at pixels it never touched (tests/test_fuzz.py)
+            garbage = cols.reshape(crs, n, g.P, row)[..., g.Q:]
+            garbage.fill(0)
             # NOTE: OpenBLAS threads a GEMM with few output rows and a long inner dimension
             # badly (17x slower on 2 busy cores for K=64 rows); dwᵀ = cols · dywᵀ has CRS rows.
             # Chunks are summed in a fixed order (deterministic).
             dw_t += cols @ dyw.T
             if input_grad:
                 dcols = np.matmul(w2.T, dyw, out=cols)  # reuse the column buffer
+                garbage.fill(0)
                 self._col2im(dcols.reshape(g.C, g.R, g.S, n, L), g, dx[n0:n1])
         db = dy.sum(axis=(0, 2, 3)) if ctx.inputs["has_bias"] else None
         return dx, np.ascontiguousarray(dw_t.T).reshape(g.w_shape), db
@@ -251,8 +257,12 @@ class NumpyBackend(Backend):
         # windows that do not overlap write each input pixel at most once: no accumulation
         disjoint = g.stride_h >= g.R and g.stride_w >= g.S
         tmp = None if disjoint else np.empty_like(dy)
+        # NOTE: dy * mask makes NaN of an infinite dy off the argmax (inf * 0): then masked adds
+        finite = bool(np.isfinite(dy).all())
         for idx, view in self._pool_views(dxpad, g):
-            if disjoint:
+            if not finite:
+                np.add(view, dy, out=view, where=arg == idx)
+            elif disjoint:
                 np.multiply(dy, arg == idx, out=view)
             else:
                 np.multiply(dy, arg == idx, out=tmp)
