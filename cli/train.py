@@ -4,6 +4,7 @@ or any data set of :mod:`polycnn.datasets_real` (``--dataset``) with a preset or
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -13,8 +14,9 @@ import click
 import numpy as np
 
 import polycnn as pc
-from polycnn import datasets_real, models
+from polycnn import datasets_real, limits, models
 from polycnn.datasets import CLASSES
+from polycnn.inputs import read_input
 
 from ._common import backend_option, echo_json, format_table, json_option
 
@@ -96,10 +98,16 @@ def make_optimizer(name: str, params, lr: float, total_steps: int, schedule: str
     return pc.AdamW(params, lr=lr, weight_decay=1e-4, schedule=schedule)
 
 
-def _splits(run: dict) -> dict:
-    """The run's train / val / test splits (and, for real data sets, "classes")."""
+def _splits(run: dict, source: str = "the run settings") -> dict:
+    """The run's train / val / test splits (and, for real data sets, "classes"); generated
+    images are counted against the memory limit first (``source`` says whose sizes they are).
+    Files are downloaded only when ``run["download"]`` is set, which only the command line does."""
     dataset = run.get("dataset", "shapes")
     if dataset == "shapes":
+        c, s = run["channels"], run["image_size"]
+        n = run["n_train"] + run["n_val"] + run["n_test"]
+        _check_images(source, f"{run['n_train']:,} training, {run['n_val']:,} validation and"
+                      f" {run['n_test']:,} test images of {c}x{s}x{s}", n, c, s)
         return pc.datasets.shapes_splits(run["n_train"], run["n_val"], run["n_test"], run["image_size"],
                                          run["channels"], run["seed"])
     data = datasets_real.load_splits(dataset, run.get("data_dir"), seed=run["seed"],
@@ -115,6 +123,83 @@ def _normalize(x: np.ndarray, run: dict) -> np.ndarray:
     if not run.get("normalize"):
         return x
     return datasets_real.standardize(x, *run["normalize"])
+
+
+#: what a checkpoint's stored "run" may hold: key -> (accepted types, check of the value, what
+#: is expected); read by _stored_run before any value is used
+_RUN_FIELDS = {
+    "dataset": (str, lambda v: v in DATASET_CHOICES, f"one of {', '.join(DATASET_CHOICES)}"),
+    "model": (str, lambda v: True, "a model name"),
+    "epochs": (int, lambda v: v >= 1, "an int >= 1"),
+    "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
+    "lr": ((int, float), lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "optimizer": (str, lambda v: v in DEFAULT_LR, f"one of {', '.join(DEFAULT_LR)}"),
+    "seed": (int, lambda v: v >= 0, "an int >= 0"),
+    "augment": (bool, lambda v: True, "true or false"),
+    "image_size": (int, lambda v: v >= 1, "an int >= 1"),
+    "channels": (int, lambda v: v in (1, 3), "1 or 3"),
+    "n_train": ((int, type(None)), lambda v: v is None or v >= 1, "an int >= 1"),
+    "n_val": (int, lambda v: v >= 0, "an int >= 0"),
+    "n_test": (int, lambda v: v >= 1, "an int >= 1"),
+    "schedule": (str, lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "warmup": ((int, type(None)), lambda v: v is None or v >= 0, "an int >= 0 or null"),
+    "patience": ((int, type(None)), lambda v: v is None or v >= 1, "an int >= 1 or null"),
+    "data_dir": ((str, type(None)), lambda v: True, "a folder name"),
+    "download": (bool, lambda v: True, "true or false"),
+    "classes": (list, lambda v: all(isinstance(c, str) for c in v), "a list of names"),
+    "normalize": ((list, type(None)), lambda v: v is None or (
+        len(v) == 2 and all(isinstance(p, list) and p and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+            for c in p) for p in v) and all(c > 0 for c in v[1])), "[means, stds] or null"),
+}
+_RUN_NEEDED = ("epochs", "batch_size", "lr", "optimizer", "seed", "augment", "image_size",
+               "channels", "n_val", "n_test")
+
+
+def _stored_run(run, path: str, model=None, data_dir=None, needs_data: bool = False) -> dict:
+    """A checkpoint's stored run settings, checked (types, bounds, the classes against the
+    model's output) before any is used. They are data, never instructions: ``download`` is
+    dropped (only the command line's --download fetches files), and with ``needs_data`` the
+    stored ``data_dir`` is only a default that must exist (``data_dir`` replaces it)."""
+    if run is None:
+        raise ValueError(f"{path} holds no run settings (not written by `polycnn train`)")
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: the checkpoint's run settings are not a JSON object")
+    for key in _RUN_NEEDED:
+        if key not in run:
+            raise ValueError(f"{path}: the checkpoint's run settings lack {key!r}")
+    for key, value in run.items():
+        if key not in _RUN_FIELDS:
+            continue
+        types, ok, expected = _RUN_FIELDS[key]
+        wrong_type = not isinstance(value, types) or (isinstance(value, bool) and types is not bool)
+        if wrong_type or not ok(value):
+            raise ValueError(f"{path}: the checkpoint's run setting {key} is {value!r:.80},"
+                             f" expected {expected}")
+    if run.get("dataset", "shapes") == "shapes" and run.get("n_train") is None:
+        raise ValueError(f"{path}: the checkpoint's run settings lack n_train for shapes")
+    run = dict(run, download=False)
+    if run.get("normalize") is not None and any(len(p) != run["channels"] for p in run["normalize"]):
+        raise ValueError(f"{path}: the checkpoint's run setting normalize {run['normalize']!r:.80}"
+                         f" does not have {run['channels']} channels")
+    if model is not None and "classes" in run:
+        out = tuple(model.output_shape((run["channels"], run["image_size"], run["image_size"])))
+        if out != (len(run["classes"]),):
+            raise ValueError(f"{path}: the checkpoint's run names {len(run['classes'])} classes but"
+                             f" its model outputs {out}")
+    if needs_data and run.get("dataset", "shapes") not in ("shapes", "digits"):
+        if data_dir is not None:
+            run["data_dir"] = os.path.abspath(data_dir)
+        elif run.get("data_dir") is None or not os.path.isdir(run["data_dir"]):
+            raise ValueError(f"{path} was trained on {run['dataset']} files in {run.get('data_dir')},"
+                             " which does not exist here; pass --data-dir with the folder that"
+                             " holds them now")
+    return run
+
+
+def _check_images(what: str, claim: str, n: int, channels: int, size: int) -> None:
+    """Generated images, as float32 with one working copy, against the memory limit."""
+    limits.check_memory(what, claim, 2 * limits.images_bytes(n, (channels, size, size)))
 
 
 def _clock(seconds: float) -> str:
@@ -166,6 +251,46 @@ class _Progress:
 def _check_choice_int(value, name, lo):
     if value is not None and value < lo:
         raise click.BadParameter(f"must be >= {lo}, got {value}", param_hint=name)
+
+
+#: one training sample of each data set with a fixed image size: (channels, height, width)
+_FIXED_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28),
+                 "cifar10": (3, 32, 32)}
+#: a batch's input, activations and gradients, roughly, in multiples of its input's bytes
+_BATCH_FACTOR = 16
+
+
+def _check_train_sizes(p: dict) -> None:
+    """--batch-size, --n-train and --image-size against the memory limit, before anything is
+    generated or read: the message names the options given, what they ask for and the estimate."""
+    if p["resume"]:
+        return   # NOTE: the checkpoint's own sizes are checked by _stored_run and _splits
+    dataset = p["dataset"]
+    size = p["image_size"] if p["image_size"] is not None and p["image_size"] > 0 else DEFAULTS["image_size"]
+    channels = int(p["channels"] or DEFAULTS["channels"])
+    shape = _FIXED_SHAPES.get(dataset, (channels, size, size))
+    given = " ".join(f"--{k.replace('_', '-')} {p[k]}" for k in ("n_train", "image_size")
+                     if p[k] is not None)
+    if dataset == "shapes":
+        n = p["n_train"] if p["n_train"] is not None and p["n_train"] > 0 else DEFAULTS["n_train"]
+        total = n + DEFAULTS["n_val"] + DEFAULTS["n_test"]
+        _check_images(given or "--dataset shapes", f"{n:,} training, {DEFAULTS['n_val']:,} validation"
+                      f" and {DEFAULTS['n_test']:,} test images of {'x'.join(map(str, shape))}",
+                      total, *shape[:2])
+    batch = p["batch_size"]
+    if batch is not None and batch > 0:
+        need = _BATCH_FACTOR * limits.images_bytes(batch, shape)
+        limits.check_memory(f"--batch-size {batch}", f"a batch of {batch:,} images of"
+                            f" {'x'.join(map(str, shape))} (input, activations and gradients)", need)
+
+
+def _bounded_sizes(command):
+    """Run :func:`_check_train_sizes` on the parsed options before ``command``."""
+    @functools.wraps(command)
+    def checked(**params):
+        _check_train_sizes(params)
+        return command(**params)
+    return checked
 
 
 @click.command()
@@ -223,6 +348,7 @@ def _check_choice_int(value, name, lo):
 @click.option("--json-lines", is_flag=True,
               help="print one JSON object per epoch on stdout as it finishes, then the --json summary")
 @click.option("--quiet", "-q", is_flag=True, help="print only the final summary")
+@_bounded_sizes
 def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, data_dir, download,
           model_name, image_size, channels, n_train, out, resume, schedule, warmup, patience, as_json,
           json_lines, quiet):
@@ -279,6 +405,7 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         run = model.training_state["metadata"].get("run")
         if run is None:
             raise ValueError(f"{out} was not written by `polycnn train`; cannot resume it")
+        run = _stored_run(run, out, model, needs_data=True)
         done = model.training_state["epoch"] or 0
         epochs = run["epochs"] if epochs is None else epochs
         if epochs <= done:
@@ -287,7 +414,7 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         run["epochs"] = epochs
         if patience is not None:
             run["patience"] = patience
-        data = _splits(run)
+        data = _splits(run, out)
         opt = None
     else:
         epochs = DATASET_DEFAULTS[dataset]["epochs"] if epochs is None else epochs
@@ -387,15 +514,23 @@ def best_checkpoint_path(out: str) -> str:
     return f"{stem}.best{ext or '.npz'}"
 
 
-def _load_for_use(checkpoint, backend):
+def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False):
+    """(model, its checked run settings, class names) from a checkpoint of `polycnn train`."""
     model = pc.load(checkpoint, backend=backend)
     meta = model.training_state["metadata"]
-    classes = meta.get("classes") or [str(i) for i in range(model.layers[-1].out_features)]
-    return model, meta.get("run"), classes
+    run = _stored_run(meta.get("run"), checkpoint, model, data_dir, needs_data)
+    classes = meta.get("classes") or run.get("classes")
+    if classes is None:
+        classes = [str(i) for i in range(model.layers[-1].out_features)]
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and len(classes) == model.layers[-1].out_features):
+        raise ValueError(f"{checkpoint}: the checkpoint's class names {classes!r:.80} are not"
+                         f" {model.layers[-1].out_features} names")
+    return model, run, classes
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path())
 @backend_option
 @click.option("--n-test", type=int, default=None,
               help="shapes: test images to generate (default: as trained); other data sets: use"
@@ -406,20 +541,15 @@ def _load_for_use(checkpoint, backend):
 def evaluate(checkpoint, backend, n_test, data_dir, as_json):
     """Accuracy, per-class accuracy and confusion matrix on the held-out test split of the data
     set the checkpoint was trained on."""
-    model, run, classes = _load_for_use(checkpoint, backend)
-    if run is None:
-        raise ValueError(f"{checkpoint} does not say which data it was trained on (not written by"
-                         " `polycnn train`)")
     _check_choice_int(n_test, "--n-test", 1)
+    model, run, classes = _load_for_use(checkpoint, backend, data_dir, needs_data=True)
     dataset = run.get("dataset", "shapes")
-    if data_dir is not None:
-        if dataset in ("shapes", "digits"):
-            raise click.BadParameter(f"{checkpoint} was trained on {dataset}, which needs no files",
-                                     param_hint="--data-dir")
-        run = dict(run, data_dir=os.path.abspath(data_dir))
+    if data_dir is not None and dataset in ("shapes", "digits"):
+        raise click.BadParameter(f"{checkpoint} was trained on {dataset}, which needs no files",
+                                 param_hint="--data-dir")
     if dataset == "shapes":
         run = dict(run, n_test=n_test or run["n_test"])
-        x, y = _splits(run)["test"]
+        x, y = _splits(run, checkpoint if n_test is None else f"--n-test {n_test}")["test"]
     else:
         x, y = _splits(dict(run, n_train=None))["test"]
         x, y = x[:n_test], y[:n_test]
@@ -440,57 +570,21 @@ def evaluate(checkpoint, backend, n_test, data_dir, as_json):
                             [[c, *row] for c, row in zip(classes, r["confusion_matrix"])]))
 
 
-def _read_image(path: str, channels: int, size: int) -> np.ndarray:
-    """One input file as float (k, channels, size, size) in 0..1 scale."""
-    ext = os.path.splitext(path)[1].lower()
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input not found: {path}")
-    if ext == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
-        if a.ndim == 2 and channels == 1:
-            a = a[None, None]
-        elif a.ndim == 3:
-            a = a[None]
-        if a.ndim != 4 or a.shape[1:] != (channels, size, size):
-            raise ValueError(f"{path}: array of shape {a.shape}, expected ({channels}, {size}, {size})"
-                             f" or (N, {channels}, {size}, {size}) like the training images")
-        if not np.issubdtype(a.dtype, np.number):
-            raise TypeError(f"{path}: array of {a.dtype}, expected numbers")
-        return a.astype(np.float64)
-    if ext in (".png", ".jpg", ".jpeg"):
-        try:
-            from PIL import Image
-        except ImportError:
-            raise ValueError(f"{path}: reading PNG/JPEG needs Pillow: pip install polycnn[images]"
-                             " (or pass a .npy array)") from None
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if channels == 3 else "L").resize((size, size))
-                a = np.asarray(im, dtype=np.float64) / 255.0
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read the image ({exc})") from None
-        a = a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
-        return a[None]
-    raise ValueError(f"{path}: unsupported input type {ext or '(none)'}; use .npy, .png or .jpg")
-
-
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @backend_option
 @json_option
 def predict(checkpoint, inputs, backend, as_json):
     """Classify images: .npy arrays shaped like the training images ((C, H, W) or (N, C, H, W),
     values about 0..1) or PNG/JPEG files (needs Pillow; resized to the trained size)."""
+    for path in inputs:
+        limits.regular_file(path, "input")
     model, run, classes = _load_for_use(checkpoint, backend)
-    if run is None:
-        raise ValueError(f"{checkpoint} does not say its input size (not written by `polycnn train`)")
     rows = []
     for path in inputs:
-        x = _normalize(_read_image(path, run["channels"], run["image_size"]), run).astype(model.dtype)
+        x = _normalize(read_input(path, run["channels"], run["image_size"]), run)
+        x = x.astype(model.dtype)
         probs = pc.predict(model, x)
         for i, p in enumerate(probs):
             name = path if len(probs) == 1 else f"{path}[{i}]"

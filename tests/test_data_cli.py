@@ -57,7 +57,8 @@ def test_mnist_through_the_cli_and_evaluate_with_a_moved_folder(tmp_path, monkey
     np.testing.assert_allclose(list(a.values()), direct[0], rtol=1e-4, atol=1e-6)
     shutil.move(tmp_path / "mnist", tmp_path / "moved")
     msg = _fail(["evaluate", "mnist.npz", "--backend", "numpy"])
-    assert "missing 4 file(s)" in msg and "train-images-idx3-ubyte.gz" in msg
+    assert "mnist files in" in msg and "does not exist here" in msg and "--data-dir" in msg
+    assert not (tmp_path / "mnist").exists(), "evaluate must not create the stored data folder"
     r = _run(["evaluate", "mnist.npz", "--json", "--backend", "numpy", "--data-dir", "moved", "--n-test", "12"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n"] == 12

@@ -143,7 +143,7 @@ def test_predict_bad_files(workdir, monkeypatch):
     ]
     try:
         import PIL  # noqa: F401
-        cases.append((["predict", "shapes.npz", "image.png"], "cannot read the image"))
+        cases.append((["predict", "shapes.npz", "image.png"], "not a readable image"))
     except ImportError:
         cases.append((["predict", "shapes.npz", "image.png"], "pip install polycnn[images]"))
     for args, message in cases:

@@ -66,12 +66,12 @@ def fmt_bytes(n: float) -> str:
 
 def check_memory(what: str, claim: str, need: int, limit: int | None = None) -> None:
     """Raise ``ValueError`` when ``need`` bytes exceed ``limit`` (default :func:`memory_limit`):
-    "``what``: ``claim`` needs about N GiB of memory, over the limit of M GiB"."""
+    "``what``: ``claim`` would need about N GiB of memory, over the limit of M GiB"."""
     limit = memory_limit() if limit is None else limit
     if need > limit:
         hint = (f" (set {MEMORY_LIMIT_ENV} to allow more)" if limit == memory_limit() else "")
-        raise ValueError(f"{what}: {claim} needs about {fmt_bytes(need)} of memory, over the limit"
-                         f" of {fmt_bytes(limit)}{hint}")
+        raise ValueError(f"{what}: {claim} would need about {fmt_bytes(need)} of memory, over the"
+                         f" limit of {fmt_bytes(limit)}{hint}")
 
 
 def images_bytes(n: int, sample_shape, itemsize: int = 4) -> int:
