@@ -20,8 +20,7 @@ def _input_shape(text: str | None, run: dict | None, checkpoint: str):
         except ValueError:
             shape = ()
         if len(shape) != 3 or min(shape) < 1:
-            raise click.BadParameter(f"must be C,H,W (three positive ints), got {text!r}",
-                                     param_hint="--input-shape")
+            raise ValueError(f"--input-shape must be C,H,W (three positive ints), got {text!r}")
         return shape
     if run is None or "channels" not in run or "image_size" not in run:
         raise ValueError(f"{checkpoint} does not say its input size (not written by `polycnn"
@@ -30,8 +29,8 @@ def _input_shape(text: str | None, run: dict | None, checkpoint: str):
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("checkpoint")
+@click.argument("output")
 @click.option("--force", is_flag=True, help="overwrite OUTPUT if it exists")
 @click.option("--softmax", is_flag=True,
               help="ONNX: end with a softmax (output 'probabilities') instead of the logits")
@@ -49,10 +48,9 @@ def export(checkpoint, output, force, softmax, input_shape, opset):
         raise ValueError(f"{output}: unknown output type {ext or '(no extension)'}; use .onnx"
                          " (an ONNX model) or .safetensors (the weights)")
     if opset != OPSET:
-        raise click.BadParameter(f"polycnn writes ONNX opset {OPSET} only, got {opset}",
-                                 param_hint="--opset")
+        raise ValueError(f"--opset {opset}: polycnn writes ONNX opset {OPSET} only")
     if ext != ".onnx" and (softmax or input_shape is not None):
-        raise click.BadParameter("applies to .onnx output only", param_hint="--softmax/--input-shape")
+        raise ValueError(f"--softmax and --input-shape apply to .onnx output only, not {output}")
     if os.path.isdir(output):
         raise IsADirectoryError(f"{output} is a folder; give a file name ending in {ext}")
     if os.path.lexists(output) and not force:

@@ -64,7 +64,10 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
     if isinstance(opset, bool) or opset != OPSET:
         raise ValueError(f"opset must be {OPSET} (the one opset polycnn writes), got {opset!r}")
     shape = _sample_shape(input_shape)
-    out_shape = tuple(model.output_shape(shape))  # raises naming the layer that does not fit
+    try:
+        out_shape = tuple(model.output_shape(shape))
+    except ValueError as exc:  # NOTE: names the layer that does not fit
+        raise ValueError(f"the model does not fit input_shape {shape}: {exc}") from None
     if softmax and len(out_shape) != 1:
         raise ValueError(f"softmax=True needs a model with flat outputs (classes,), this one gives"
                          f" {out_shape} for input {shape}")
@@ -137,7 +140,7 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
         raise ValueError(f"the exported graph fails onnx.checker: {' '.join(str(exc).split())}") from None
     data = onnx_model.SerializeToString()
     path = os.fspath(path)
-    with replaced_atomically(path, suffix=".onnx") as f:
+    with replaced_atomically(path) as f:
         f.write(data)
     return path
 

@@ -193,23 +193,24 @@ def _torch_mapping(model: Sequential, keys, ordered: bool, source: str) -> Calla
 
 # ---- public ---------------------------------------------------------------------------------
 
-def save_weights(model: Sequential, path, metadata: dict | None = None) -> str:
+def save_weights(model: Sequential, path) -> str:
     """Write every parameter and buffer of ``model`` to ``path`` (``.safetensors``) under
-    polycnn's names, atomically; ``metadata``: more strings for the header. Returns the path."""
+    polycnn's names, atomically; the header's ``__metadata__`` holds one key, ``polycnn``: JSON
+    with the version and the architecture. Returns the path. The same weights give the same
+    bytes."""
     st_numpy = require("safetensors.numpy", "writing .safetensors files")
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a polycnn Sequential, got {type(model).__name__}")
     from .. import __version__
 
-    meta = {"producer": f"polycnn {__version__}", "polycnn.architecture": json.dumps(model.spec())}
-    for key, value in (metadata or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map strings to strings, got {key!r}: {value!r:.60}")
-        meta[key] = value
+    # NOTE: one key: safetensors writes __metadata__ from a hash map, in an order that changes
+    # from one run to the next when it has several keys
+    meta = {"polycnn": json.dumps({"version": __version__, "architecture": model.spec()},
+                                  sort_keys=True)}
     arrays = {k: np.ascontiguousarray(model.backend.to_numpy(v)) for k, v in model.named_arrays().items()}
     data = st_numpy.save(arrays, metadata=meta)
     path = os.fspath(path)
-    with replaced_atomically(path, suffix=".safetensors") as f:
+    with replaced_atomically(path) as f:
         f.write(data)
     return path
 
