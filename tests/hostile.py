@@ -107,16 +107,19 @@ def api_case(statement: str, exception: str = "(ValueError, TypeError)") -> str:
     """A snippet that runs ``statement`` after ``import polycnn as pc, numpy as np``, and turns
     the expected exception into one ``error:`` line and exit 2, as the CLI does; any other
     exception is a traceback (exit 1) and no exception at all exits 0, so both fail the case."""
+    # NOTE: the statement is indented after the template is dedented: put inside it first, its
+    # second and later lines would set the template's common indent (an IndentationError)
+    body = textwrap.indent(textwrap.dedent(statement).strip("\n"), "    ")
     return textwrap.dedent(f"""\
         import sys
         import numpy as np
         import polycnn as pc
         try:
-        {textwrap.indent(textwrap.dedent(statement), '    ')}
+        %s
         except {exception} as exc:
             print("error: " + " ".join(str(exc).split()), file=sys.stderr)
             sys.exit(2)
-        """)
+        """) % body
 
 
 def snapshot(folder) -> dict:
