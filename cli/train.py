@@ -463,12 +463,20 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
                          seed=None if resume else run["seed"], callback=progress, checkpoint=out,
                          resume=resume, metadata={"run": run, "classes": classes},
                          best_checkpoint=best_out, early_stopping=run.get("patience"))
-    except KeyboardInterrupt:
-        # NOTE: the checkpoint may be written just before the epoch's callback: ask the file
-        saved = resume or _file_stamp(out) != before
-        hint = (f"; the last finished epoch is saved in {out}: continue with"
-                f" `polycnn train --resume --out {out}`") if saved else "; no epoch finished"
-        click.echo(f"\ninterrupted{hint}", err=True)
+    except KeyboardInterrupt as exc:
+        if progress.bar:
+            click.echo("", err=True)
+        resume_hint = f"continue with `polycnn train --resume --out {out}`"
+        if isinstance(exc, pc.TrainingInterrupted) and (exc.step or exc.epoch > 0):
+            # NOTE: fit stopped between two steps and saved the state after the last one
+            click.echo(f"{exc}; {resume_hint}", err=True)
+        else:
+            # NOTE: a second Ctrl-C (or one before training began): the file, if any, holds the
+            # last finished epoch, possibly written just before the epoch's callback: ask it
+            saved = resume or _file_stamp(out) != before
+            hint = (f"; the last finished epoch is saved in {out}: {resume_hint}" if saved
+                    else "; nothing was saved")
+            click.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
     test = pc.evaluate(model, data["test"])
     total = time.perf_counter() - t_start

@@ -15,7 +15,7 @@ from .checkpoint import load
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d,
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
 from .optim import SGD, Adam, AdamW
-from .training import TrainingDiverged, evaluate, fit, predict
+from .training import TrainingDiverged, TrainingInterrupted, evaluate, fit, predict
 from .interchange import export_onnx, from_torch_state_dict, load_weights, save_weights
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "__version__",
     "Sequential", "Conv2d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "BatchNorm2d", "Dropout", "Dropout2d", "Flatten", "Linear", "SGD", "Adam", "AdamW", "Augment",
-    "fit", "evaluate", "predict", "load", "TrainingDiverged", "datasets", "metrics", "models", "optim",
+    "fit", "evaluate", "predict", "load", "TrainingDiverged", "TrainingInterrupted", "datasets",
+    "metrics", "models", "optim",
     "export_onnx", "save_weights", "load_weights", "from_torch_state_dict",
 ]

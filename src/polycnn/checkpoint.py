@@ -40,9 +40,10 @@ def _digest(arrays: dict) -> str:
 
 
 def save(path, model, optimizer=None, rng=None, epoch: int | None = None, history=None,
-         metrics=None, **metadata) -> str:
-    """Write ``model`` (and optionally the optimiser, the RNG, the epoch, history, metrics and
-    JSON-ready ``metadata``) to ``path`` atomically; returns the path."""
+         metrics=None, position=None, **metadata) -> str:
+    """Write ``model`` (and optionally the optimiser, the RNG, the epoch, history, metrics, a
+    JSON-ready ``position`` inside an unfinished epoch (``fit`` writes it on Ctrl-C) and JSON-ready
+    ``metadata``) to ``path`` atomically; returns the path. An existing file keeps its mode."""
     path = os.fspath(path)
     be = model.backend
     arrays = {f"model.{k}": be.to_numpy(v) for k, v in model.named_arrays().items()}
@@ -56,6 +57,7 @@ def save(path, model, optimizer=None, rng=None, epoch: int | None = None, histor
         "optimizer": optim_spec,
         "rng": None if rng is None else rng.bit_generator.state,
         "epoch": epoch,
+        "position": position,
         "history": None if history is None else dict(history),
         "metrics": metrics,
         "metadata": metadata,
@@ -67,7 +69,7 @@ def save(path, model, optimizer=None, rng=None, epoch: int | None = None, histor
         raise TypeError(f"checkpoint metadata must be JSON-ready: {exc}") from None
     arrays[_META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    with replaced_atomically(path, suffix=".npz") as f:
+    with replaced_atomically(path) as f:
         np.savez(f, **arrays)
     return path
 
@@ -190,6 +192,7 @@ def load(path, backend=None):
         "optimizer_arrays": {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
         "rng": meta.get("rng"),
         "epoch": meta.get("epoch"),
+        "position": meta.get("position"),
         "history": meta.get("history"),
         "metrics": meta.get("metrics"),
         "metadata": meta.get("metadata") or {},

@@ -18,7 +18,14 @@ Files on disk (``data_dir``):
 ``POLYCNN_MIRRORS`` environment variable: base URLs separated by commas), checks each against
 its SHA-256 in :data:`SHA256`, and writes through a temporary file in the same folder that is
 renamed only after the checksum matched: a failed download leaves no file behind. A file whose
-checksum is not in the table is refused rather than trusted.
+checksum is not in the table is refused rather than trusted. Mirrors are ``https://`` only
+(redirects included); a mirror given on purpose (the ``mirrors`` argument or
+``POLYCNN_MIRRORS``, never the built-in table) may also be a local test mirror: ``file:///FOLDER/``
+or ``http://`` on the loopback address (``127.0.0.1``, ``[::1]``, ``localhost``), where no
+network is crossed. A transfer is stopped as soon as more bytes arrive than the file's size in
+:data:`SIZES`. The CIFAR-10 archive is unpacked member by member after checking every member
+(tarfile's ``data`` filter: no absolute or ``..`` paths, no links, no devices) and each batch's
+size.
 
 The UCI digits ship inside the package (``polycnn/data/digits.csv.gz``): E. Alpaydin and
 C. Kaynak, "Optical Recognition of Handwritten Digits", UCI Machine Learning Repository, 1998,
@@ -28,6 +35,7 @@ https://doi.org/10.24432/C50P49, licensed CC BY 4.0. 1,797 images of 8x8 pixels 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -36,6 +44,7 @@ import math
 import os
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 import zlib
@@ -79,7 +88,7 @@ NORMALIZE = {
 MIRRORS = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
               "https://storage.googleapis.com/cvdf-datasets/mnist/"],
-    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "fashion-mnist": ["https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
                       "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
     "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
 }
@@ -101,6 +110,15 @@ SHA256 = {
         "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
     },
     "cifar10": {CIFAR_ARCHIVE: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"},
+}
+#: size in bytes of each downloadable file (the published files whose SHA-256 is above): a
+#: transfer is stopped as soon as more bytes than this arrive
+SIZES = {
+    "mnist": {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+              "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542},
+    "fashion-mnist": {"train-images-idx3-ubyte.gz": 26421880, "train-labels-idx1-ubyte.gz": 29515,
+                      "t10k-images-idx3-ubyte.gz": 4422102, "t10k-labels-idx1-ubyte.gz": 5148},
+    "cifar10": {CIFAR_ARCHIVE: 170052171},
 }
 
 #: validation images carved from the training set when the caller does not say
@@ -434,32 +452,92 @@ def load_splits(name: str, data_dir=None, *, n_val: int | None = None, seed: int
 
 
 # ---- download ---------------------------------------------------------------------------------
-def mirrors_for(name: str, mirrors=None) -> list[str]:
-    """Base URLs for ``name``: ``mirrors`` if given, else ``$POLYCNN_MIRRORS``, else :data:`MIRRORS`."""
-    if mirrors is None:
-        env = os.environ.get(MIRRORS_ENV, "").strip()
-        mirrors = [m.strip() for m in env.split(",") if m.strip()] if env else MIRRORS.get(name, [])
-    if isinstance(mirrors, str):
-        mirrors = [mirrors]
-    return [m if m.endswith("/") else m + "/" for m in mirrors]
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_MIRROR_FORMS = ("https://HOST/PATH/ (or, given on purpose for a test, file:///FOLDER/ or"
+                 " http://127.0.0.1:PORT/PATH/)")
 
 
-def _fetch(url: str, dest: str, sha256: str, timeout: float) -> None:
-    """Stream ``url`` to a temporary file next to ``dest``, check length and SHA-256, rename."""
+def _check_mirror(url: str, explicit: bool, where: str) -> str:
+    """``url`` with a final slash, or ValueError: https always; file:// and loopback http:// only
+    when the caller named the mirror (``explicit``)."""
+    if not isinstance(url, str):
+        raise TypeError(f"{where}: a mirror must be a URL string, got {type(url).__name__}")
     try:
-        with replaced_atomically(dest, prefix=".download-", suffix=".part") as out, \
-                urllib.request.urlopen(url, timeout=timeout) as resp:
-            h, got = hashlib.sha256(), 0
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"{where}: {url!r} is not a URL ({exc}); expected"
+                         f" {_MIRROR_FORMS}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "https" and host:
+        pass
+    elif explicit and scheme == "file" and parts.path and host in (None, "", "localhost"):
+        pass
+    elif explicit and scheme == "http" and host in _LOOPBACK:
+        pass
+    elif scheme in ("http", "ftp", "ftps", "file", "data"):
+        raise ValueError(f"{where}: {url!r} is refused: mirrors must be https:// (file:// and"
+                         " http://127.0.0.1 only as a local test mirror passed in mirrors= or"
+                         f" {MIRRORS_ENV})")
+    else:
+        raise ValueError(f"{where}: {url!r} is not a mirror URL; expected {_MIRROR_FORMS}")
+    return url if url.endswith("/") else url + "/"
+
+
+def mirrors_for(name: str, mirrors=None) -> list[str]:
+    """Base URLs for ``name``: ``mirrors`` if given, else ``$POLYCNN_MIRRORS`` (comma-separated),
+    else :data:`MIRRORS`; each checked (see the module doc), with a final slash."""
+    if mirrors is not None:
+        where = "mirrors"
+        if isinstance(mirrors, str):
+            mirrors = [mirrors]
+        elif not isinstance(mirrors, (list, tuple)):
+            raise TypeError(f"mirrors must be a URL or a list of URLs, got"
+                            f" {type(mirrors).__name__}")
+        return [_check_mirror(m, True, where) for m in mirrors]
+    env = os.environ.get(MIRRORS_ENV, "")
+    if env.strip():
+        urls = [m.strip() for m in env.split(",") if m.strip()]
+        if not urls:
+            raise ValueError(f"{MIRRORS_ENV}={env!r} names no mirror; expected base URLs separated"
+                             f" by commas: {_MIRROR_FORMS}")
+        return [_check_mirror(m, True, MIRRORS_ENV) for m in urls]
+    return [_check_mirror(m, False, f"MIRRORS[{name!r}]") for m in MIRRORS.get(name, [])]
+
+
+class _HttpsRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to an https:// URL (an https mirror must not hand over to http)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() != "https":
+            raise ValueError(f"redirected to {newurl!r}, which is not https://")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, dest: str, sha256: str, size: int, timeout: float) -> None:
+    """Stream ``url`` to a temporary file next to ``dest``, stopping as soon as more than ``size``
+    bytes arrive; check length and SHA-256, rename."""
+    opener = urllib.request.build_opener(_HttpsRedirects)
+    try:
+        with replaced_atomically(dest) as out, opener.open(url, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
+            length = int(length) if length is not None and length.strip().isdigit() else None
+            if length is not None and length > size:
+                raise ValueError(f"the mirror announces {length:,} bytes but the file has {size:,}")
+            h, got = hashlib.sha256(), 0
             while True:
-                chunk = resp.read(1 << 16)
+                # NOTE: never more than one byte past the cap, so an endless body stops at once
+                chunk = resp.read(min(1 << 16, size + 1 - got))
                 if not chunk:
                     break
+                got += len(chunk)
+                if got > size:
+                    raise ValueError(f"more than the expected {size:,} bytes arrived; transfer"
+                                     " stopped")
                 h.update(chunk)
                 out.write(chunk)
-                got += len(chunk)
-            if length is not None and got != int(length):
-                raise ValueError(f"transfer cut short: {got:,} of {int(length):,} bytes")
+            if length is not None and got != length:
+                raise ValueError(f"transfer cut short: {got:,} of {length:,} bytes")
             if h.hexdigest() != sha256:
                 raise ValueError(f"SHA-256 {h.hexdigest()} does not match the expected {sha256}")
     except http.client.IncompleteRead as exc:
@@ -467,15 +545,19 @@ def _fetch(url: str, dest: str, sha256: str, timeout: float) -> None:
                          " expected") from None
 
 
-def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float = 60.0) -> list[str]:
+def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float = 60.0,
+             sizes=None) -> list[str]:
     """Fetch the files of ``name`` (mnist, fashion-mnist, cifar10) missing from ``data_dir``;
     returns the paths written. Each mirror is tried in turn; a file is kept only when its SHA-256
-    matches ``checksums`` (default :data:`SHA256`). Raises ``ValueError`` naming the file and what
-    each mirror did when none gave a good copy; never leaves a partial file."""
+    matches ``checksums`` (default :data:`SHA256`); more bytes than ``sizes`` (default
+    :data:`SIZES`) stop its transfer. Raises ``ValueError`` naming the file and what each mirror
+    did when none gave a good copy; never leaves a partial file. See the module doc for the
+    mirrors allowed."""
     if name not in SHA256:
         raise ValueError(f"cannot download {name!r}; downloadable: {', '.join(SHA256)}")
     data_dir = os.fspath(data_dir)
     table = SHA256[name] if checksums is None else checksums
+    caps = SIZES[name] if sizes is None else sizes
     urls = mirrors_for(name, mirrors)
     if not urls:
         raise ValueError(f"no mirror for {name}: pass mirrors or set {MIRRORS_ENV}")
@@ -490,6 +572,11 @@ def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float =
         if not table.get(fname):
             raise ValueError(f"{name}: no known SHA-256 for {fname}, so polycnn will not download"
                              f" it unchecked; fetch it yourself into {os.path.abspath(data_dir)}")
+        if not caps.get(fname):
+            raise ValueError(f"{name}: no known size for {fname}, so polycnn will not download it"
+                             f" unbounded; fetch it yourself into {os.path.abspath(data_dir)}")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ValueError(f"data folder {os.path.abspath(data_dir)} is a file, not a folder")
     os.makedirs(data_dir, exist_ok=True)
     written = []
     for fname in wanted:
@@ -497,7 +584,7 @@ def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float =
         errors = []
         for base in urls:
             try:
-                _fetch(base + fname, dest, table[fname], timeout)
+                _fetch(base + fname, dest, table[fname], int(caps[fname]), timeout)
                 break
             except (ValueError, OSError, urllib.error.URLError, http.client.HTTPException) as exc:
                 errors.append(f"{base + fname}: {exc}")
@@ -512,28 +599,70 @@ def download(name: str, data_dir, mirrors=None, checksums=None, timeout: float =
 
 _download_dataset = download   # NOTE: the loaders' `download` flag shadows the function
 
+#: an archive with more members than this is not the CIFAR-10 one (it has 9)
+_CIFAR_MAX_MEMBERS = 64
+
+
+def _unsafe_member(member: tarfile.TarInfo, target: str) -> str | None:
+    """Why extracting ``member`` under ``target`` would be unsafe, or None."""
+    if hasattr(tarfile, "data_filter"):
+        try:
+            tarfile.data_filter(member, target)
+        except tarfile.FilterError as exc:
+            return str(exc)
+        return None
+    # NOTE: Pythons without extraction filters: the same rules, by hand
+    path = os.path.normpath(os.path.join(target, member.name))
+    if os.path.isabs(member.name) or os.path.commonpath([target, path]) != target:
+        return "a path outside the folder"
+    if not (member.isfile() or member.isdir()):
+        return "a link or special file"
+    return None
+
 
 def _extract_cifar(archive: str, data_dir: str) -> list[str]:
-    """Unpack only the six batch files of a verified archive into ``data_dir/cifar-10-batches-bin``."""
-    target = os.path.join(data_dir, CIFAR_SUBDIR)
-    os.makedirs(target, exist_ok=True)
+    """Unpack only the six batch files of a verified archive into ``data_dir/cifar-10-batches-bin``,
+    after checking every member (no path out of the folder, no links or devices, at most
+    :data:`_CIFAR_MAX_MEMBERS`) and that each batch has the size of one. The archive is removed
+    whether or not it unpacks."""
+    target = os.path.abspath(os.path.join(data_dir, CIFAR_SUBDIR))
+    expected = CIFAR_BATCH_RECORDS * _CIFAR_RECORD
     out = []
     try:
         with tarfile.open(archive, "r:gz") as tar:
+            members = {}
+            for i, member in enumerate(tar):
+                if i >= _CIFAR_MAX_MEMBERS:
+                    raise ValueError(f"more than {_CIFAR_MAX_MEMBERS} members")
+                why = _unsafe_member(member, os.path.dirname(target))
+                if why is not None:
+                    raise ValueError(f"member {member.name!r} is unsafe ({why})")
+                members[member.name] = member
             for fname in CIFAR_FILES:
-                member = tar.extractfile(f"{CIFAR_SUBDIR}/{fname}")
-                if member is None:
-                    raise ValueError(f"{archive}: {CIFAR_SUBDIR}/{fname} is not a regular file")
-                with replaced_atomically(os.path.join(target, fname), prefix=".extract-") as f:
-                    f.write(member.read())
+                member = members.get(f"{CIFAR_SUBDIR}/{fname}")
+                if member is None or not member.isfile():
+                    raise ValueError(f"{CIFAR_SUBDIR}/{fname} is missing or not a regular file")
+                if member.size != expected:
+                    raise ValueError(f"{CIFAR_SUBDIR}/{fname} has {member.size:,} bytes, a batch"
+                                     f" has {expected:,}")
+            os.makedirs(target, exist_ok=True)
+            for fname in CIFAR_FILES:
+                src = tar.extractfile(members[f"{CIFAR_SUBDIR}/{fname}"])
+                with replaced_atomically(os.path.join(target, fname)) as f:
+                    f.write(src.read(expected))
                 out.append(os.path.join(target, fname))
-    except (KeyError, tarfile.TarError) as exc:
-        raise ValueError(f"{archive}: not the CIFAR-10 binary archive ({exc})") from None
-    os.unlink(archive)
+    except (ValueError, EOFError, OSError, tarfile.TarError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise   # NOTE: the disk's error (full, read-only), not the archive's
+        raise ValueError(f"{archive}: not the CIFAR-10 binary archive ({exc}); it was"
+                         " removed") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(archive)
     return out
 
 
-__all__ = ["NAMES", "CLASSES", "NORMALIZE", "MIRRORS", "MIRRORS_ENV", "SHA256", "read_idx",
+__all__ = ["NAMES", "CLASSES", "NORMALIZE", "MIRRORS", "MIRRORS_ENV", "SHA256", "SIZES", "read_idx",
            "standardize",
            "read_cifar_batch", "mnist", "fashion_mnist", "cifar10", "read_image", "image_folder",
            "digits",

@@ -5,11 +5,21 @@ optimiser step), evaluates the validation set, records a history and can save a 
 after every epoch. Shuffling, augmentation and dropout-mask keys all draw from one host
 ``numpy.random.Generator``; its state is saved with the checkpoint, so a run resumed from epoch
 k ends with exactly the weights of the uninterrupted run.
+
+Ctrl-C (SIGINT) during ``fit`` stops it between two optimiser steps, never inside one: the first
+SIGINT is noted and the current step finishes; the state after it (weights, optimiser, generator,
+the position in the epoch) is saved to ``checkpoint`` and :class:`TrainingInterrupted` (a
+``KeyboardInterrupt``) is raised. A run resumed from that file continues with the next step and
+ends with exactly the weights of the uninterrupted run. A second Ctrl-C stops at once, saving
+nothing new. (Only where ``fit`` runs in the main thread with Python's default SIGINT handler;
+elsewhere a KeyboardInterrupt is not caught.)
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 
 import numpy as np
@@ -26,6 +36,67 @@ HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit` between two steps. ``path``: the checkpoint holding the state
+    after the last finished step (None when ``fit`` had no checkpoint path); ``epoch``: the
+    finished epochs; ``step``, ``steps``: the steps done of the next epoch, and its number of
+    steps."""
+
+    def __init__(self, path, epoch: int, step: int, steps: int):
+        self.path, self.epoch, self.step, self.steps = path, epoch, step, steps
+        where = (f"in epoch {epoch + 1} after step {step} of {steps}" if step
+                 else f"after epoch {epoch}")
+        saved = (f"the state after that {'step' if step else 'epoch'} is saved in {path}"
+                 if path is not None else "nothing was saved (no checkpoint path)")
+        super().__init__(f"interrupted {where}: {saved}")
+
+
+class _DeferredInterrupt:
+    """While active (main thread, Python's default SIGINT handler only), the first SIGINT sets
+    ``requested``, read by ``fit`` between steps; a second raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = self.forced = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def defer(self):
+        """A KeyboardInterrupt caught between steps (from a callback): stop at the next check,
+        unless it was the second Ctrl-C's."""
+        if self.forced:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _position_from(state: dict, n: int, batch_size: int, n_batches: int) -> dict | None:
+    """The checked position inside an unfinished epoch of a resumed checkpoint, or None."""
+    pos = state.get("position")
+    if not pos:
+        return None
+    if (pos.get("n"), pos.get("batch_size"), pos.get("steps")) != (n, batch_size, n_batches):
+        raise ValueError(f"{state.get('path')}: the run was interrupted at step {pos.get('step')}"
+                         f" of {pos.get('steps')} in epoch {pos.get('epoch')}, training on"
+                         f" {pos.get('n')} images in batches of {pos.get('batch_size')}; resume it"
+                         f" with the same data and batch size (got {n} images in batches of"
+                         f" {batch_size})")
+    return pos
 
 
 class History(dict):
@@ -325,10 +396,12 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
       many epochs in a row (needs ``val``; None: run every epoch). ``history.stopped_early``
       then holds the last epoch;
     - ``resume``: continue the run stored in a model from :func:`polycnn.load` (optimiser,
-      generator, epoch and history come from the checkpoint).
+      generator, epoch, history and, after a Ctrl-C, the position in the epoch come from the
+      checkpoint).
 
     A NaN or infinite loss raises :class:`TrainingDiverged`; the checkpoint of the last finished
-    epoch is left as it was.
+    epoch is left as it was. Ctrl-C raises :class:`TrainingInterrupted` after saving the state
+    after the last finished step to ``checkpoint`` (see the module doc).
     """
     x, y = _check_data(model, data, "data")
     if val is not None:
@@ -355,7 +428,7 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a pc.Augment (or a callable (x, rng) -> x), got {augment!r:.60}")
 
-    history, start = History(), 0
+    history, start, position = History(), 0, None
     if resume:
         state = getattr(model, "training_state", None)
         if not state or state.get("epoch") is None:
@@ -386,74 +459,120 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
     be = model.backend
     n = x.shape[0]
     n_batches = math.ceil(n / batch_size)
+    if resume:
+        position = _position_from(state, n, batch_size, n_batches)
 
     if early_stopping is not None and start > 0 and \
             history.epochs_without_improvement() >= early_stopping:
         # NOTE: a resumed run that had already stopped early stays stopped
         history.stopped_early = start
         return history
-    run_t0 = time.perf_counter()
-    model.train()
-    for epoch in range(start, epochs):
-        order = rng.permutation(n)
-        lr = optimizer.current_lr
-        seen, loss_sum, correct = 0, 0.0, 0
-        t0 = time.perf_counter()
-        for bi, (a, b) in enumerate(_batches(n, batch_size)):
-            idx = order[a:b]
-            xb = x[idx]
-            if augment is not None:
-                xb = augment(xb, rng)
-            logits = model(xb)
-            loss, dlogits = cross_entropy(be, logits, y[idx], label_smoothing)
-            if not math.isfinite(loss):
-                saved = checkpoint is not None and (epoch > start or resume)
-                kept = f"; the last good checkpoint (epoch {epoch}) is kept at {checkpoint}" if saved else ""
-                raise TrainingDiverged(
-                    f"the loss became {loss} at epoch {epoch + 1}, batch {bi + 1}/{n_batches}"
-                    f" (learning rate {optimizer.current_lr:g}); lower the learning rate{kept}")
-            # NOTE: counted before the backward pass: the loss has just waited for the device,
-            # and a copy to the host after the backward would wait for all of it (on a GPU the
-            # next batch's host work then overlaps this step's backward and update)
-            correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
-            model.backward(dlogits, input_grad=False)
-            optimizer.step()
-            seen += b - a
-            loss_sum += loss * (b - a)
+    with _DeferredInterrupt() as interrupt:
+        def stop_here(epoch, step, epoch_rng, lr, seen, loss_sum, correct, seconds):
+            if checkpoint is not None and step:
+                pos = {"epoch": epoch + 1, "step": step, "steps": n_batches, "n": n,
+                       "batch_size": batch_size, "epoch_rng": epoch_rng, "lr": lr, "seen": seen,
+                       "loss_sum": loss_sum, "correct": correct, "seconds": seconds}
+                _checkpoint.save(checkpoint, model, optimizer=optimizer, rng=rng, epoch=epoch,
+                                 history=history, metrics=history.last() or None, position=pos,
+                                 **(metadata or {}))
+            raise TrainingInterrupted(checkpoint, epoch, step, n_batches)
+
+        run_t0 = time.perf_counter()
+        steps_before = start * n_batches + (position["step"] if position else 0)
+        model.train()
+        for epoch in range(start, epochs):
+            if position is not None:
+                # NOTE: a run interrupted inside this epoch: its order from the generator's state
+                # at the epoch's start, its sums so far; the generator itself is where it was
+                epoch_rng = position["epoch_rng"]
+                order = np.random.default_rng()
+                order.bit_generator.state = epoch_rng
+                order = order.permutation(n)
+                lr, first = position["lr"], int(position["step"])
+                seen, loss_sum, correct = int(position["seen"]), float(position["loss_sum"]), \
+                    int(position["correct"])
+                t0 = time.perf_counter() - float(position["seconds"])
+                position = None
+            else:
+                epoch_rng = rng.bit_generator.state
+                order = rng.permutation(n)
+                lr, first = optimizer.current_lr, 0
+                seen, loss_sum, correct = 0, 0.0, 0
+                t0 = time.perf_counter()
+            for bi, (a, b) in enumerate(_batches(n, batch_size)):
+                if bi < first:
+                    continue
+                idx = order[a:b]
+                xb = x[idx]
+                if augment is not None:
+                    xb = augment(xb, rng)
+                logits = model(xb)
+                loss, dlogits = cross_entropy(be, logits, y[idx], label_smoothing)
+                if not math.isfinite(loss):
+                    saved = checkpoint is not None and (epoch > start or resume)
+                    kept = (f"; the last good checkpoint (epoch {epoch}) is kept at {checkpoint}"
+                            if saved else "")
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at epoch {epoch + 1}, batch {bi + 1}/{n_batches}"
+                        f" (learning rate {optimizer.current_lr:g}); lower the learning rate{kept}")
+                # NOTE: counted before the backward pass: the loss has just waited for the device,
+                # and a copy to the host after the backward would wait for all of it (on a GPU the
+                # next batch's host work then overlaps this step's backward and update)
+                correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
+                model.backward(dlogits, input_grad=False)
+                optimizer.step()
+                seen += b - a
+                loss_sum += loss * (b - a)
+                if callback is not None:
+                    now = time.perf_counter()
+                    elapsed = now - t0
+                    eta = (n_batches - bi - 1) * elapsed / (bi + 1)
+                    per_batch = (now - run_t0) / (epoch * n_batches + bi + 1 - steps_before)
+                    try:
+                        callback({"kind": "batch", "epoch": epoch + 1, "epochs": epochs,
+                                  "batch": bi + 1, "batches": n_batches, "loss": loss_sum / seen,
+                                  "accuracy": correct / seen,
+                                  "images_per_s": seen / elapsed if elapsed > 0 else float("nan"),
+                                  "eta_s": eta,
+                                  "run_eta_s": eta + (epochs - epoch - 1) * n_batches * per_batch})
+                    except KeyboardInterrupt:
+                        interrupt.defer()   # NOTE: the step is finished: stop as for SIGINT
+                if interrupt.requested:
+                    stop_here(epoch, bi + 1, epoch_rng, lr, seen, loss_sum, correct,
+                              time.perf_counter() - t0)
+            be.synchronize()
+            seconds = time.perf_counter() - t0
+            entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
+                     "val_loss": float("nan"), "val_accuracy": float("nan"), "lr": lr,
+                     "images_per_s": seen / seconds, "seconds": seconds}
+            if val is not None:
+                v = evaluate(model, val, label_smoothing=label_smoothing)
+                entry["val_loss"], entry["val_accuracy"] = v["loss"], v["accuracy"]
+            for k in HISTORY_KEYS:
+                history[k].append(entry[k])
+            best = val is not None and history.best_epoch() == epoch + 1
+            stop = early_stopping is not None and epoch + 1 < epochs and \
+                history.epochs_without_improvement() >= early_stopping
+            saved = dict(optimizer=optimizer, rng=rng, epoch=epoch + 1, history=history,
+                         metrics=entry, **(metadata or {}))
+            if checkpoint is not None:
+                _checkpoint.save(checkpoint, model, **saved)
+            if best and best_checkpoint is not None:
+                _checkpoint.save(best_checkpoint, model, **saved)
             if callback is not None:
-                now = time.perf_counter()
-                elapsed = now - t0
-                eta = (n_batches - bi - 1) * elapsed / (bi + 1)
-                per_batch = (now - run_t0) / ((epoch - start) * n_batches + bi + 1)
-                callback({"kind": "batch", "epoch": epoch + 1, "epochs": epochs, "batch": bi + 1,
-                          "batches": n_batches, "loss": loss_sum / seen, "accuracy": correct / seen,
-                          "images_per_s": seen / elapsed if elapsed > 0 else float("nan"),
-                          "eta_s": eta, "run_eta_s": eta + (epochs - epoch - 1) * n_batches * per_batch})
-        be.synchronize()
-        seconds = time.perf_counter() - t0
-        entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
-                 "val_loss": float("nan"), "val_accuracy": float("nan"), "lr": lr,
-                 "images_per_s": seen / seconds, "seconds": seconds}
-        if val is not None:
-            v = evaluate(model, val, label_smoothing=label_smoothing)
-            entry["val_loss"], entry["val_accuracy"] = v["loss"], v["accuracy"]
-        for k in HISTORY_KEYS:
-            history[k].append(entry[k])
-        best = val is not None and history.best_epoch() == epoch + 1
-        stop = early_stopping is not None and epoch + 1 < epochs and \
-            history.epochs_without_improvement() >= early_stopping
-        saved = dict(optimizer=optimizer, rng=rng, epoch=epoch + 1, history=history, metrics=entry,
-                     **(metadata or {}))
-        if checkpoint is not None:
-            _checkpoint.save(checkpoint, model, **saved)
-        if best and best_checkpoint is not None:
-            _checkpoint.save(best_checkpoint, model, **saved)
-        if callback is not None:
-            callback({"kind": "epoch", "epochs": epochs, **entry, "best": best, "stop": stop})
-        if stop:
-            history.stopped_early = epoch + 1
-            break
+                try:
+                    callback({"kind": "epoch", "epochs": epochs, **entry, "best": best,
+                              "stop": stop})
+                except KeyboardInterrupt:
+                    interrupt.defer()
+            if stop:
+                history.stopped_early = epoch + 1
+                break
+            if interrupt.requested and epoch + 1 < epochs:
+                stop_here(epoch + 1, 0, None, None, 0, 0.0, 0, 0.0)   # saved above already
     return history
 
 
-__all__ = ["fit", "evaluate", "predict", "History", "TrainingDiverged", "HISTORY_KEYS"]
+__all__ = ["fit", "evaluate", "predict", "History", "TrainingDiverged", "TrainingInterrupted",
+           "HISTORY_KEYS"]
