@@ -605,6 +605,8 @@ _CIFAR_MAX_MEMBERS = 64
 
 def _unsafe_member(member: tarfile.TarInfo, target: str) -> str | None:
     """Why extracting ``member`` under ``target`` would be unsafe, or None."""
+    if member.name.startswith(("/", "\\")) or os.path.isabs(member.name):
+        return "an absolute path"   # NOTE: the data filter would only strip the slash
     if hasattr(tarfile, "data_filter"):
         try:
             tarfile.data_filter(member, target)
