@@ -10,11 +10,13 @@ selects them.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from polycnn import parity
 from polycnn.backends import backend_names, get_backend
@@ -22,6 +24,28 @@ from polycnn.errors import BackendUnavailable
 
 #: backends that need a CUDA device: their parametrizations are marked ``gpu``
 GPU_BACKENDS = {"cupy"}
+
+# ---- hypothesis (tests/test_fuzz.py) -------------------------------------------------------
+#: "ci" (the default): a fixed budget, derandomized, so that every run tries the same cases;
+#: "long": ``pytest --hypothesis-profile=long tests/test_fuzz.py``, 100k random cases a test.
+#: NOTE: no example database (it would write a .hypothesis folder into the checkout); a failure
+#: prints the falsifying example and a ``@reproduce_failure`` blob instead.
+settings.register_profile("ci", max_examples=400, derandomize=True, deadline=None,
+                          database=None, print_blob=True)
+settings.register_profile("long", max_examples=100_000, deadline=None, database=None,
+                          print_blob=True)
+settings.load_profile("ci")  # hypothesis's pytest plugin loads --hypothesis-profile after this
+
+#: (op, backend name) -> fuzz cases run, printed at the end of the run
+FUZZ_CASES: collections.Counter = collections.Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        terminalreporter.section("fuzz cases run against the float64 oracle")
+        for (op, name), count in sorted(FUZZ_CASES.items()):
+            terminalreporter.write_line(f"{op:<10} {name:<9} {count:>7} cases")
+        terminalreporter.write_line(f"{'total':<20} {sum(FUZZ_CASES.values()):>7} cases")
 
 DTYPES = [np.float32, np.float64]
 
