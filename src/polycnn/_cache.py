@@ -118,7 +118,8 @@ def private_dir(path, what: str) -> Path:
             atexit.register(shutil.rmtree, found, ignore_errors=True)
             # NOTE: repr: a path from the environment may hold anything, escapes included
             print(f"polycnn: warning: the {what} cache folder{shown} {why}; using a private"
-                  f" temporary folder {str(found)!r} for this process (compiled code is not kept;"
-                  " remove or fix that folder to keep it)", file=sys.stderr, flush=True)
+                  f" temporary folder {str(found)!r} for this process (compiled code is kept"
+                  " between runs only in a folder that this user alone can write to)",
+                  file=sys.stderr, flush=True)
         _decided[key] = found
         return found

@@ -12,7 +12,8 @@ created: blocks below ``MMAP_THRESHOLD`` come from the heap, and up to ``TRIM_TH
 free memory stays there for the next step. The price is memory: a process may keep up to
 ``TRIM_THRESHOLD`` more than it uses. Nothing changes when the user has tuned malloc already
 (any of ``USER_SETTINGS`` set), when ``POLYCNN_KEEP_HEAP=0``, or on a C library other than
-glibc; :func:`describe` says which happened.
+glibc; :func:`describe` says which happened. ``POLYCNN_KEEP_HEAP`` takes 1 (the default) or 0;
+any other value changes nothing either, and is said once on stderr.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 import threading
 
 #: glibc's mallopt() parameter numbers (malloc.h)
@@ -41,8 +43,15 @@ _state: str | None = None
 
 
 def _decide() -> str:
-    if os.environ.get("POLYCNN_KEEP_HEAP", "1").strip() == "0":
+    keep = os.environ.get("POLYCNN_KEEP_HEAP", "").strip()
+    if keep == "0":
         return "glibc defaults (POLYCNN_KEEP_HEAP=0)"
+    if keep not in ("", "1"):
+        # NOTE: a warning, not an error: this tunes every CPU backend, numpy included
+        print(f"polycnn: warning: POLYCNN_KEEP_HEAP={keep!r} is not 0 or 1 (1 or unset: keep"
+              " freed blocks in the heap; 0: glibc's defaults); glibc's defaults are kept",
+              file=sys.stderr, flush=True)
+        return f"glibc defaults (POLYCNN_KEEP_HEAP={keep!r} is not 0 or 1)"
     tuned = [name for name in USER_SETTINGS if name in os.environ]
     if tuned:
         return f"left as the environment sets it ({', '.join(tuned)})"

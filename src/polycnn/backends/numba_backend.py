@@ -572,8 +572,14 @@ class NumbaBackend(Backend):
 
 def create() -> NumbaBackend:
     try:
-        return NumbaBackend()
+        import numba  # noqa: F401
     except ImportError as exc:
         raise BackendUnavailable(
             f"backend 'numba' needs numba ({exc}); install it with `pip install numba`"
         ) from exc
+    except ValueError as exc:  # NOTE: numba checks NUMBA_* variables (NUMBA_NUM_THREADS=0) here
+        numba_env = {k: v for k, v in os.environ.items() if k.startswith("NUMBA_")}
+        raise BackendUnavailable(
+            f"numba refused its settings from the environment ({exc}); NUMBA_* variables set:"
+            f" {numba_env}") from None
+    return NumbaBackend()
