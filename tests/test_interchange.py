@@ -19,7 +19,8 @@ from polycnn import models
 from polycnn.datasets_real import standardize
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'polycnn[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'polycnn[onnx]')")
+ort = pytest.importorskip("onnxruntime",
+                          reason="onnxruntime is not installed (pip install 'polycnn[onnx]')")
 st_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors is not installed")
 
 RTOL = 1e-5
@@ -29,7 +30,8 @@ def assert_close(got, want, what: str, rtol: float = RTOL):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
     err = float(np.max(np.abs(got.astype(np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
-    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}\n got {got.ravel()[:6]}\nwant {want.ravel()[:6]}"
+    assert err <= rtol, (f"{what}: relative error {err:.3g} > {rtol:g}\n got {got.ravel()[:6]}"
+                         f"\nwant {want.ravel()[:6]}")
 
 
 def ort_session(path):

@@ -18,4 +18,5 @@ def require(module: str, feature: str):
     except ImportError as exc:
         top = module.split(".")[0]
         raise MissingExtra(f"{feature} needs the {top!r} package, which is not installed"
-                           f" ({type(exc).__name__}: {exc}); install it with {EXTRA_HINT}") from None
+                           f" ({type(exc).__name__}: {exc}); install it with {EXTRA_HINT}"
+                           ) from None

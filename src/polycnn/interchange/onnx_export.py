@@ -73,7 +73,7 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
                          f" {out_shape} for input {shape}")
     names = _class_names(class_names, out_shape)
     mean_std = None if normalize is None else _mean_std(normalize, shape[0])
-    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}[model.dtype]
+    elem = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[model.dtype.name]
     to_numpy = model.backend.to_numpy
 
     nodes, inits = [], []
@@ -137,7 +137,8 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ValueError(f"the exported graph fails onnx.checker: {' '.join(str(exc).split())}") from None
+        raise ValueError(f"the exported graph fails onnx.checker:"
+                         f" {' '.join(str(exc).split())}") from None
     data = onnx_model.SerializeToString()
     path = os.fspath(path)
     with replaced_atomically(path) as f:

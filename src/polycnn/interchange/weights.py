@@ -150,7 +150,8 @@ def _name_mapping(names) -> Callable:
     if names is None:
         return lambda name: name
     if isinstance(names, Mapping):
-        if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in names.items()):
+        if not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                   for k, v in names.items()):
             raise TypeError("names must map names in the file to the model's names (strings, or"
                             " None to skip a tensor)")
         return lambda name: names.get(name, name)
@@ -207,7 +208,8 @@ def save_weights(model: Sequential, path) -> str:
     # from one run to the next when it has several keys
     meta = {"polycnn": json.dumps({"version": __version__, "architecture": model.spec()},
                                   sort_keys=True)}
-    arrays = {k: np.ascontiguousarray(model.backend.to_numpy(v)) for k, v in model.named_arrays().items()}
+    arrays = {k: np.ascontiguousarray(model.backend.to_numpy(v))
+              for k, v in model.named_arrays().items()}
     data = st_numpy.save(arrays, metadata=meta)
     path = os.fspath(path)
     with replaced_atomically(path) as f:
@@ -229,7 +231,8 @@ def load_weights(model: Sequential, path, names=None) -> Sequential:
     entries, _ = read_safetensors_header(path)
     if isinstance(names, str):
         if names != "torch":
-            raise ValueError(f"names must be None, 'torch', a dict or a function, got {names!r:.80}")
+            raise ValueError(f"names must be None, 'torch', a dict or a function,"
+                             f" got {names!r:.80}")
         mapping = _torch_mapping(model, entries, ordered=False, source=path)
     else:
         mapping = _name_mapping(names)
