@@ -18,7 +18,7 @@ from polycnn import datasets_real, limits, models
 from polycnn.datasets import CLASSES
 from polycnn.inputs import read_input
 
-from ._common import backend_option, echo_json, format_table, json_option
+from ._common import backend_option, check_output_file, echo_json, fail, format_table, json_option
 
 #: what `polycnn train` does with no options. Measured on the numpy backend, 2 cores: 99.95% test
 #: accuracy in 48-59 s wall (~1,000 training images/s); the history is the same on every machine
@@ -248,9 +248,38 @@ class _Progress:
                        f"{val}  {e['images_per_s']:,.0f} img/s  {e['seconds']:.1f} s")
 
 
-def _check_choice_int(value, name, lo):
+def _check_choice_int(value, name, lo, hi=None):
     if value is not None and value < lo:
         raise click.BadParameter(f"must be >= {lo}, got {value}", param_hint=name)
+    if value is not None and hi is not None and value > hi:
+        raise click.BadParameter(f"must be at most {hi:,}, got {value:,}", param_hint=name)
+
+
+#: --epochs above this is a typo, not a run (a day at 1 s an epoch)
+MAX_EPOCHS = 100_000
+
+
+def _check_out(out: str, resume: bool, force: bool) -> str:
+    """--out and its .best twin, before any data is made or any training starts: writable file
+    names (see check_output_file); an existing file is replaced only with --force (a new run)
+    and continued only with --resume. "Another run" is any file already there: polycnn does not
+    guess whether an existing checkpoint belongs to the run being started. Returns the twin."""
+    if resume and force:
+        raise click.UsageError("--force starts a new run over --out; --resume continues the run in"
+                               " it: choose one")
+    check_output_file(out, "--out")
+    best_out = best_checkpoint_path(out)
+    check_output_file(best_out, "--out (its best-epoch twin)")
+    if resume or force:
+        return best_out
+    if os.path.lexists(out):
+        raise click.BadParameter(f"{out} already exists; pass --force to replace it (and {best_out})"
+                                 " with a new run, or --resume to continue the run saved in it",
+                                 param_hint="--out")
+    if os.path.lexists(best_out):
+        raise click.BadParameter(f"{best_out}, where the best epoch of {out} goes, already exists;"
+                                 " pass --force to replace it with a new run", param_hint="--out")
+    return best_out
 
 
 #: one training sample of each data set with a fixed image size: (channels, height, width)
@@ -335,6 +364,9 @@ def _bounded_sizes(command):
               help=f"checkpoint written after every epoch (default {DEFAULT_OUT}, or DATASET.npz"
                    " for --dataset DATASET)")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out")
+@click.option("--force", is_flag=True,
+              help="replace --out and its .best twin if they exist (without it, train refuses to"
+                   " overwrite any existing file there; --resume continues it instead)")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
               help="learning rate over the run: cosine decay to 1% of --lr, step (divided by 10 after"
                    " each third), or constant")
@@ -350,14 +382,15 @@ def _bounded_sizes(command):
 @click.option("--quiet", "-q", is_flag=True, help="print only the final summary")
 @_bounded_sizes
 def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, data_dir, download,
-          model_name, image_size, channels, n_train, out, resume, schedule, warmup, patience, as_json,
-          json_lines, quiet):
+          model_name, image_size, channels, n_train, out, resume, force, schedule, warmup, patience,
+          as_json, json_lines, quiet):
     """Train a CNN; by default the tutorial's network on triangles, squares and circles.
 
     The shapes images are generated from --seed (no download); --dataset picks a real data set.
     The checkpoint in --out is updated after every epoch; `polycnn evaluate` and `polycnn
     predict` use it."""
-    _check_choice_int(epochs, "--epochs", 1)
+    _check_choice_int(epochs, "--epochs", 1, MAX_EPOCHS)
+    _check_choice_int(seed, "--seed", 0)
     if out is None:
         out = DEFAULT_OUT if dataset == "shapes" else f"{dataset}.npz"
     _check_choice_int(batch_size, "--batch-size", 1)
@@ -389,11 +422,13 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         raise click.BadParameter(f"the {dataset} data set needs no files", param_hint="--data-dir/--download")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
+    best_out = _check_out(out, resume, force)
     be = pc.get_backend(backend)
     t_start = time.perf_counter()
     if resume:
         ctx = click.get_current_context()
-        fixed = [f"--{name.replace('_', '-')}" for name in
+        flags = {param.name: param.opts[0] for param in ctx.command.params}
+        fixed = [flags[name] for name in
                  ("batch_size", "lr", "optimizer", "seed", "augment", "image_size", "n_train",
                   "dataset", "data_dir", "download", "model_name", "channels", "schedule", "warmup")
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
@@ -433,7 +468,8 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         else:
             sample = data["train"][0].shape[1:]
             classes = data.get("classes", CLASSES)
-            model = models.build(model_name, sample, len(classes), backend=be, seed=seed)
+            model = models.build(model_name, sample, len(classes), backend=be, seed=seed,
+                                 batch_size=batch_size)
             run.update(dataset=dataset, model=model_name, channels=int(sample[0]),
                        image_size=int(sample[1]), classes=list(classes),
                        normalize=data.get("normalize"))
@@ -445,7 +481,6 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
     classes = run.get("classes", list(CLASSES))
     dataset = run.get("dataset", "shapes")
     progress = _Progress(quiet, as_json, json_lines)
-    best_out = best_checkpoint_path(out)
     if progress.lines:
         what = "resuming" if resume else "training"
         names = ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
@@ -495,17 +530,49 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
     }
     if as_json or json_lines:
         echo_json(summary)
-        return
+    else:
+        _print_summary(summary, history, test, run, be, out, best_out)
+    problem = _non_finite_losses(history, test, best_out)
+    if problem:
+        fail(problem, 1)
+
+
+def _print_summary(summary, history, test, run, be, out, best_out) -> None:
+    best = history.best_epoch()
     if history.stopped_early is not None:
         click.echo(f"stopped early after epoch {history.stopped_early}: the validation loss has not"
-                   f" improved for {run['patience']} epochs (best: epoch {history.best_epoch()})")
+                   f" improved for {run['patience']} epochs (best: epoch {best})")
     per_class = ", ".join(f"{c} {a:.1%}" for c, a in summary["per_class_accuracy"].items())
     click.echo(f"test accuracy {test['accuracy']:.2%} on {test['n']:,} held-out images ({per_class});"
                f" test loss {test['loss']:.4f}")
-    click.echo(f"trained {run['epochs']} epochs in {train_seconds:.1f} s ({summary['images_per_s']:,.0f}"
-               f" img/s on {be.name}); {total:.1f} s in all")
-    click.echo(f"checkpoint saved to {out}  (try: polycnn evaluate {out}); the epoch with the lowest"
-               f" validation loss ({history.best_epoch()}) is in {best_out}")
+    click.echo(f"trained {run['epochs']} epochs in {summary['train_seconds']:.1f} s"
+               f" ({summary['images_per_s']:,.0f} img/s on {be.name});"
+               f" {summary['total_seconds']:.1f} s in all")
+    kept = (f"the epoch with the lowest validation loss ({best}) is in {best_out}" if best is not None
+            else "no epoch had a finite validation loss")
+    click.echo(f"checkpoint saved to {out}  (try: polycnn evaluate {out}); {kept}")
+
+
+def _non_finite_losses(history, test: dict, best_out: str) -> str | None:
+    """What makes the run's results untrustworthy (exit 1): a NaN or infinite validation loss
+    in any epoch (such an epoch is never the best and counts against --patience), or test loss.
+    The training loss is checked by fit itself (TrainingDiverged)."""
+    bad = [(int(e), v) for e, v in zip(history["epoch"], history["val_loss"]) if not math.isfinite(v)]
+    parts = []
+    if bad:
+        shown = ", ".join(f"{e} ({v})" for e, v in bad[:5]) + (
+            f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        parts.append(f"the validation loss was not finite in epoch{'s' if len(bad) > 1 else ''}"
+                     f" {shown}")
+    if not math.isfinite(test["loss"]):
+        parts.append(f"the test loss is {test['loss']}")
+    if not parts:
+        return None
+    best = history.best_epoch()
+    kept = (f"the best epoch with a finite validation loss ({best}) is in {best_out}"
+            if best is not None else "no epoch had a finite validation loss")
+    return (f"{' and '.join(parts)}: the model's outputs hold NaN or inf, so this run's results"
+            f" cannot be trusted; {kept}")
 
 
 def _file_stamp(path: str):
@@ -527,6 +594,7 @@ def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False):
     model = pc.load(checkpoint, backend=backend)
     meta = model.training_state["metadata"]
     run = _stored_run(meta.get("run"), checkpoint, model, data_dir, needs_data)
+    limits.check_model(model.layers, checkpoint, (run["channels"], run["image_size"], run["image_size"]))
     classes = meta.get("classes") or run.get("classes")
     if classes is None:
         classes = [str(i) for i in range(model.layers[-1].out_features)]

@@ -30,7 +30,11 @@ def _data(n, seed):
     ([3.0, 2.0, 2.5, 1.9, 2.0, 2.1], 4, 2),
     ([1.0, 1.0, 1.0], 1, 2),                  # equal is not better
     ([2.0, 1.0], 2, 0),
-    ([float("nan")] * 3, None, 0),            # no validation data
+    ([float("nan")] * 3, None, 3),            # no finite loss: every epoch is "not better"
+    ([2.0, float("nan"), float("nan")], 1, 2),  # NaN is never better
+    ([float("nan"), 2.0, float("inf")], 2, 1),
+    ([float("nan"), float("-inf"), 3.0], 3, 0),
+    ([], None, 0),
 ])
 def test_history_best_epoch(val_loss, best, waited):
     h = History({"epoch": list(range(1, len(val_loss) + 1)), "val_loss": val_loss})
@@ -91,3 +95,36 @@ def test_fit_rejects_bad_long_run_options(kwargs, message):
         kwargs["val"] = _data(8, 1)
     with pytest.raises(ValueError, match=message):
         pc.fit(_tiny(), _data(16, 0), epochs=1, **kwargs)
+
+
+@pytest.mark.parametrize("val_losses, stopped, best_flags, best_epoch", [
+    # patience 2: a NaN or inf validation loss is never better, so it counts as waiting
+    ([2.0, float("nan"), float("inf"), 1.0], 3, [True, False, False], 1),
+    # no finite loss at all: nothing is ever best, and patience still runs out
+    ([float("nan")] * 4, 2, [False, False], None),
+    # a finite loss after NaN is an improvement again
+    ([float("nan"), 2.0, float("nan"), 1.5], None, [False, True, False, True], 4),
+])
+def test_nan_validation_loss_is_not_better(val_losses, stopped, best_flags, best_epoch, tmp_path,
+                                           monkeypatch):
+    import polycnn.training as training
+
+    real_evaluate = training.evaluate
+    losses = iter(val_losses)
+
+    def evaluate(model, data, **kwargs):
+        return dict(real_evaluate(model, data, **kwargs), loss=next(losses))
+
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    model = _tiny()
+    events = []
+    best = tmp_path / "best.npz"
+    h = pc.fit(model, _data(32, 0), epochs=4, batch_size=16, val=_data(16, 1), seed=0,
+               early_stopping=2, best_checkpoint=str(best), callback=events.append)
+    assert h.stopped_early == stopped
+    assert [e["best"] for e in events if e["kind"] == "epoch"] == best_flags
+    assert h.best_epoch() == best_epoch
+    if best_epoch is None:
+        assert not best.exists()
+    else:
+        assert read(best)[0]["epoch"] == best_epoch

@@ -123,9 +123,14 @@ class History(dict):
         return int(self["epoch"][int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))])
 
     def epochs_without_improvement(self) -> int:
-        """Epochs recorded after the best validation loss (0 when the last one is the best)."""
+        """Epochs recorded after the best validation loss (0 when the last one is the best). A
+        NaN or infinite validation loss is never an improvement: with no finite one yet, every
+        recorded epoch counts."""
+        if not self["epoch"]:
+            return 0
         best = self.best_epoch()
-        return 0 if best is None else int(self["epoch"][-1]) - best
+        first = int(self["epoch"][0]) - 1
+        return int(self["epoch"][-1]) - (first if best is None else best)
 
 
 def _check_data(model, data, name: str, pixels: bool = False):
