@@ -22,7 +22,8 @@ from hostile import run_cli, run_python, snapshot
 EMU_TINY = """
 import numpy as np
 from polycnn.backends._cuda_emu import runtime, standin
-src = 'extern "C" __global__ void fill_float(float* o, int n) { if (threadIdx.x < n) o[threadIdx.x] = 2.0f; }'
+src = ('extern "C" __global__ void fill_float(float* o, int n)'
+       ' { if (threadIdx.x < n) o[threadIdx.x] = 2.0f; }')
 out = standin.zeros(3, dtype=np.float32)
 runtime.load(src).kernels["fill_float"]((1,), (4,), (out, np.int32(3)))
 assert standin.asnumpy(out).tolist() == [2.0, 2.0, 2.0]
@@ -134,7 +135,7 @@ def test_hostile_environment(tmp_path, name):
         out = run_python(case.code, env=env, cwd=work)
         assert out.rc == 0 and "Traceback" not in out.stderr and "ok" in out.stdout, str(out)
         warnings = [line for line in out.stderr.splitlines() if "warning" in line]
-        assert len(warnings) == (1 if needles else 0), f"expected {len(needles) and 1} warning:\n{out}"
+        assert len(warnings) == (1 if needles else 0), f"expected {bool(needles):d} warning:\n{out}"
         for needle in needles:
             assert needle in warnings[0], f"the warning misses {needle!r}:\n{out}"
         assert "private temporary folder" in "".join(warnings) or not needles, str(out)
