@@ -22,10 +22,22 @@ def _input_shape(text: str | None, run: dict | None, checkpoint: str):
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"--input-shape must be C,H,W (three positive ints), got {text!r}")
         return shape
-    if run is None or "channels" not in run or "image_size" not in run:
+    if not isinstance(run, dict) or "channels" not in run or "image_size" not in run:
         raise ValueError(f"{checkpoint} does not say its input size (not written by `polycnn"
                          " train`); pass --input-shape C,H,W")
-    return (int(run["channels"]), int(run["image_size"]), int(run["image_size"]))
+    c, size = run["channels"], run["image_size"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (c, size)):
+        raise ValueError(f"{checkpoint}: the checkpoint's run settings give channels {c!r:.40} and"
+                         f" image_size {size!r:.40}, expected positive ints; pass --input-shape C,H,W")
+    return (c, size, size)
+
+
+def _class_names(meta: dict, run, checkpoint: str):
+    names = meta.get("classes") or (run.get("classes") if isinstance(run, dict) else None)
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{checkpoint}: the checkpoint's class names {names!r:.80} are not a list"
+                         " of strings")
+    return names
 
 
 @click.command()
@@ -51,6 +63,9 @@ def export(checkpoint, output, force, softmax, input_shape, opset):
         raise ValueError(f"--opset {opset}: polycnn writes ONNX opset {OPSET} only")
     if ext != ".onnx" and (softmax or input_shape is not None):
         raise ValueError(f"--softmax and --input-shape apply to .onnx output only, not {output}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{output}: the folder {folder} does not exist")
     if os.path.isdir(output):
         raise IsADirectoryError(f"{output} is a folder; give a file name ending in {ext}")
     if os.path.lexists(output) and not force:
@@ -63,8 +78,8 @@ def export(checkpoint, output, force, softmax, input_shape, opset):
     try:
         if ext == ".onnx":
             shape = _input_shape(input_shape, run, checkpoint)
-            normalize = None if run is None else run.get("normalize")
-            export_onnx(model, output, shape, class_names=meta.get("classes"),
+            normalize = run.get("normalize") if isinstance(run, dict) else None
+            export_onnx(model, output, shape, class_names=_class_names(meta, run, checkpoint),
                         normalize=normalize, softmax=softmax)
             what = (f"input (batch, {', '.join(map(str, shape))})"
                     f"{' normalised in the graph' if normalize else ''},"

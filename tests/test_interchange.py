@@ -305,10 +305,11 @@ def test_torch_mismatches_are_all_reported(torch):
 
 # ---- the command line ----------------------------------------------------------------------
 
-def _checkpoint(folder, normalize=None):
-    """A checkpoint with the metadata `polycnn train` writes (run and classes)."""
+def _checkpoint(folder, normalize=None, **bad):
+    """A checkpoint with the metadata `polycnn train` writes (run and classes); ``bad``
+    replaces run settings."""
     model = randomize(models.shapes_cnn((1, 8, 8), 10, backend="numpy"))
-    run = {"dataset": "digits", "channels": 1, "image_size": 8, "normalize": normalize}
+    run = {"dataset": "digits", "channels": 1, "image_size": 8, "normalize": normalize, **bad}
     classes = [str(i) for i in range(10)]
     path = os.path.join(folder, "digits.npz")
     model.save(path, run=run, classes=classes)
@@ -459,13 +460,18 @@ CLI_CASES = {
     "missing-onnx-extra": (["m.onnx"], _fake_onnx, ["onnx", "pip install 'polycnn[onnx]'"]),
     "checkpoint-not-npz": (["m.onnx"], None, ["garbage.npz", "not a polycnn checkpoint"]),
     "checkpoint-missing": (["m.onnx"], None, ["nothere.npz", "not found"]),
+    "output-folder-missing": (["no/such/m.onnx"], None, ["no/such/m.onnx", "does not exist"]),
+    "stored-size-not-an-int": (["m.onnx"], None, ["image_size '8'", "--input-shape"]),
+    "stored-normalize-wrong": (["m.onnx"], None, ["normalize", "one value per channel"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_cli_export_bad_input(case, tmp_path):
     args, make_env, needles = CLI_CASES[case]
-    ckpt, _ = _checkpoint(tmp_path)
+    bad = {"stored-size-not-an-int": {"image_size": "8"},
+           "stored-normalize-wrong": {"normalize": [[0.1, 0.2], [0.3, 0.4]]}}.get(case, {})
+    ckpt, _ = _checkpoint(tmp_path, **bad)
     if case == "checkpoint-not-npz":
         ckpt = _write(tmp_path, "garbage.npz", b"not a zip at all" * 10)
     if case == "checkpoint-missing":
