@@ -421,6 +421,10 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict of JSON-ready values, got {type(metadata).__name__}")
+    for name, path in (("checkpoint", checkpoint), ("best_checkpoint", best_checkpoint)):
+        # NOTE: checked now, not when the first epoch's work is done and the save fails
+        if path is not None and not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
+            raise TypeError(f"{name} must be a file path (str or os.PathLike), got {path!r:.60}")
     if early_stopping is not None:
         early_stopping = _positive(early_stopping, "early_stopping")
     for name, wanted in (("early_stopping", early_stopping), ("best_checkpoint", best_checkpoint)):
