@@ -85,6 +85,7 @@ CASES = [
     ("fit-label-smoothing-string", 'pc.fit(m, (x, y), label_smoothing="0.1", checkpoint=ck)', TypeError,
      ["label_smoothing"]),
     ("fit-seed-negative", "pc.fit(m, (x, y), seed=-1, checkpoint=ck)", ValueError, ["seed", "-1"]),
+    ("fit-checkpoint-number", "pc.fit(m, (x, y), checkpoint=123)", TypeError, ["checkpoint", "123"]),
     # ---- predict / evaluate -------------------------------------------------------------------
     ("predict-inf", 'x[1:3, 0, 0, 0] = np.inf\npc.predict(m, x)', ValueError, ["x holds 2 NaN or infinite", "(1, 0, 0, 0)"]),
     ("predict-complex", "pc.predict(m, x.astype(np.complex64))", TypeError, ["x is complex"]),
