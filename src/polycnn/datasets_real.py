@@ -327,9 +327,10 @@ def read_image(path, image_size: int, channels: int = 3) -> np.ndarray:
     limits.regular_file(path, "image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # NOTE: our own, lower limit below says it better than Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ValueError(f"{path}: refused to decode the image: {exc}") from None
     except (Unidentified, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None

@@ -200,10 +200,10 @@ def sample_bytes(layers, input_shape, itemsize: int = 4) -> int:
     return total * itemsize
 
 
-def check_model(layers, what: str, input_shape=None, itemsize: int = 4) -> int:
+def check_model(layers, what: str, input_shape=None, batch: int = 1, itemsize: int = 4) -> int:
     """Check the layer count and the bytes the parameters (with their gradients and two
-    optimiser buffers each) and, given ``input_shape``, one sample's activations would take;
-    returns the parameters' bytes."""
+    optimiser buffers each) and, given ``input_shape``, a ``batch`` of inputs' activations would
+    take; returns the parameters' bytes."""
     if len(layers) > MAX_LAYERS:
         raise ValueError(f"{what}: {len(layers):,} layers, over the limit of {MAX_LAYERS:,}")
     params = sum(math.prod(s) for s in model_arrays(layers).values()) * itemsize
@@ -213,7 +213,8 @@ def check_model(layers, what: str, input_shape=None, itemsize: int = 4) -> int:
             per_sample = sample_bytes(layers, input_shape, itemsize)
         except ValueError:  # NOTE: the layers do not fit the input; the caller says so better
             return params
-        check_memory(what, f"one input of shape {tuple(input_shape)}", per_sample + params * 4)
+        inputs = "one input" if batch == 1 else f"a batch of {batch:,} inputs"
+        check_memory(what, f"{inputs} of shape {tuple(input_shape)}", batch * per_sample + params * 4)
     return params
 
 

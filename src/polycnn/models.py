@@ -118,10 +118,10 @@ def layers_from_spec(layers, what: str = "model spec") -> list:
     return built
 
 
-def _sequential(layers, input_shape, what: str, **kwargs) -> Sequential:
-    """``Sequential(*layers)`` after checking what its parameters and one input of
+def _sequential(layers, input_shape, what: str, batch_size: int = 1, **kwargs) -> Sequential:
+    """``Sequential(*layers)`` after checking what its parameters and a batch of inputs of
     ``input_shape`` would take (nothing is allocated before)."""
-    limits.check_model(layers, what, input_shape)
+    limits.check_model(layers, what, input_shape, batch_size)
     try:
         return Sequential(*layers, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -129,28 +129,33 @@ def _sequential(layers, input_shape, what: str, **kwargs) -> Sequential:
 
 
 def from_spec(layers, input_shape, classes: int, backend=None, seed: int = 0,
-              what: str = "model spec") -> Sequential:
-    """A model from a list of ``{"type": ..., "config": {...}}`` (or ``{"layers": [...]}``)."""
+              what: str = "model spec", batch_size: int = 1) -> Sequential:
+    """A model from a list of ``{"type": ..., "config": {...}}`` (or ``{"layers": [...]}``);
+    ``batch_size``: the inputs of one step, whose activations must fit the memory limit."""
     built = layers_from_spec(layers, what)
-    model = _sequential(built, input_shape, what, backend=backend, seed=seed, dtype="float32")
+    model = _sequential(built, input_shape, what, batch_size, backend=backend, seed=seed,
+                        dtype="float32")
     return _check_output(model, input_shape, classes, what)
 
 
-def from_file(path, input_shape, classes: int, backend=None, seed: int = 0) -> Sequential:
+def from_file(path, input_shape, classes: int, backend=None, seed: int = 0,
+              batch_size: int = 1) -> Sequential:
     """A model from a JSON file (see :func:`from_spec`), at most :data:`limits.MAX_JSON_BYTES`
     long and :data:`limits.MAX_JSON_DEPTH` deep."""
     path = os.fspath(path)
     layers = limits.read_json_file(path, "model spec file")
-    return from_spec(layers, input_shape, classes, backend, seed, what=path)
+    return from_spec(layers, input_shape, classes, backend, seed, what=path, batch_size=batch_size)
 
 
-def build(name_or_path: str, input_shape, classes: int, backend=None, seed: int = 0) -> Sequential:
-    """A preset by name, or a model from a ``.json`` file."""
+def build(name_or_path: str, input_shape, classes: int, backend=None, seed: int = 0,
+          batch_size: int = 1) -> Sequential:
+    """A preset by name, or a model from a ``.json`` file (checked for ``batch_size`` inputs a
+    step)."""
     if name_or_path in PRESETS:
         model = PRESETS[name_or_path](input_shape, classes, backend=backend, seed=seed)
         return _check_output(model, input_shape, classes, f"model {name_or_path}")
     if name_or_path.lower().endswith(".json"):
-        return from_file(name_or_path, input_shape, classes, backend, seed)
+        return from_file(name_or_path, input_shape, classes, backend, seed, batch_size)
     raise ValueError(f"unknown model {name_or_path!r}; choose a preset ({', '.join(PRESETS)})"
                      " or a .json file with a list of layers")
 

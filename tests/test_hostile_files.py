@@ -1,0 +1,435 @@
+"""Hostile files and sizes: every reader checks what a file or option claims before it allocates.
+
+Each case of :data:`CASES` prepares files in its own folder and runs ``polycnn`` there in a child
+process (``hostile.run_cli``): it must exit 2 with one ``error:`` line naming the file or option
+and what it claims, stay under 1 GiB of peak memory, never hang (FIFOs), and leave the folder as
+it was (no checkpoint, no data folder, nothing downloaded). The bombs are real: a few MB on disk
+that would decompress to about 1 GiB or more if anything read them whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+import shutil
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+
+import polycnn as pc
+from hostile import run_cli, snapshot
+from polycnn import checkpoint, limits
+
+#: a run as `polycnn train` stores it, for a 3x16x16 shapes model
+SHAPES_RUN = {"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0,
+              "augment": False, "image_size": 16, "channels": 3, "n_train": 30, "n_val": 6,
+              "n_test": 9, "schedule": "cosine", "warmup": None, "patience": None}
+#: the same for MNIST, trained from a folder that the case removes
+MNIST_RUN = dict(SHAPES_RUN, image_size=28, channels=1, n_train=None, dataset="mnist",
+                 model="lenet5", download=True, classes=[str(i) for i in range(10)],
+                 normalize=[[0.1307], [0.3081]])
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Valid checkpoints to alter, and the bombs (made once: each takes about a second)."""
+    folder = tmp_path_factory.mktemp("hostile-base")
+    shapes = pc.models.tutorial((3, 16, 16), 3, backend="numpy")
+    checkpoint.save(folder / "shapes.npz", shapes, epoch=1, run=SHAPES_RUN,
+                    classes=["triangle", "square", "circle"])
+    mnist = pc.models.lenet5((1, 28, 28), 10, backend="numpy")
+    checkpoint.save(folder / "mnist.npz", mnist, epoch=1, run=MNIST_RUN, classes=MNIST_RUN["classes"])
+    _png(folder / "bomb.png", 12000, 12000)
+    with gzip.open(folder / "idx-bomb.gz", "wb", compresslevel=1) as f:
+        f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28))
+        for _ in range(20):  # 320 MiB of zeros after a header that says 47 MB
+            f.write(bytes(16 << 20))
+    return folder
+
+
+def _png(path, width, height):
+    """A greyscale PNG of one colour, written row block by row block (never whole in memory)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row, parts = zlib.compressobj(1), b"\0" * (width + 1), []
+    for _ in range(0, height, 1000):
+        parts.append(z.compress(row * min(1000, height)))
+    parts.append(z.flush())
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
+        f.write(chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def _altered(src, dest, meta_edit=None, arrays_edit=None, resum=True):
+    """A copy of checkpoint ``src`` with its metadata and arrays changed (checksum updated)."""
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("__meta__").tobytes())
+    meta = copy.deepcopy(meta)
+    if meta_edit:
+        meta_edit(meta)
+    if arrays_edit:
+        arrays_edit(arrays)
+    if resum:
+        meta["sha256"] = checkpoint._digest(arrays)
+    np.savez(dest, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def _npz_with_member(src, dest, name, header: dict, zeros: int):
+    """Checkpoint ``src`` with member ``name`` replaced by an .npy ``header`` and ``zeros``
+    bytes of data, streamed into the archive."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED,
+                                                      compresslevel=1) as zout:
+        for info in zin.infolist():
+            if info.filename != name:
+                zout.writestr(info.filename, zin.read(info))
+        with zout.open(name, "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            block = bytes(16 << 20)
+            for start in range(0, zeros, len(block)):
+                f.write(block[:min(len(block), zeros - start)])
+
+
+def _npy_header(path, shape, descr="<f4", data=b""):
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False,
+                                                 "shape": shape})
+        f.write(data)
+
+
+def _idx_files(folder, images=None, raw=False):
+    """The four MNIST names in ``folder``: train images from ``images`` (bytes), others empty."""
+    folder.mkdir(exist_ok=True)
+    ext = "" if raw else ".gz"
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / (name + ext)).write_bytes(b"")
+    if images is not None:
+        (folder / ("train-images-idx3-ubyte" + ext)).write_bytes(images)
+
+
+def _layers_json(path, layers):
+    path.write_text(json.dumps(layers))
+
+
+#: id -> function(folder, base) -> (arguments of polycnn, words the error names[, paths that
+#: must not exist afterwards]); every case runs with --backend numpy in ``folder``
+CASES = {}
+
+
+def case(fn):
+    CASES[fn.__name__.replace("_", "-")] = fn
+    return fn
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+@case
+def checkpoint_zip_bomb(d, base):
+    # 4 MB on disk, 1 GiB of zeros where the architecture says (16, 3, 3, 3)
+    _npz_with_member(base / "shapes.npz", d / "ck.npz", "model.0.weight.npy",
+                     {"descr": "<f4", "fortran_order": False, "shape": (16384, 16384)}, 1 << 30)
+    return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "(16384, 16384)", "(16, 3, 3, 3)"]
+
+
+@case
+def checkpoint_metadata_bomb(d, base):
+    _npz_with_member(base / "shapes.npz", d / "ck.npz", "__meta__.npy",
+                     {"descr": "|u1", "fortran_order": False, "shape": (200_000_000,)}, 200_000_000)
+    return ["evaluate", "ck.npz"], ["ck.npz", "__meta__", "200,000,000 bytes"]
+
+
+@case
+def checkpoint_100000x100000_layer(d, base):
+    def edit(meta):
+        meta["model"]["layers"][-1]["config"].update(in_features=100000, out_features=100000)
+    _altered(base / "shapes.npz", d / "ck.npz", edit)
+    return ["evaluate", "ck.npz"], ["ck.npz", "architecture", "parameters of 10,000,"]
+
+
+@case
+def checkpoint_array_not_in_architecture(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz",
+             arrays_edit=lambda a: a.update({"model.99.weight": np.zeros(3, np.float32)}))
+    return ["evaluate", "ck.npz"], ["ck.npz", "model.99.weight", "not part of"]
+
+
+@case
+def checkpoint_array_wrong_shape(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz",
+             arrays_edit=lambda a: a.update({"model.0.weight": np.zeros((16, 3, 5, 5), np.float32)}))
+    return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "(16, 3, 5, 5)", "(16, 3, 3, 3)"]
+
+
+@case
+def checkpoint_metadata_nested_too_deep(d, base):
+    deep = []
+    for _ in range(40):
+        deep = [deep]
+    _altered(base / "shapes.npz", d / "ck.npz", lambda m: m.update(history=deep))
+    return ["evaluate", "ck.npz"], ["ck.npz", "metadata", "nested more than 32"]
+
+
+@case
+def stored_n_test_1e8(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(n_test=100_000_000))
+    return ["evaluate", "ck.npz"], ["ck.npz", "100,000,000 test images", "GiB"]
+
+
+@case
+def stored_n_test_float(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz", lambda m: m["metadata"]["run"].update(n_test=1e8))
+    return ["evaluate", "ck.npz"], ["ck.npz", "run setting n_test", "100000000.0", "expected an int"]
+
+
+@case
+def stored_image_size_string(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(image_size="4096"))
+    np.save(d / "x.npy", np.zeros((3, 16, 16), np.float32))
+    return ["predict", "ck.npz", "x.npy"], ["ck.npz", "image_size", "'4096'"]
+
+
+@case
+def stored_data_dir_missing_evaluate(d, base):
+    gone = d / "gone"
+    _altered(base / "mnist.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(data_dir=str(gone), download=True))
+    return ["evaluate", "ck.npz"], ["ck.npz", str(gone), "does not exist"], [gone]
+
+
+@case
+def stored_data_dir_missing_resume(d, base):
+    gone = d / "gone"
+    _altered(base / "mnist.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(data_dir=str(gone), download=True))
+    return ["train", "--resume", "--out", "ck.npz", "--epochs", "3"], \
+        ["ck.npz", str(gone), "does not exist"], [gone]
+
+
+@case
+def evaluate_n_test_1e9(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    return ["evaluate", "ck.npz", "--n-test", str(10**9)], ["--n-test 1000000000",
+                                                            "1,000,000,000 test images"]
+
+
+# ---- data files -------------------------------------------------------------------------------
+@case
+def idx_gzip_bomb(d, base):
+    _idx_files(d / "mnist", (base / "idx-bomb.gz").read_bytes())
+    return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
+        ["train-images-idx3-ubyte.gz", "(60000, 28, 28)", "trailing data"]
+
+
+@case
+def idx_header_claims_4e9_images(d, base):
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 4_000_000_000, 28, 28)
+    _idx_files(d / "mnist", gzip.compress(header + bytes(1000)))
+    return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
+        ["train-images-idx3-ubyte.gz", "(4000000000, 28, 28)", "memory"]
+
+
+@case
+def idx_header_claims_more_than_the_file(d, base):
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28)
+    _idx_files(d / "mnist", header + bytes(1000), raw=True)
+    return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
+        ["train-images-idx3-ubyte", "1,000 data bytes", "47,040,000", "truncated"]
+
+
+@case
+def idx_truncated_gzip(d, base):
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 100, 28, 28)
+    pixels = np.random.default_rng(0).integers(0, 256, 100 * 784, dtype=np.uint8).tobytes()
+    _idx_files(d / "mnist", gzip.compress(header + pixels)[:-200])
+    return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
+        ["train-images-idx3-ubyte.gz", "not a complete gzip file"]
+
+
+@case
+def cifar_batch_wrong_size(d, base):
+    folder = d / "cifar"
+    folder.mkdir()
+    for name in ("data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+                 "data_batch_5.bin", "test_batch.bin"):
+        with open(folder / name, "wb") as f:
+            f.truncate(30_730_000 if name != "data_batch_1.bin" else 30_730_001)  # sparse
+    return ["train", "--dataset", "cifar10", "--data-dir", "cifar"], \
+        ["data_batch_1.bin", "30,730,001 bytes", "30,730,000"]
+
+
+@case
+def png_bomb_predict(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    shutil.copy(base / "bomb.png", d / "bomb.png")
+    return ["predict", "ck.npz", "bomb.png"], ["bomb.png", "144,000,000 pixels"]
+
+
+@case
+def png_bomb_in_image_folder(d, base):
+    for cls in ("a", "b"):
+        (d / "pics" / cls).mkdir(parents=True)
+        _png(d / "pics" / cls / "ok.png", 8, 8)
+    shutil.copy(base / "bomb.png", d / "pics" / "a" / "bomb.png")
+    return ["train", "--dataset", "folder", "--data-dir", "pics", "--image-size", "16"], \
+        ["bomb.png", "144,000,000 pixels"]
+
+
+# ---- predict's inputs -------------------------------------------------------------------------
+@case
+def npy_header_claims_1e9_images(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    _npy_header(d / "x.npy", (10**9, 3, 16, 16), data=bytes(4096))
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "(1000000000, 3, 16, 16)", "memory"]
+
+
+@case
+def npy_empty_file(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    (d / "x.npy").write_bytes(b"")
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "not a readable .npy array"]
+
+
+@case
+def npy_truncated(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    _npy_header(d / "x.npy", (5, 3, 16, 16), data=bytes(100))
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "100 of 15,360 bytes", "truncated"]
+
+
+@case
+def npy_object_array(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    _npy_header(d / "x.npy", (3, 16, 16), descr="|O")
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "Python objects"]
+
+
+@case
+def fifo_input(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    os.mkfifo(d / "x.npy")
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "FIFO", "not a regular file"]
+
+
+@case
+def fifo_checkpoint(d, base):
+    os.mkfifo(d / "ck.npz")
+    return ["evaluate", "ck.npz"], ["ck.npz", "FIFO", "not a regular file"]
+
+
+@case
+def fifo_model_json(d, base):
+    os.mkfifo(d / "m.json")
+    return ["train", "--dataset", "digits", "--model", "m.json"], ["m.json", "FIFO"]
+
+
+@case
+def directory_input(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    (d / "x.npy").mkdir()
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "a directory", "not a regular file"]
+
+
+@case
+def directory_checkpoint(d, base):
+    (d / "ck.npz").mkdir()
+    return ["evaluate", "ck.npz"], ["ck.npz", "a directory", "not a regular file"]
+
+
+# ---- model JSON -------------------------------------------------------------------------------
+@case
+def model_json_too_deep(d, base):
+    (d / "m.json").write_text("[" * 100_000 + "]" * 100_000)
+    return ["train", "--dataset", "digits", "--model", "m.json"], ["m.json", "nested more than 32"]
+
+
+@case
+def model_json_too_big(d, base):
+    (d / "m.json").write_text(" " * (2 << 20) + "[]")
+    return ["train", "--dataset", "digits", "--model", "m.json"], \
+        ["m.json", "2,097,154 bytes", "1,048,576"]
+
+
+@case
+def model_json_too_many_layers(d, base):
+    _layers_json(d / "m.json", [{"type": "ReLU"}] * 5000)
+    return ["train", "--dataset", "digits", "--model", "m.json"], ["m.json", "5,000 layers", "1,000"]
+
+
+@case
+def model_json_a_million_channels(d, base):
+    _layers_json(d / "m.json", [
+        {"type": "Conv2d", "config": {"in_channels": 1, "out_channels": 10**6, "kernel_size": 3,
+                                      "padding": 1}},
+        {"type": "GlobalAvgPool2d"}, {"type": "Linear", "config": {"in_features": 10**6,
+                                                                     "out_features": 10}}])
+    return ["train", "--dataset", "digits", "--model", "m.json"], \
+        ["m.json", "a batch of 64 inputs of shape (1, 8, 8)", "memory"]
+
+
+@case
+def model_json_100000x100000_linear(d, base):
+    _layers_json(d / "m.json", [
+        {"type": "Flatten"}, {"type": "Linear", "config": {"in_features": 64, "out_features": 10**5}},
+        {"type": "Linear", "config": {"in_features": 10**5, "out_features": 10**5}},
+        {"type": "Linear", "config": {"in_features": 10**5, "out_features": 10}}])
+    return ["train", "--dataset", "digits", "--model", "m.json"], ["m.json", "parameters of 10,00"]
+
+
+# ---- command-line sizes -----------------------------------------------------------------------
+@case
+def image_size_4096(d, base):
+    return ["train", "--image-size", "4096"], ["--image-size 4096", "3x4096x4096", "TiB"]
+
+
+@case
+def n_train_1e9(d, base):
+    return ["train", "--n-train", str(10**9)], ["--n-train 1000000000", "1,000,000,000 training"]
+
+
+@case
+def batch_size_1e9(d, base):
+    return ["train", "--batch-size", str(10**9)], ["--batch-size 1000000000",
+                                                   "a batch of 1,000,000,000 images"]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_file(name, base, tmp_path):
+    args, needles, *rest = CASES[name](tmp_path, base)
+    before = snapshot(tmp_path)
+    out = run_cli(*args, "--backend", "numpy", cwd=tmp_path, timeout=60,
+                  env={"POLYCNN_MIRRORS": "http://127.0.0.1:9/", limits.MEMORY_LIMIT_ENV: None})
+    out.assert_user_error(*needles)
+    assert snapshot(tmp_path) == before, f"files under {tmp_path} changed:\n{out}"
+    for path in (rest[0] if rest else []):
+        assert not os.path.exists(path), f"{path} was created:\n{out}"
+
+
+def test_limits_are_generous_for_real_runs():
+    """The README's runs fit: MNIST and CIFAR-10 as loaded, the default shapes run, lenet5."""
+    need = 2 * limits.images_bytes(60000 + 10000, (3, 32, 32))
+    assert need < limits.memory_limit()
+    assert 60000 * 784 * 9 < limits.memory_limit()
+    layers = pc.models.layers_from_spec(pc.models.lenet5((1, 28, 28), 10).spec()["layers"])
+    assert limits.check_model(layers, "lenet5", (1, 28, 28)) < 1 << 20
+
+
+def test_memory_limit_variable(monkeypatch):
+    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "8G")
+    assert limits.memory_limit() == 8 << 30
+    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "512m")
+    assert limits.memory_limit() == 512 << 20
+    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "lots")
+    with pytest.raises(ValueError, match="POLYCNN_MEMORY_LIMIT='lots'"):
+        limits.memory_limit()
+    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "10M")
+    limits.check_memory("x", "1,000 images", 10 << 20)
+    with pytest.raises(ValueError, match=r"x: 1,000 images would need about 11.4 MiB of memory, over"
+                       r" the limit of 10.0 MiB \(set POLYCNN_MEMORY_LIMIT"):
+        limits.check_memory("x", "1,000 images", 12_000_000)
