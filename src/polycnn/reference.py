@@ -241,6 +241,50 @@ def avgpool2d_backward(dy, x_shape, kernel_size=2, stride=None, padding=0):
     return dx
 
 
+# ---- training glue -------------------------------------------------------------------------
+# Elementwise formulas of the backend contract in float64 (vectorised: nothing to loop over).
+
+def relu_forward(x):
+    """y = max(x, 0), a NaN staying NaN."""
+    x = _f64(x)
+    return np.where((x > 0) | np.isnan(x), x, 0.0)
+
+
+def relu_backward(dy, x):
+    """dx = dy * (x > 0), a multiply: an inf or NaN in dy gives NaN where x <= 0."""
+    with np.errstate(invalid="ignore"):
+        return _f64(dy) * (_f64(x) > 0)
+
+
+def dropout_apply(x, keep, scale):
+    """(x * keep) * scale; ``scale`` as given (round it to the arrays' dtype first to get the
+    contract's result in that dtype: one rounding of an exact float64 product)."""
+    with np.errstate(invalid="ignore"):
+        return _f64(x) * np.asarray(keep, dtype=bool) * float(scale)
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """-> (mean loss, dlogits): loss = mean over rows of -sum_j t[i, j] * log softmax(z)[i, j]
+    with t = (1 - smoothing) * onehot(label) + smoothing / K; dlogits = (softmax - t) / N."""
+    z = _f64(logits)
+    n, k = z.shape
+    t = np.full((n, k), label_smoothing / k)
+    t[np.arange(n), np.asarray(labels)] += 1.0 - label_smoothing
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-(t * logp).sum() / n), (np.exp(logp) - t) / n
+
+
+def sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov):
+    """-> (new p, new velocity or None): g = grad + wd*p; v = momentum*v + g;
+    p - lr * (g + momentum*v if nesterov else v)  (no momentum: p - lr*g)."""
+    p, g = _f64(p), _f64(grad) + weight_decay * _f64(p)
+    if not momentum:
+        return p - lr * g, None
+    v = momentum * _f64(velocity) + g
+    return p - lr * (g + momentum * v if nesterov else v), v
+
+
 # ---- dropout masks ---------------------------------------------------------------------------
 
 def splitmix64(state: int) -> int:
@@ -261,6 +305,7 @@ def dropout_mask(shape, p, key):
 
 
 __all__ = [
-    "conv_sizes", "pool_sizes", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward", "splitmix64", "dropout_mask",
+    "conv_sizes", "pool_sizes", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+    "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "relu_forward",
+    "relu_backward", "dropout_apply", "cross_entropy", "sgd_step", "splitmix64", "dropout_mask",
 ]
