@@ -1,9 +1,9 @@
 """Files written whole or not at all, and the temporary files of killed writers cleared.
 
 :func:`replaced_atomically` writes through a temporary file in the destination's folder, named
-``.polycnn-<host>-<pid>-<random>.tmp`` (``host``: 8 hex digits of a hash of the host name), that
-reaches the disk and then takes the destination's name in one rename; the folder is synced after
-the rename so the new name survives a power cut. A writer killed with SIGKILL cannot remove its
+``.polycnn-<host>-<pid>-<random>.tmp`` (``host``: 8 hex digits of a hash of the host name and
+process-id namespace), that reaches the disk and then takes the destination's name in one
+rename; the folder is synced after the rename so the new name survives a power cut. A writer killed with SIGKILL cannot remove its
 temporary file; the next write into the same folder does (:func:`remove_stale_temps`): a file of
 that pattern whose process is gone, or one untouched for :data:`STALE_AFTER_S` (another host's,
 or a process id reused since). Files of the older ``mkstemp`` names polycnn used
@@ -42,9 +42,16 @@ _HOST = None
 
 
 def _host() -> str:
+    """8 hex digits naming this host and process-id namespace: a process id is only checked
+    where it means the same process (two containers may share a host name and a folder)."""
     global _HOST
     if _HOST is None:
-        _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+        try:
+            namespace = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            namespace = 0
+        key = f"{socket.gethostname()}:{namespace}".encode("utf-8", "replace")
+        _HOST = hashlib.sha256(key).hexdigest()[:8]
     return _HOST
 
 
