@@ -141,6 +141,17 @@ def test_onnx_graph_and_metadata(tmp_path):
     assert {"0.weight", "1.running_mean", "1.running_var", "14.weight"} <= names
 
 
+def test_onnx_float64_model_is_a_float64_graph(tmp_path):
+    """onnxruntime's CPU provider has no float64 Conv: the graph is checked, not run."""
+    spec = every_layer("gap").spec()
+    spec["dtype"] = "float64"
+    model = pc.Sequential.from_spec(spec, backend="numpy")
+    m = onnx.load(pc.export_onnx(model, tmp_path / "m.onnx", (3, 13, 11)))
+    onnx.checker.check_model(m, full_check=True)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    assert {i.data_type for i in m.graph.initializer} == {onnx.TensorProto.DOUBLE}
+
+
 def test_onnx_normalisation_is_in_the_graph(tmp_path):
     model = every_layer("flatten")
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
