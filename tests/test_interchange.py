@@ -441,7 +441,6 @@ def test_bad_safetensors_file(case, tmp_path):
     make, needles = BAD_FILES[case]
     path = make(str(tmp_path))
     before = snapshot(tmp_path)
-    # NOTE: one line: api_case indents only the first line of a multi-line statement
     out = run_python(api_case(f"model = pc.Sequential(pc.Conv2d(1, 2, 3), pc.Flatten(),"
                               f" pc.Linear(8, 2), backend='numpy'); pc.load_weights(model, {path!r})"),
                      cwd=tmp_path)
