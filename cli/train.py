@@ -98,10 +98,11 @@ def make_optimizer(name: str, params, lr: float, total_steps: int, schedule: str
     return pc.AdamW(params, lr=lr, weight_decay=1e-4, schedule=schedule)
 
 
-def _splits(run: dict, source: str = "the run settings") -> dict:
+def _splits(run: dict, source: str = "the run settings", download: bool = False) -> dict:
     """The run's train / val / test splits (and, for real data sets, "classes"); generated
     images are counted against the memory limit first (``source`` says whose sizes they are).
-    Files are downloaded only when ``run["download"]`` is set, which only the command line does."""
+    Missing files are downloaded only with ``download``, which only the command line's
+    --download sets: never a checkpoint's stored settings."""
     dataset = run.get("dataset", "shapes")
     if dataset == "shapes":
         c, s = run["channels"], run["image_size"]
@@ -111,7 +112,7 @@ def _splits(run: dict, source: str = "the run settings") -> dict:
         return pc.datasets.shapes_splits(run["n_train"], run["n_val"], run["n_test"], run["image_size"],
                                          run["channels"], run["seed"])
     data = datasets_real.load_splits(dataset, run.get("data_dir"), seed=run["seed"],
-                                     download=run.get("download", False), image_size=run["image_size"],
+                                     download=download, image_size=run["image_size"],
                                      channels=run["channels"])
     if run.get("n_train") is not None:
         data["train"] = tuple(a[:run["n_train"]] for a in data["train"])
@@ -462,7 +463,7 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         if dataset != "shapes":
             run.update(dataset=dataset, model=model_name, download=download,
                        data_dir=None if data_dir is None else os.path.abspath(data_dir))
-        data = _splits(run)
+        data = _splits(run, download=download)
         if dataset == "shapes" and model_name == "tutorial":
             model = tutorial_network(image_size, run["channels"], len(CLASSES), backend=be, seed=seed)
         else:

@@ -213,6 +213,24 @@ def stored_data_dir_missing_resume(d, base):
 
 
 @case
+def stored_download_evaluate(d, base):
+    (d / "empty").mkdir()
+    _altered(base / "mnist.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(data_dir=str(d / "empty"), download=True))
+    return ["evaluate", "ck.npz"], ["missing 4 file(s)", str(d / "empty")]
+
+
+@case
+def stored_download_visualize(d, base):
+    pytest.importorskip("matplotlib")
+    (d / "empty").mkdir()
+    _altered(base / "mnist.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(data_dir=str(d / "empty"), download=True))
+    return ["visualize", "ck.npz", "--out", "viz"], ["missing 4 file(s)", str(d / "empty")], \
+        [d / "viz"]
+
+
+@case
 def evaluate_n_test_1e9(d, base):
     shutil.copy(base / "shapes.npz", d / "ck.npz")
     return ["evaluate", "ck.npz", "--n-test", str(10**9)], ["--n-test 1000000000",
