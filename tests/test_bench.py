@@ -236,7 +236,6 @@ def test_training_is_skipped_with_a_note_without_the_model_stack(monkeypatch):
     assert any(n.startswith("training skipped") and "Sequential" in n for n in data["notes"])
 
 
-@pytest.mark.skipif(not hasattr(pc, "Sequential"), reason="the model stack is not in polycnn yet")
 def test_training_rows_for_both_models_on_every_engine():
     data = B.run(B.BenchConfig(backends=["numpy"], ops=False, training=True, startup=False,
                                rounds=1, train_steps=2, batch_divisor=8))
