@@ -184,7 +184,12 @@ def _stored_run(run, path: str, model=None, data_dir=None, needs_data: bool = Fa
         raise ValueError(f"{path}: the checkpoint's run setting normalize {run['normalize']!r:.80}"
                          f" does not have {run['channels']} channels")
     if model is not None and "classes" in run:
-        out = tuple(model.output_shape((run["channels"], run["image_size"], run["image_size"])))
+        image = (run["channels"], run["image_size"], run["image_size"])
+        try:
+            out = tuple(model.output_shape(image))
+        except ValueError as exc:
+            raise ValueError(f"{path}: the checkpoint's model does not take its run's"
+                             f" {'x'.join(map(str, image))} images: {exc}") from None
         if out != (len(run["classes"]),):
             raise ValueError(f"{path}: the checkpoint's run names {len(run['classes'])} classes but"
                              f" its model outputs {out}")
@@ -296,7 +301,7 @@ def _check_train_sizes(p: dict) -> None:
     if p["resume"]:
         return   # NOTE: the checkpoint's own sizes are checked by _stored_run and _splits
     dataset = p["dataset"]
-    size = p["image_size"] if p["image_size"] is not None and p["image_size"] > 0 else DEFAULTS["image_size"]
+    size = p["image_size"] if (p["image_size"] or 0) > 0 else DEFAULTS["image_size"]
     channels = int(p["channels"] or DEFAULTS["channels"])
     shape = _FIXED_SHAPES.get(dataset, (channels, size, size))
     given = " ".join(f"--{k.replace('_', '-')} {p[k]}" for k in ("n_train", "image_size")
@@ -595,7 +600,6 @@ def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False):
     model = pc.load(checkpoint, backend=backend)
     meta = model.training_state["metadata"]
     run = _stored_run(meta.get("run"), checkpoint, model, data_dir, needs_data)
-    limits.check_model(model.layers, checkpoint, (run["channels"], run["image_size"], run["image_size"]))
     classes = meta.get("classes") or run.get("classes")
     if classes is None:
         classes = [str(i) for i in range(model.layers[-1].out_features)]
@@ -604,6 +608,17 @@ def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False):
         raise ValueError(f"{checkpoint}: the checkpoint's class names {classes!r:.80} are not"
                          f" {model.layers[-1].out_features} names")
     return model, run, classes
+
+
+#: inputs a step of `polycnn evaluate` and `polycnn predict`
+_EVAL_BATCH = 256
+
+
+def _check_batch(model, run: dict, n: int, checkpoint) -> None:
+    """The activations of one evaluation step of ``n`` inputs (at most :data:`_EVAL_BATCH`)
+    against the memory limit: a checkpoint's model may be huge for its small weights."""
+    image = (run["channels"], run["image_size"], run["image_size"])
+    limits.check_model(model.layers, checkpoint, image, max(1, min(n, _EVAL_BATCH)))
 
 
 @click.command()
@@ -630,8 +645,9 @@ def evaluate(checkpoint, backend, n_test, data_dir, as_json):
     else:
         x, y = _splits(dict(run, n_train=None))["test"]
         x, y = x[:n_test], y[:n_test]
+    _check_batch(model, run, len(y), checkpoint)
     t0 = time.perf_counter()
-    r = pc.evaluate(model, (x, y))
+    r = pc.evaluate(model, (x, y), batch_size=_EVAL_BATCH)
     r.update({"checkpoint": checkpoint, "backend": model.backend.name, "classes": classes,
               "seconds": time.perf_counter() - t0})
     if as_json:
@@ -662,7 +678,8 @@ def predict(checkpoint, inputs, backend, as_json):
     for path in inputs:
         x = _normalize(read_input(path, run["channels"], run["image_size"]), run)
         x = x.astype(model.dtype)
-        probs = pc.predict(model, x)
+        _check_batch(model, run, len(x), checkpoint)
+        probs = pc.predict(model, x, batch_size=_EVAL_BATCH)
         for i, p in enumerate(probs):
             name = path if len(probs) == 1 else f"{path}[{i}]"
             rows.append({"input": name, "class": classes[int(p.argmax())],

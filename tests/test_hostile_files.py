@@ -152,6 +152,15 @@ def checkpoint_100000x100000_layer(d, base):
 
 
 @case
+def checkpoint_model_with_huge_activations(d, base):
+    # 24 MB of weights, but 200,000 feature maps of 16x16 for each image evaluated
+    wide = pc.Sequential(pc.Conv2d(3, 200_000, 3, padding=1), pc.GlobalAvgPool2d(),
+                         pc.Linear(200_000, 3), backend="numpy")
+    checkpoint.save(d / "ck.npz", wide, epoch=1, run=SHAPES_RUN, classes=["a", "b", "c"])
+    return ["evaluate", "ck.npz"], ["ck.npz", "a batch of 9 inputs of shape (3, 16, 16)", "GiB"]
+
+
+@case
 def checkpoint_array_not_in_architecture(d, base):
     _altered(base / "shapes.npz", d / "ck.npz",
              arrays_edit=lambda a: a.update({"model.99.weight": np.zeros(3, np.float32)}))

@@ -23,7 +23,7 @@ def read_npy_images(path, channels: int, size: int) -> np.ndarray:
     image = (channels, size, size)
     with open(path, "rb") as f:
         shape, fortran, dtype = limits.npy_header(f, path, "the input")
-        if dtype.kind not in "biuf":
+        if dtype.kind not in "iuf":
             raise TypeError(f"{path}: array of {dtype}, expected numbers")
         if len(shape) == 2 and channels == 1:
             full = (1, 1, *shape)

@@ -67,9 +67,9 @@ def fmt_bytes(n: float) -> str:
 def check_memory(what: str, claim: str, need: int, limit: int | None = None) -> None:
     """Raise ``ValueError`` when ``need`` bytes exceed ``limit`` (default :func:`memory_limit`):
     "``what``: ``claim`` would need about N GiB of memory, over the limit of M GiB"."""
+    hint = f" (set {MEMORY_LIMIT_ENV} to allow more)" if limit is None else ""
     limit = memory_limit() if limit is None else limit
     if need > limit:
-        hint = (f" (set {MEMORY_LIMIT_ENV} to allow more)" if limit == memory_limit() else "")
         raise ValueError(f"{what}: {claim} would need about {fmt_bytes(need)} of memory, over the"
                          f" limit of {fmt_bytes(limit)}{hint}")
 
@@ -214,7 +214,8 @@ def check_model(layers, what: str, input_shape=None, batch: int = 1, itemsize: i
         except ValueError:  # NOTE: the layers do not fit the input; the caller says so better
             return params
         inputs = "one input" if batch == 1 else f"a batch of {batch:,} inputs"
-        check_memory(what, f"{inputs} of shape {tuple(input_shape)}", batch * per_sample + params * 4)
+        check_memory(what, f"{inputs} of shape {tuple(input_shape)}",
+                     batch * per_sample + params * 4)
     return params
 
 

@@ -160,5 +160,5 @@ def build(name_or_path: str, input_shape, classes: int, backend=None, seed: int 
                      " or a .json file with a list of layers")
 
 
-__all__ = ["PRESETS", "tutorial", "lenet5", "shapes_cnn", "layers_from_spec", "from_spec", "from_file",
-           "build"]
+__all__ = ["PRESETS", "tutorial", "lenet5", "shapes_cnn", "layers_from_spec", "from_spec",
+           "from_file", "build"]
