@@ -8,8 +8,11 @@ Inside the archive:
 - ``optim.<param index>.<buffer>``: optimiser state, e.g. ``optim.0.velocity``.
 
 The file is written to a temporary file in the same folder and renamed over the target
-(``os.replace``), so a crash never leaves a half-written checkpoint. ``load`` reads with
-``allow_pickle=False``; a truncated, altered or foreign file raises ``ValueError`` saying so.
+(``os.replace``), so a crash never leaves a half-written checkpoint. ``read`` never unpickles:
+it reads the metadata first, then checks every array's ``.npy`` header against the shapes the
+architecture gives (and the total against :func:`polycnn.limits.memory_limit`) before its data
+is decompressed, so a zip bomb costs nothing; a truncated, altered or foreign file raises
+``ValueError`` saying so.
 Arrays are stored as host NumPy arrays, so a checkpoint loads on any backend.
 """
 

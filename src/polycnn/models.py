@@ -12,7 +12,9 @@ Each preset is a function ``(input_shape, classes, backend=None, seed=0) -> pc.S
 
 ``from_file(path, input_shape, classes)`` builds a model from a JSON list of layers in the
 checkpoint's spec format, ``[{"type": "Conv2d", "config": {...}}, ...]`` (or
-``{"layers": [...]}``); a bad entry raises ``ValueError`` naming its index.
+``{"layers": [...]}``); a bad entry raises ``ValueError`` naming its index. The file's size and
+nesting, the number of layers, the parameters' bytes and a batch's activations are checked
+(:mod:`polycnn.limits`) before anything is allocated, for presets too.
 """
 
 from __future__ import annotations
