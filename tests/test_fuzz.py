@@ -22,6 +22,9 @@ multiplies the weights with padded zeros gets NaN from an infinite weight (forwa
 (weight gradient) there, as PyTorch does. Both are accepted: an element passes when it matches
 the oracle either way (the second way is the oracle on an explicitly zero-padded input).
 
+Known bug, tolerated narrowly (KNOWN_NAN_LEAKS below): numba's conv backward makes NaN in dx
+and dw elements that do not depend on an inf or NaN input.
+
 Also here: the oracle's sizes agree with :mod:`polycnn.geometry` on random arguments (it works
 them out on its own), a wrong "same" rule in geometry.py fails the parity comparison, and a bug
 seeded in each backend's padding or stride handling is found by these properties.
