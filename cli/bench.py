@@ -3,6 +3,8 @@ side by side with PyTorch CPU, as ratios measured in the same run (see polycnn.b
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from polycnn import bench as B
@@ -17,6 +19,22 @@ def _names(value, option: str):
     if not names:
         raise ValueError(f"{option}: expected comma-separated names, got {value!r}")
     return names
+
+
+def _check_sizes(threads, matmul_size) -> None:
+    """--threads within the machine's cores (more measures contention, and OpenMP starts them
+    all), --matmul-size's three float32 matrices within the memory limit."""
+    import os
+
+    from polycnn import limits
+
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        raise click.BadParameter(f"must be at most the {cores} cores of this machine, got {threads:,}",
+                                 param_hint="--threads")
+    if matmul_size is not None:
+        limits.check_memory(f"--matmul-size {matmul_size}", f"three {matmul_size:,}^2 float32"
+                            " matrices", 3 * 4 * matmul_size ** 2)
 
 
 def _child_argv(params: dict) -> list[str]:
@@ -61,6 +79,15 @@ def _isolated(params: dict, backend_names, no_torch: bool) -> dict:
     return result
 
 
+def _check_targets_options(targets: str, backends, layers, isolate: bool, fast_blas: bool):
+    """--targets times the Numba kernels alone: the options of the op tables do not apply."""
+    for given, option in ((backends, "--backends"), (layers, "--layers"), (isolate, "--isolate"),
+                          (fast_blas, "--fast-blas")):
+        if given:
+            raise ValueError(f"--targets {targets} cannot be combined with {option}: it times"
+                             " every Numba kernel, each target in a child process of its own")
+
+
 def _progress(message: str) -> None:
     click.echo(f"bench: {message}", err=True)
 
@@ -96,20 +123,48 @@ def _progress(message: str) -> None:
 @click.option("--repeat", type=click.IntRange(min=1), default=1, metavar="N",
               help="with --isolate: run every engine's process N times, engines alternating,"
                    " and take each case's median over them (steadier on a busy machine)")
+@click.option("--targets", "targets", is_flag=False, flag_value=",".join(B.DEFAULT_TARGETS),
+              default=None, metavar="[A,B]",
+              help="instead of the tables: time every Numba kernel compiled for the host's CPU"
+                   " and for these LLVM CPU names (default"
+                   f" {','.join(B.DEFAULT_TARGETS)}), each in a child process of its own, and"
+                   f" flag a kernel whose times differ by more than {B.TARGET_RATIO:g}x")
 @click.option("--torch-only", "torch_only", is_flag=True, hidden=True,
               help="PyTorch alone (the last child of --isolate)")
+@click.option("--kernels-only", "kernels_only", is_flag=True, hidden=True,
+              help="time the Numba kernels for this process's target (a child of --targets)")
 @json_option
 def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startup, quick,
-          threads, fast_blas, isolate, repeat, torch_only, as_json):
+          threads, fast_blas, isolate, repeat, targets, torch_only, kernels_only, as_json):
     """Time conv/pool forward and forward+backward on the layers of notes/perf-baseline.md,
-    training throughput, and start-up time, on every backend and PyTorch CPU, in one run."""
+    training throughput, and start-up time, on every backend and PyTorch CPU, in one run
+    (or, with --targets, every Numba kernel under several compile targets)."""
     backend_names, layer_names = _names(backends, "--backends"), _names(layers, "--layers")
     # fail on bad names here, before any measuring (or a child process)
     B.select_layers(layer_names)
     B.select_backends(backend_names)
+    _check_sizes(threads, matmul_size)
     if repeat > 1 and not isolate:
         raise ValueError(f"--repeat {repeat} needs --isolate (without it the engines'"
                          " rounds are interleaved in one process already)")
+    if kernels_only:
+        B.serve_kernels(16 if quick else 4, 0.01 if quick else 0.05, sys.stdin,
+                        lambda line: click.echo(line), progress=_progress)
+        return
+    if targets is not None:
+        _check_targets_options(targets, backends, layers, isolate, fast_blas)
+        argv = ["bench", "--kernels-only"] + (["--quick"] if quick else [])
+        try:
+            result = B.run_targets(_names(targets, "--targets"), argv,
+                                   rounds or (3 if quick else 7), threads=threads,
+                                   progress=_progress)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+        if as_json:
+            echo_json(result)
+        else:
+            click.echo(render_targets(result))
+        return
     if isolate and not B.in_child():
         if fast_blas:
             raise click.UsageError("--isolate and --fast-blas cannot be combined")
@@ -164,6 +219,8 @@ def render(result: dict) -> str:
         f"threads: {threads}",
         f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
         f" torch {env['torch'] or '-'}",
+        f"ISA: {' '.join(env['isa']) if env.get('isa') is not None else '-'};"
+        f" Numba target: {B.describe_target(env.get('numba_target'))}",
         f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
         f"heap (every engine): {env.get('heap', '-')}",
         (f"each engine in a process of its own (--isolate), each time the median of"
@@ -175,15 +232,22 @@ def render(result: dict) -> str:
         + (f"; batch sizes / {config['batch_divisor']} (--quick)"
            if config["batch_divisor"] > 1 else ""),
     ]
+    fma = result.get("fma")
+    if fma:
+        out.insert(5, f"FMA peak: {fma['gflops']:.0f} GFLOP/s on {fma['threads']} threads,"
+                      f" {fma['gflops_1_thread']:.0f} on 1 (float32 FMAs on {fma['accumulators']}"
+                      f" independent {fma['lanes']}-float registers, best before and after the"
+                      f" ops); % FMA = GFLOP/s over the {fma['threads']}-thread value")
     if peak:
-        out.insert(4, f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f}"
+        out.insert(5, f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f}"
                       f" GFLOP/s (best of {peak['repeats']} before the ops and"
                       f" {peak['repeats']} after: {peak['gflops_before']:.0f},"
-                      f" {peak['gflops_after']:.0f})")
+                      f" {peak['gflops_after']:.0f}); % peak = GFLOP/s over it")
     has_torch = "torch" in result["engines"]
 
     if result["ops"]:
         headers = ["layer", "pass", "shape", "engine", "ms", "GFLOP/s", "% peak"]
+        headers += ["% FMA"] if fma else []
         headers += ["time/torch"] if has_torch else []
         rows, last = [], None
         for r in result["ops"]:
@@ -192,6 +256,9 @@ def render(result: dict) -> str:
             last = key
             percent = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
             row += [r["engine"], _ms(r["ms"]), _num(r["gflops"]), _num(percent)]
+            if fma:
+                fraction = r.get("fma_fraction")
+                row += [_num(None if fraction is None else 100 * fraction)]
             row += [_fmt(r["time_vs_torch"], ".2f")] if has_torch else []
             rows.append(row)
         out += ["", "conv and max pool, float32" + (" (time/torch < 1: faster than PyTorch)"
@@ -233,6 +300,36 @@ def render(result: dict) -> str:
                 f" here: {child['kernel_here']}"]
 
     out += [""] + [f"note: {n}" for n in result["notes"]] if result["notes"] else []
+    return "\n".join(out)
+
+
+def render_targets(result: dict) -> str:
+    """The report of :func:`polycnn.bench.run_targets`: each target, then one row per kernel
+    with its time under every target and the slowest/fastest ratio, flagged above the limit."""
+    env, config = result["environment"], result["config"]
+    names = list(result["targets"])
+    limit = config["ratio_limit"]
+    out = [f"CPU: {env['cpu']}; ISA: {' '.join(env['isa']) if env.get('isa') is not None else '-'};"
+           f" {env['threads']} threads; load average {_fmt(env.get('load_average'), '.2f')}",
+           f"every Numba kernel, float32, batch sizes / {config['divisor']}; each target in a"
+           f" child process of its own with the host's features and an empty compile cache;"
+           f" time per call, median of {config['rounds']} rounds, the targets taking turns"]
+    for name, target in result["targets"].items():
+        out.append(f"target {name}: {B.describe_target(target)}; compiling and first calls"
+                   f" {target['compile_s']:.1f} s")
+    headers = ["kernel", "shape"] + [f"{n} ms" for n in names] + ["slowest/fastest", ""]
+    rows = []
+    for k in result["kernels"]:
+        flag = f"FLAG: {k['slowest']} {k['ratio']:.1f}x {k['fastest']}" if k["flagged"] else ""
+        rows.append([k["kernel"], k["shape"]] + [_ms(k["ms"][n]) for n in names]
+                    + [f"{k['ratio']:.2f}", flag])
+    out += ["", format_table(headers, rows), ""]
+    if result["flagged"]:
+        out.append(f"{len(result['flagged'])} kernel(s) differ by more than {limit:g}x between"
+                   f" targets: {'; '.join(result['flagged'])}")
+    else:
+        out.append(f"no kernel differs by more than {limit:g}x between targets")
+    out += [f"note: {n}" for n in result["notes"]]
     return "\n".join(out)
 
 

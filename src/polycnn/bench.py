@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -222,9 +223,72 @@ def blas_kernel(blas: list[dict] | None) -> str:
                      .replace("  ", " ").strip() for b in blas)
 
 
+#: the ISA flags (as /proc/cpuinfo names them) that decide which kernels can run fast
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def isa_flags() -> list[str] | None:
+    """Which of :data:`ISA_FLAGS` the CPU has (None where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in have]
+    except OSError:
+        pass
+    return None
+
+
+#: LLVM features of Numba's compile target worth printing
+TARGET_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512fp16")
+
+
+def numba_target() -> dict | None:
+    """The CPU Numba compiles for in this process: its LLVM name (``NUMBA_CPU_NAME``, or the
+    host's as LLVM names it), where name and features came from, the features of
+    :data:`TARGET_FEATURES` it has and the vector width the kernels take from them. The name
+    picks LLVM's cost model (which loops it vectorises, with which width); the features, the
+    instructions it may use. None without numba."""
+    try:
+        import llvmlite.binding as ll
+        from numba.core import config
+        from numba.core.codegen import get_host_cpu_features
+    except ImportError:
+        return None
+    host = ll.get_host_cpu_name()
+    named = config.CPU_NAME is not None
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    on = {f[1:] for f in features.split(",") if f.startswith("+")}
+    return {
+        "cpu_name": (config.CPU_NAME or "generic") if named else host,
+        "host_cpu_name": host,
+        "name_from": "NUMBA_CPU_NAME" if named else "host",
+        "features_from": "NUMBA_CPU_FEATURES" if config.CPU_FEATURES is not None else "host",
+        "features": [f for f in TARGET_FEATURES if f in on],
+        # NOTE: the rule of _numba_kernels._simd_bytes (not imported here: importing the kernel
+        # module outside numba_backend._load_kernels would cache it in the wrong folder)
+        "vector_bits": 512 if "avx512f" in on else 256,
+    }
+
+
+def describe_target(target: dict | None) -> str:
+    if not target:
+        return "-"
+    source = ("the host's" if target["name_from"] == "host" else "NUMBA_CPU_NAME")
+    features = " ".join(target["features"]) or "none of " + " ".join(TARGET_FEATURES)
+    if target["features_from"] != "host":
+        features += " (NUMBA_CPU_FEATURES)"
+    return (f"{target['cpu_name']} ({source}; host {target['host_cpu_name']}), features"
+            f" {features}, {target['vector_bits']}-bit kernel vectors")
+
+
 def environment(threads: int, backend_infos: dict, torch_version) -> dict:
     return {
         "cpu": cpu_model(),
+        "isa": isa_flags(),
+        "numba_target": numba_target(),
         "cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "threads": threads,
@@ -271,6 +335,57 @@ def matmul_peak(n: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     best = min(times)
     return {"n": n, "repeats": len(times), "best_ms": best * 1e3, "gflops": 2 * n**3 / best / 1e9}
+
+
+def fma_peak(threads: int, seconds: float = 0.05, repeats: int = 3) -> dict | None:
+    """The CPU's float32 FMA peak as a small LLVM-IR kernel measures it (vector FMAs on
+    independent registers, see ``_numba_kernels._make_fma_loop``), on one thread and on
+    ``threads``; best of ``repeats`` calls of about ``seconds`` each. None without numba or
+    with the JIT disabled. The matmul peak is what a BLAS reaches, this is what the FMA units
+    can do: ``% FMA`` columns are fractions of the all-thread value."""
+    try:
+        import numba
+
+        from .backends.numba_backend import _load_kernels
+    except ImportError:
+        return None
+    if numba.config.DISABLE_JIT:
+        return None
+    k = _load_kernels()
+    saved = numba.get_num_threads()
+    counts = sorted({1, max(1, min(threads, numba.config.NUMBA_NUM_THREADS))})
+    per = {}
+    try:
+        for count in counts:
+            numba.set_num_threads(count)
+            out = np.zeros(count, dtype=np.float32)
+            k._fma_probe(1000, out)  # compiles
+            iters = 20_000
+            t0 = time.perf_counter()
+            k._fma_probe(iters, out)
+            one = max(time.perf_counter() - t0, 1e-6)
+            iters = max(1000, int(iters * seconds / one))
+            best = math.inf
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                k._fma_probe(iters, out)
+                best = min(best, time.perf_counter() - t0)
+            per[count] = 2 * iters * k.FMA_ACCS * k.FMA_LANES * count / best / 1e9
+    finally:
+        numba.set_num_threads(saved)
+    return {"lanes": k.FMA_LANES, "accumulators": k.FMA_ACCS, "threads": counts[-1],
+            "gflops_1_thread": per[1], "gflops": per[counts[-1]]}
+
+
+def best_fma(*peaks) -> dict | None:
+    """The best of several FMA measurements (None ones skipped), keeping each all-thread value."""
+    found = [p for p in peaks if p]
+    if not found:
+        return None
+    best = dict(max(found, key=lambda p: p["gflops"]))
+    best["gflops_1_thread"] = max(p["gflops_1_thread"] for p in found)
+    best["gflops_each"] = [p["gflops"] for p in found]
+    return best
 
 
 #: the clock every op timing reads (a seam for tests)
@@ -432,7 +547,7 @@ def measure_ops(engines: list, layers: list, config: BenchConfig,
                     "layer": layer.name, "op": layer.kind, "shape": layer.describe(),
                     "pass": pass_, "engine": e.name, "ms": seconds * 1e3,
                     "gflops": gflops,
-                    "peak_fraction": None, "device": e.is_device,
+                    "peak_fraction": None, "fma_fraction": None, "device": e.is_device,
                     "time_vs_torch": seconds / torch_s if torch_s else None,
                     "rounds": config.rounds, "calls_per_round": calls,
                 })
@@ -445,6 +560,13 @@ def add_peak_fractions(rows: list[dict], peak_gflops: float) -> None:
         # NOTE: the peak is the host CPU's: no fraction for a device backend
         if row["gflops"] and peak_gflops and not row["device"]:
             row["peak_fraction"] = row["gflops"] / peak_gflops
+
+
+def add_fma_fractions(rows: list[dict], fma_gflops: float | None) -> None:
+    """``fma_fraction``: GFLOP/s over the FMA probe's all-thread peak (host engines only)."""
+    for row in rows:
+        row["fma_fraction"] = (row["gflops"] / fma_gflops
+                               if row["gflops"] and fma_gflops and not row["device"] else None)
 
 
 # ---- training throughput -------------------------------------------------------------------
@@ -727,18 +849,22 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
     if torch_module is not None:
         env["backend_threads"]["torch"] = torch_module.get_num_threads()
 
-    peak, ops = None, []
+    peak, fma, ops = None, None, []
     if config.ops:
         # NOTE: measured before and after the ops and the best counts, so a burst of load from
         # elsewhere during one of them does not lower the peak (and inflate every fraction)
-        progress(f"numpy.matmul {config.matmul_n}^3 float32 (the machine's peak)")
+        progress(f"numpy.matmul {config.matmul_n}^3 float32 (the machine's peak)"
+                 " and the FMA probe")
         before = matmul_peak(config.matmul_n, config.matmul_repeats)
+        fma_before = fma_peak(threads, 0.02 if config.quick else 0.05)
         ops = measure_ops(engines, layers, config, progress)
-        progress(f"numpy.matmul {config.matmul_n}^3 float32 again")
+        progress(f"numpy.matmul {config.matmul_n}^3 float32 and the FMA probe again")
         after = matmul_peak(config.matmul_n, config.matmul_repeats)
+        fma = best_fma(fma_before, fma_peak(threads, 0.02 if config.quick else 0.05))
         peak = dict(max(before, after, key=lambda m: m["gflops"]),
                     gflops_before=before["gflops"], gflops_after=after["gflops"])
         add_peak_fractions(ops, peak["gflops"])
+        add_fma_fractions(ops, fma["gflops"] if fma else None)
     result = {
         "config": {"rounds": config.rounds, "quick": config.quick,
                    "batch_divisor": config.batch_divisor, "min_round_s": config.min_round_s,
@@ -746,6 +872,7 @@ def run(config: BenchConfig, progress: Callable = lambda msg: None) -> dict:
         "environment": env,
         "engines": [e.name for e in engines],
         "matmul": peak,
+        "fma": fma,
         "ops": ops,
         "training": [],
         "startup": [],
@@ -806,6 +933,7 @@ def combine_repeats(parts: list[dict]) -> list[dict]:
             row["repeats"] = len(group)
         peaks = [g["matmul"] for g in group if g["matmul"]]
         out["matmul"] = max(peaks, key=lambda m: m["gflops"]) if peaks else None
+        out["fma"] = best_fma(*(g.get("fma") for g in group))
         notes = list(dict.fromkeys(n for g in group for n in g["notes"]))
         busy = [n for n in notes if n.startswith(BUSY_NOTE)]
         out["notes"] = [n for n in notes if not n.startswith(BUSY_NOTE) or n == busy[0]]
@@ -837,6 +965,8 @@ def merge_isolated(parts: list[dict]) -> dict:
     merged["matmul"] = max(peaks, key=lambda m: m["gflops"]) if peaks else None
     if merged["matmul"]:
         add_peak_fractions(merged["ops"], merged["matmul"]["gflops"])
+    merged["fma"] = best_fma(*(p.get("fma") for p in parts))
+    add_fma_fractions(merged["ops"], merged["fma"]["gflops"] if merged["fma"] else None)
     torch_ops = {(r["layer"], r["pass"]): r["ms"] for r in merged["ops"] if r["engine"] == "torch"}
     torch_train = {r["model"]: r["images_per_s"] for r in merged["training"]
                    if r["engine"] == "torch"}
@@ -860,25 +990,29 @@ def in_child() -> bool:
     return os.environ.get(CHILD_MARKER) == "1"
 
 
-def child_env(unset=(), threads: int | None = None) -> tuple[dict, dict]:
-    """The environment for a child run: ``unset`` removed, and with ``threads`` every thread
-    pool's variable set to it; also what changed, for the report."""
+def child_env(unset=(), threads: int | None = None, extra: dict | None = None
+              ) -> tuple[dict, dict]:
+    """The environment for a child run: ``unset`` removed, with ``threads`` every thread
+    pool's variable set to it, and ``extra`` set; also what changed, for the report."""
     env = {k: v for k, v in os.environ.items() if k not in unset}
     changed = {name: None for name in unset}
     if threads is not None:
         for name in THREAD_ENV:
             env[name] = changed[name] = str(threads)
+    for name, value in (extra or {}).items():
+        env[name] = changed[name] = value
     env[CHILD_MARKER] = "1"
     return env, changed
 
 
-def run_in_child(argv: list[str], unset=(), threads: int | None = None) -> dict:
+def run_in_child(argv: list[str], unset=(), threads: int | None = None,
+                 extra: dict | None = None) -> dict:
     """Run ``polycnn <argv> --json`` in a child process whose environment differs from this one
     as :func:`child_env` says (thread counts and BLAS kernel choice are read once, when the
     libraries load, so only a fresh process can change them), and return its result with what
     was changed and which BLAS kernel ran here and there. The child's progress passes through
     on stderr."""
-    env, changed = child_env(unset, threads)
+    env, changed = child_env(unset, threads, extra)
     proc = subprocess.run([sys.executable, "-m", "polycnn.cli.main", *argv, "--json"], env=env,
                           stdout=subprocess.PIPE, text=True)
     lines = proc.stdout.strip().splitlines()
@@ -891,4 +1025,413 @@ def run_in_child(argv: list[str], unset=(), threads: int | None = None) -> dict:
         "kernel_here": blas_kernel(blas_info()),
         "kernel_in_child": blas_kernel(result["environment"]["blas"]),
     }
+    return result
+
+
+# ---- compile targets: every Numba kernel compiled for several CPUs -----------------------------
+#
+# LLVM picks what to vectorise, and how wide, from the compile target's cost model, so a kernel
+# tuned on one CPU family can lose 10x on another with the same instructions (the 2x2 max-pool
+# took 8-11 ms compiled for Intel targets, 0.5-1 ms for AMD or generic ones, on one Intel Xeon).
+# Each target runs in a child process of its own (Numba fixes the target when it loads) with
+# the host's features, so only the cost model differs and every target runs on this CPU.
+
+#: the targets ``polycnn bench --targets`` compares with the host's when none are named: a
+#: generic AVX-512 target and AMD's Zen 4 (the kernels were first tuned on AMD machines)
+DEFAULT_TARGETS = ("x86-64-v4", "znver4")
+
+#: the host's own target: NUMBA_CPU_NAME unset
+HOST_TARGET = "host"
+
+#: a kernel whose time under one target is more than this times its time under another is
+#: flagged
+TARGET_RATIO = 2.0
+
+#: set in the child process of a target (names the target, for its report)
+TARGET_MARKER = "POLYCNN_BENCH_TARGET"
+
+
+def unknown_cpus(names: list[str]) -> list[str]:
+    """The names LLVM does not know as an x86 CPU. LLVM says so only on stderr (and then
+    compiles for a generic CPU), so stderr is caught while a target machine is made."""
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    target = ll.Target.from_default_triple()
+    unknown = []
+    for name in names:
+        with tempfile.TemporaryFile() as caught:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(caught.fileno(), 2)
+            try:
+                target.create_target_machine(cpu=name, features="")
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            caught.seek(0)
+            if b"not a recognized processor" in caught.read():
+                unknown.append(name)
+    return unknown
+
+
+def select_targets(names: list[str] | None) -> list[str]:
+    """The targets to compare: ``host`` first, then ``names`` (default
+    :data:`DEFAULT_TARGETS`) without repeats. A name that is not an LLVM x86 CPU raises
+    ValueError naming it."""
+    names = list(DEFAULT_TARGETS) if names is None else names
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", n)]
+    if bad:
+        raise ValueError(f"--targets: {bad[0]!r} is not a CPU name (letters, digits, '.', '_',"
+                         " '-'; e.g. x86-64-v4, znver4, sapphirerapids, host)")
+    chosen = list(dict.fromkeys([HOST_TARGET, *names]))
+    unknown = unknown_cpus([n for n in chosen if n != HOST_TARGET])
+    if unknown:
+        raise ValueError(f"--targets: LLVM does not know the CPU {', '.join(map(repr, unknown))}"
+                         " (known are e.g. x86-64-v3, x86-64-v4, znver3, znver4, skylake-avx512,"
+                         " icelake-server, sapphirerapids; 'host' is this machine's)")
+    return chosen
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One Numba kernel (or a backend step that is one kernel and its set-up) on one shape:
+    ``build(backend, rng)`` returns the call to time."""
+
+    name: str
+    shape: str
+    build: Callable
+
+
+def _conv_arrays(layer, rng):
+    g = layer.geometry()
+    x = rng.standard_normal(g.x_shape, dtype=np.float32)
+    w = (rng.standard_normal(g.w_shape, dtype=np.float32) / math.sqrt(layer.C * layer.R * layer.S))
+    dy = rng.standard_normal(g.y_shape, dtype=np.float32)
+    return g, x, w, dy
+
+
+def _case_pad(layer):
+    def build(be, rng):
+        g, x, _, _ = _conv_arrays(layer, rng)
+        return lambda: be._padded_input(x, g, slack=True)
+    return build
+
+
+def _case_direct_forward(layer):
+    def build(be, rng):
+        g, x, w, _ = _conv_arrays(layer, rng)
+        xp = be._padded_input(x, g, slack=True)
+        tab = be._forward_table(g, xp)
+        w2 = w.reshape(g.K, -1)
+        y = np.empty(g.y_shape, dtype=np.float32)
+        none = np.zeros(0, dtype=np.float32)
+        phases = [(0, w2.shape[1], 0, 0, g.P, g.Q)]
+        return lambda: be._direct(xp, g.N, w2, tab, phases, (1, 1), none, y)
+    return build
+
+
+def _case_data_grad(layer):
+    def build(be, rng):
+        g, _, w, dy = _conv_arrays(layer, rng)
+        return lambda: be._conv_data_grad(dy, w, g)
+    return build
+
+
+def _case_weight_grad(layer):
+    def build(be, rng):
+        g, x, _, dy = _conv_arrays(layer, rng)
+        xp = be._padded_input(x, g, slack=True)
+        return lambda: be._conv_weight_grad(x, dy, g, xp)
+    return build
+
+
+def _case_gemm_forward(layer):
+    def build(be, rng):
+        g, x, w, _ = _conv_arrays(layer, rng)
+        assert not be._use_direct(g.K, g.C), "the gather-GEMM case must be a wide layer"
+        return lambda: be._conv2d_forward(x, w, None, g)
+    return build
+
+
+def _case_bias_grad(layer):
+    def build(be, rng):
+        _, _, _, dy = _conv_arrays(layer, rng)
+        db = np.empty(layer.K, dtype=np.float32)
+        return lambda: be._k._bias_grad(dy, db)
+    return build
+
+
+def _pool_arrays(layer, kernel, stride, padding, rng):
+    g = pool_geometry((layer.N, layer.C, layer.H, layer.W), kernel, stride, padding)
+    x = rng.standard_normal(g.x_shape, dtype=np.float32)
+    dy = rng.standard_normal(g.y_shape, dtype=np.float32)
+    geo = np.array([g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w], dtype=np.int64)
+    return g, x, dy, geo
+
+
+def _case_maxpool(layer, kernel, stride, padding, backward, two_by_two):
+    def build(be, rng):
+        g, x, dy, geo = _pool_arrays(layer, kernel, stride, padding, rng)
+        y = np.empty(g.y_shape, dtype=np.float32)
+        arg = np.empty(g.y_shape, dtype=np.int32)
+        k = be._k
+        if two_by_two:
+            k._maxpool2x2_fwd(x, y, arg)
+            if not backward:
+                return lambda: k._maxpool2x2_fwd(x, y, arg)
+            dx = np.empty(g.x_shape, dtype=np.float32)
+            return lambda: k._maxpool2x2_bwd(dy, arg, dx)
+        k._maxpool_fwd(x, geo, y, arg)
+        if not backward:
+            return lambda: k._maxpool_fwd(x, geo, y, arg)
+        dx = np.zeros(g.x_shape, dtype=np.float32)  # accumulates over the calls: harmless
+        return lambda: k._maxpool_bwd(dy, arg, dx)
+    return build
+
+
+def _case_avgpool(layer, backward):
+    def build(be, rng):
+        g, x, dy, geo = _pool_arrays(layer, 2, None, 0, rng)
+        scale = np.array([0.25], dtype=np.float32)
+        if not backward:
+            y = np.empty(g.y_shape, dtype=np.float32)
+            return lambda: be._k._avgpool_fwd(x, geo, scale, y)
+        dx = np.zeros(g.x_shape, dtype=np.float32)
+        return lambda: be._k._avgpool_bwd(dy, geo, scale, dx)
+    return build
+
+
+def _case_relu(size, backward):
+    def build(be, rng):
+        x = rng.standard_normal(size, dtype=np.float32)
+        y = np.empty_like(x)
+        if not backward:
+            return lambda: be._k._relu_fwd(x, y)
+        dy = rng.standard_normal(size, dtype=np.float32)
+        return lambda: be._k._relu_bwd(dy, x, y)
+    return build
+
+
+def _case_dropout(size):
+    def build(be, rng):
+        keep = np.empty(size, dtype=np.bool_)
+        u = np.uint64
+        return lambda: be._k._dropout_mask(u(12345), u(1 << 23), u(0x9E3779B97F4A7C15),
+                                           u(0xBF58476D1CE4E5B9), u(0x94D049BB133111EB), keep)
+    return build
+
+
+def _case_cross_entropy(n, classes):
+    def build(be, rng):
+        logits = rng.standard_normal((n, classes), dtype=np.float32)
+        labels = rng.integers(0, classes, n).astype(np.int64)
+        dlogits = np.empty_like(logits)
+        return lambda: be._k._cross_entropy(logits, labels, 0.1, dlogits)
+    return build
+
+
+def _case_matmul(m, t, l, transposed):
+    def build(be, rng):
+        if not transposed:  # C (m, t) = A (m, l) · B (t, l)ᵀ
+            a = rng.standard_normal((m, l), dtype=np.float32)
+            b = rng.standard_normal((t, l), dtype=np.float32)
+            c = np.empty((m, t), dtype=np.float32)
+            return lambda: be._k._matmul_nt(a, b, c)
+        a = rng.standard_normal((l, m), dtype=np.float32)  # C (m, t) = Aᵀ · B (l, t)
+        b = rng.standard_normal((l, t), dtype=np.float32)
+        c = np.empty((m, t), dtype=np.float32)
+        return lambda: be._k._matmul_tn(a, b, c)
+    return build
+
+
+def kernel_cases(divisor: int = 1) -> list[KernelCase]:
+    """Every Numba kernel of the backend on a benchmark-sized float32 case (batch sizes / by
+    ``divisor``): the convolution passes on layers b and e of :data:`LAYERS` (and a wide
+    layer for the gather GEMM), both max-pools and the average pool on the pool layer, and the
+    training glue."""
+    b, e, pool = (_scaled(LAYERS[n], divisor) for n in ("b", "e", "pool"))
+    wide = ConvLayer("wide", max(1, 16 // divisor), 512, 7, 7, 256, 3, 3, padding=1)
+    general = _scaled(PoolLayer("pool3", 64, 64, 32, 32, kernel=3), divisor)
+    size = b.N * b.K * b.H * b.W
+    rows = max(4, 256 // divisor // 4 * 4)
+    return [
+        KernelCase("_pad_planes", b.describe(), _case_pad(b)),
+        KernelCase("_pad_planes (stride 2, pairs)", e.describe(), _case_pad(e)),
+        KernelCase("_direct_conv forward", b.describe(), _case_direct_forward(b)),
+        KernelCase("_direct_conv backward-data", b.describe(), _case_data_grad(b)),
+        KernelCase("_direct_conv backward-data (4 phases)", e.describe(), _case_data_grad(e)),
+        KernelCase("_conv_weight_tiles backward-weight", b.describe(), _case_weight_grad(b)),
+        KernelCase("_conv_weight_tiles backward-weight", e.describe(), _case_weight_grad(e)),
+        KernelCase("_pad_nhwc + _gather_gemm forward", wide.describe(), _case_gemm_forward(wide)),
+        KernelCase("_bias_grad", b.describe(), _case_bias_grad(b)),
+        KernelCase("_maxpool2x2_fwd", pool.describe(), _case_maxpool(pool, 2, 2, 0, False, True)),
+        KernelCase("_maxpool2x2_bwd", pool.describe(), _case_maxpool(pool, 2, 2, 0, True, True)),
+        KernelCase("_maxpool_fwd", general.describe() + " stride 2 pad 1",
+                   _case_maxpool(general, 3, 2, 1, False, False)),
+        KernelCase("_maxpool_bwd", general.describe() + " stride 2 pad 1",
+                   _case_maxpool(general, 3, 2, 1, True, False)),
+        KernelCase("_avgpool_fwd", pool.describe().replace("max", "avg"),
+                   _case_avgpool(pool, False)),
+        KernelCase("_avgpool_bwd", pool.describe().replace("max", "avg"),
+                   _case_avgpool(pool, True)),
+        KernelCase("_relu_fwd", f"{size} elements", _case_relu(size, False)),
+        KernelCase("_relu_bwd", f"{size} elements", _case_relu(size, True)),
+        KernelCase("_dropout_mask", f"{size} elements", _case_dropout(size)),
+        KernelCase("_cross_entropy", "logits 4096x10", _case_cross_entropy(4096, 10)),
+        KernelCase("_matmul_nt (linear forward)", f"{rows}x1024 . (512x1024)T",
+                   _case_matmul(rows, 512, 1024, False)),
+        KernelCase("_matmul_tn (linear backward)", f"({rows}x512)T . {rows}x1024",
+                   _case_matmul(512, 1024, rows, True)),
+    ]
+
+
+class KernelTimer:
+    """Every :func:`kernel_cases` case on the numba backend in this process (compiled for this
+    process's target), ready to time: built, called once (compilation or a cache load, timed
+    apart) and calibrated so that a round of each lasts at least ``min_round_s``."""
+
+    def __init__(self, divisor: int, min_round_s: float, progress: Callable = lambda msg: None):
+        be = get_backend("numba")
+        self.target = numba_target()
+        progress(f"compiling every kernel for {self.target['cpu_name']}")
+        rng = np.random.default_rng(0)
+        self.cases = kernel_cases(divisor)
+        self.fns, self.first, self.calls = [], [], []
+        for case in self.cases:
+            fn = case.build(be, rng)
+            t0 = time.perf_counter()
+            fn()
+            self.first.append(time.perf_counter() - t0)
+            self.calls.append(_calls_for(fn, lambda: None, min_round_s))
+            self.fns.append(fn)
+        self.header = {
+            "target": self.target,
+            "target_label": os.environ.get(TARGET_MARKER, HOST_TARGET),
+            "environment": {"cpu": cpu_model(), "isa": isa_flags(), "blas": blas_info(),
+                            "threads": be.threads, "load_average": load_average()},
+            "kernels": [{"kernel": c.name, "shape": c.shape, "calls_per_round": n,
+                         "first_call_s": f} for c, n, f in zip(self.cases, self.calls, self.first)],
+            "compile_s": sum(self.first),
+            "config": {"divisor": divisor, "min_round_s": min_round_s},
+        }
+
+    def round(self) -> list[float]:
+        """Seconds per call of every case, one round each, in order."""
+        return [_time_round(fn, lambda: None, calls) for fn, calls in zip(self.fns, self.calls)]
+
+
+def serve_kernels(divisor: int, min_round_s: float, lines, write: Callable,
+                  progress: Callable = lambda msg: None) -> None:
+    """The child process of one target (``polycnn bench --kernels-only``): a JSON line with
+    :class:`KernelTimer`'s header once the kernels are compiled, then for each ``round`` line
+    read from ``lines`` one JSON line ``{"seconds": [...]}``; it ends at the end of input."""
+    timer = KernelTimer(divisor, min_round_s, progress)
+    write(json.dumps(timer.header))
+    for line in lines:
+        if line.strip() == "round":
+            write(json.dumps({"seconds": timer.round()}))
+
+
+def target_env(name: str, cache_dir: str, threads: int | None = None) -> dict:
+    """The environment of target ``name``'s child: NUMBA_CPU_NAME = ``name`` (unset for the
+    host's), always the host's features (so the code runs here and only LLVM's cost model
+    changes), a compile cache of its own and, with ``threads``, every thread pool limited."""
+    extra = {"NUMBA_CACHE_DIR": cache_dir, TARGET_MARKER: name}
+    if name != HOST_TARGET:
+        extra["NUMBA_CPU_NAME"] = name
+    unset = ("NUMBA_CPU_FEATURES",) + (("NUMBA_CPU_NAME",) if name == HOST_TARGET else ())
+    return child_env(unset, threads, extra)[0]
+
+
+class _TargetChild:
+    """One target's child process, driven a round at a time through its stdin."""
+
+    def __init__(self, name: str, argv: list[str], env: dict):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-m", "polycnn.cli.main", *argv], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.header = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"the child process of target {self.name!r} failed with exit"
+                               f" code {code}")
+        return json.loads(line)
+
+    def round(self) -> list[float]:
+        self.proc.stdin.write("round\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def compare_targets(headers: list[dict], samples: dict) -> dict:
+    """One result from each target's header and its per-round samples (target label -> list of
+    rounds, each a list of seconds per case): per kernel its median time under every target,
+    the ratio of the slowest to the fastest, and whether that exceeds :data:`TARGET_RATIO`."""
+    first = headers[0]
+    kernels = []
+    for i, row in enumerate(first["kernels"]):
+        ms = {h["target_label"]: statistics.median(r[i] for r in samples[h["target_label"]]) * 1e3
+              for h in headers}
+        slow = max(ms, key=ms.get)
+        fast = min(ms, key=ms.get)
+        ratio = ms[slow] / ms[fast] if ms[fast] > 0 else math.inf
+        kernels.append({"kernel": row["kernel"], "shape": row["shape"], "ms": ms,
+                        "ratio": ratio, "slowest": slow, "fastest": fast,
+                        "flagged": ratio > TARGET_RATIO})
+    rounds = min(len(v) for v in samples.values())
+    return {
+        "targets": {h["target_label"]: {**h["target"], "compile_s": h["compile_s"]}
+                    for h in headers},
+        "environment": first["environment"],
+        "config": {**first["config"], "rounds": rounds, "ratio_limit": TARGET_RATIO},
+        "kernels": kernels,
+        "flagged": [k["kernel"] + " " + k["shape"] for k in kernels if k["flagged"]],
+        "notes": [],
+    }
+
+
+def run_targets(names: list[str] | None, argv: list[str], rounds: int,
+                threads: int | None = None, progress: Callable = lambda msg: None) -> dict:
+    """``polycnn bench --targets``: one child process per target (the host's first), each
+    running ``polycnn <argv>`` (:func:`serve_kernels`) with NUMBA_CPU_NAME set and an empty
+    compile cache of its own. The children compile one after the other, then time their
+    kernels in turns, a round each (host, target 1, target 2, host, ...), so load from
+    elsewhere hits every target alike; each kernel's median round counts."""
+    chosen = select_targets(names)
+    root = tempfile.mkdtemp(prefix="polycnn-targets-")
+    children = []
+    try:
+        for name in chosen:
+            progress(f"target {name}: a child process compiles every kernel")
+            children.append(_TargetChild(name, argv, target_env(
+                name, os.path.join(root, name), threads)))
+        samples = {child.header["target_label"]: [] for child in children}
+        for index in range(max(1, rounds)):
+            progress(f"round {index + 1} of {rounds}: every kernel on every target in turn")
+            for child in children:
+                samples[child.header["target_label"]].append(child.round())
+    finally:
+        for child in children:
+            child.close()
+        shutil.rmtree(root, ignore_errors=True)
+    result = compare_targets([c.header for c in children], samples)
+    loads = [c.header["environment"].get("load_average") for c in children]
+    busy = [load for load in loads if load is not None and load >= BUSY_LOAD]
+    if busy:
+        result["notes"].append(f"{BUSY_NOTE} {max(busy):.1f} while the targets compiled: other"
+                               " work shared the CPU; a flag may be noise, rerun when it is"
+                               " quiet or with more --rounds")
     return result

@@ -1036,6 +1036,82 @@ def _avgpool_bwd(dy, geo, scale, dx):
                                 dx[n, c, h, w] += share
 
 
+# ---- the machine's FMA peak (for the benchmark) ----------------------------------------------
+
+#: independent accumulator registers of the FMA probe: enough FMAs in flight to cover the
+#: latency (4-5 cycles) on both FMA ports, few enough to stay in registers (32 with AVX-512,
+#: 16 with AVX2)
+FMA_ACCS = 16 if SIMD_BYTES == 64 else 10
+#: float32 lanes of one probe register
+FMA_LANES = SIMD_BYTES // 4
+
+
+def _make_fma_loop():
+    """``loop(iters, a, b)`` -> float32: ``iters`` rounds of FMA_ACCS independent vector FMAs
+    acc = acc·a + b (FMA_LANES float32 lanes each), then the sum of every lane: 2 · iters ·
+    FMA_ACCS · FMA_LANES FLOPs, the most the FMA units can do. With 0 < a < 1 the values stay
+    finite (no denormals, no overflow). LLVM IR, like the register tiles; under
+    NUMBA_DISABLE_JIT a NumPy stand-in (the FLOP count is then meaningless)."""
+    if config.DISABLE_JIT:
+
+        def loop_py(iters, a, b):
+            acc = np.ones((FMA_ACCS, FMA_LANES), dtype=np.float32)
+            for _ in range(min(int(iters), 8)):
+                acc = acc * a + b
+            return np.float32(acc.sum())
+
+        return loop_py
+
+    @intrinsic
+    def loop(typingctx, iters, a, b):
+        sig = types.float32(iters, types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            iters_v, a_v, b_v = args
+            i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+            vty = ir.VectorType(f32, FMA_LANES)
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, FMA_LANES), [0] * FMA_LANES)
+
+            def broadcast(value):
+                one = builder.insert_element(undef, value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, undef, splat)
+
+            av = broadcast(context.cast(builder, a_v, signature.args[1], types.float32))
+            bv = broadcast(context.cast(builder, b_v, signature.args[2], types.float32))
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{FMA_LANES}f32")
+            start = [ir.Constant(vty, [ir.Constant(f32, 1.0 + k / 64)] * FMA_LANES)
+                     for k in range(FMA_ACCS)]
+            accs = [cgutils.alloca_once_value(builder, v) for v in start]
+            count = context.cast(builder, iters_v, signature.args[0], types.int64)
+            with cgutils.for_range(builder, count, intp=i64):
+                for acc in accs:
+                    builder.store(builder.call(fma, [builder.load(acc), av, bv]), acc)
+            total = builder.load(accs[0])
+            for acc in accs[1:]:
+                total = builder.fadd(total, builder.load(acc))
+            hsum = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(f32, [f32, vty]),
+                f"llvm.vector.reduce.fadd.v{FMA_LANES}f32")
+            return builder.call(hsum, [ir.Constant(f32, 0.0), total])
+
+        return sig, codegen
+
+    return loop
+
+
+_fma_loop = _make_fma_loop()
+
+
+@njit(parallel=True, cache=True)
+def _fma_probe(iters, out):
+    """out[t] = one FMA loop of ``iters`` rounds (``_make_fma_loop``) per task t: one task per
+    thread measures the FMA peak of that many cores."""
+    for t in prange(out.shape[0]):
+        out[t] = _fma_loop(iters, np.float32(0.999), np.float32(0.001))
+
+
 # ---- training glue ----------------------------------------------------------------------------
 
 
