@@ -193,6 +193,10 @@ def _stored_run(run, path: str, model=None, data_dir=None, needs_data: bool = Fa
         if out != (len(run["classes"]),):
             raise ValueError(f"{path}: the checkpoint's run names {len(run['classes'])} classes but"
                              f" its model outputs {out}")
+    image = (run["channels"], run["image_size"], run["image_size"])
+    limits.check_memory(path, f"its run's batch_size {run['batch_size']:,} of"
+                        f" {'x'.join(map(str, image))} images",
+                        _BATCH_FACTOR * limits.images_bytes(run["batch_size"], image))
     if needs_data and run.get("dataset", "shapes") not in ("shapes", "digits"):
         if data_dir is not None:
             run["data_dir"] = os.path.abspath(data_dir)

@@ -197,6 +197,14 @@ def stored_n_test_float(d, base):
 
 
 @case
+def stored_batch_size_1e9(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz",
+             lambda m: m["metadata"]["run"].update(batch_size=10**9))
+    return ["train", "--resume", "--out", "ck.npz", "--epochs", "2"], \
+        ["ck.npz", "batch_size 1,000,000,000", "memory"]
+
+
+@case
 def stored_image_size_string(d, base):
     _altered(base / "shapes.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(image_size="4096"))
