@@ -30,7 +30,8 @@ def _click_error(exc: click.ClickException):
         exc.show()   # NOTE: `polycnn` alone prints the help, as click does
         sys.exit(exc.exit_code)
     message = exc.format_message()
-    if isinstance(exc, click.UsageError) and exc.ctx is not None and exc.ctx.info_name:
+    if isinstance(exc, click.UsageError) and not isinstance(exc, click.BadParameter) \
+            and exc.ctx is not None and exc.ctx.info_name:
         message += f" (see `{exc.ctx.command_path} --help`)"
     fail(message, exc.exit_code)
 
@@ -62,10 +63,21 @@ class PolycnnGroup(click.Group):
             fail(message)
 
 
+def _known_backend(ctx, param, value):
+    """An unknown --backend name fails while the options are parsed, before any work; whether
+    a known backend is available here is get_backend's to say (with the reason)."""
+    from polycnn.backends import registry
+
+    if value is not None and value not in registry.backend_names():
+        raise click.BadParameter(f"unknown backend {value!r}; choose from"
+                                 f" {', '.join(registry.backend_names())} (see `polycnn backends`)")
+    return value
+
+
 def backend_option(func):
     """``--backend NAME``; default: the fastest CPU backend available here."""
     return click.option(
-        "--backend", "backend", default=None, metavar="NAME",
+        "--backend", "backend", default=None, metavar="NAME", callback=_known_backend,
         help="backend to run on (default: the fastest available CPU backend; see `polycnn backends`)",
     )(func)
 
@@ -114,14 +126,18 @@ def format_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
-def check_output_file(path: str, option: str = "--out") -> None:
-    """Before any work: ``path`` can be written as a file: not empty, its folder exists and
-    takes new files, and it is not a folder, device, FIFO or socket (replacing one of those
-    with a file would be wrong, and as root it would succeed). Whether an existing file may be
-    replaced is the caller's rule. Raises ``click.BadParameter`` naming ``option``."""
+def check_output_file(path: str, option: str = "--out", make_folders: bool = False) -> None:
+    """Before any work: ``path`` can be written as a file: not empty, its folder exists (or,
+    with ``make_folders``, can be made) and takes new files, and it is not a folder, device,
+    FIFO or socket (replacing one of those with a file would be wrong, and as root it would
+    succeed). Whether an existing file may be replaced is the caller's rule. Raises
+    ``click.BadParameter`` naming ``option``."""
     if not path or not path.strip():
         raise click.BadParameter("is empty; expected a file name", param_hint=option)
     folder = os.path.dirname(os.path.abspath(path))
+    if make_folders and not os.path.exists(folder):
+        check_output_folder(folder, option)
+        return
     if not os.path.exists(folder):
         raise click.BadParameter(f"{path}: the folder {folder} does not exist", param_hint=option)
     if not os.path.isdir(folder):

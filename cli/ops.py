@@ -7,7 +7,7 @@ import click
 import polycnn as pc
 from polycnn.backends import registry
 
-from ._common import backend_option, echo_json, format_table, json_option
+from ._common import backend_option, check_output_file, echo_json, format_table, json_option
 
 
 @click.command()
@@ -53,6 +53,11 @@ def demo(backend, as_json, plot, out):
         from polycnn import viz
 
         viz.pyplot()  # fail first, in one line, when matplotlib is missing
+        check_output_file(out, "--out", make_folders=True)   # NOTE: viz makes missing folders
+        _only_png_replaced(out)
+    elif click.get_current_context().get_parameter_source("out") is \
+            click.core.ParameterSource.COMMANDLINE:
+        raise click.BadParameter("is where --plot writes its picture; add --plot", param_hint="--out")
     be = pc.get_backend(backend)
     r = worked_example(be)
     if plot:
@@ -80,6 +85,17 @@ def demo(backend, as_json, plot, out):
         click.echo()
     if plot:
         click.echo(f"picture of the worked example saved to {out}")
+
+
+def _only_png_replaced(out: str) -> None:
+    """--out may replace an earlier picture, never a file of another kind."""
+    import os
+
+    if os.path.exists(out):
+        with open(out, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise click.BadParameter(f"{out} exists and is not a PNG picture; only a PNG is"
+                                         " replaced: choose another name", param_hint="--out")
 
 
 COMMANDS = [backends, demo]

@@ -27,6 +27,10 @@ def _names(value: str | None, what: str, allowed=None) -> list:
     return names
 
 
+#: --cases above this is a typo: 20 cases per op take about a second on a CPU backend
+MAX_CASES = 10_000
+
+
 def _finite(v):
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
@@ -38,9 +42,11 @@ def _finite(v):
               metavar="D,D", help="comma-separated dtypes: float32, float64")
 @click.option("--ops", "op_list", default=",".join(parity_lib.OPS), show_default=True,
               metavar="OP,OP", help="comma-separated ops: " + ", ".join(parity_lib.OPS))
-@click.option("--seed", default=0, show_default=True, help="seed of the random cases")
-@click.option("--cases", default=20, show_default=True, type=click.IntRange(min=1),
-              help="random cases per op (fewer for a slow backend such as cupy-emu)")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="seed of the random cases")
+@click.option("--cases", default=20, show_default=True, type=click.IntRange(min=1, max=MAX_CASES),
+              help=f"random cases per op, at most {MAX_CASES:,} (fewer for a slow backend such as"
+                   " cupy-emu)")
 @json_option
 def parity(backend_list, dtype_list, op_list, seed, cases, as_json):
     """Check backends against the float64 reference on seeded random cases.

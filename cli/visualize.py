@@ -9,7 +9,7 @@ import numpy as np
 
 import polycnn as pc
 
-from ._common import backend_option
+from ._common import backend_option, check_output_folder
 
 
 def _test_split(run: dict, data_dir):
@@ -74,11 +74,20 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
     classes = meta.get("classes") or [str(i) for i in range(model.layers[-1].out_features)]
     if out_dir is None:
         out_dir = os.path.splitext(checkpoint)[0] + "_viz"
+    check_output_folder(out_dir, "--out")
     if index < 0:
         raise click.BadParameter(f"must be >= 0, got {index}", param_hint="--index")
     if input_path is not None and click.get_current_context().get_parameter_source("index") \
             is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("give --input or --index, not both")
+    if data_dir is not None:
+        dataset = None if run is None else run.get("dataset", "shapes")
+        if dataset is None:
+            raise click.BadParameter(f"{checkpoint} does not name its data set (not written by"
+                                     " `polycnn train`)", param_hint="--data-dir")
+        if dataset in ("shapes", "digits"):
+            raise click.BadParameter(f"{checkpoint} was trained on {dataset}, which needs no files",
+                                     param_hint="--data-dir")
     test = None
     if run is not None:
         test = _test_split(run, data_dir)
@@ -86,7 +95,7 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
         raise ValueError(f"{checkpoint} does not say which data it was trained on (not written by"
                          " `polycnn train`); pass --input FILE.npy to choose an image")
 
-    written = [viz.plot_filters(model, os.path.join(out_dir, "filters.png"))]
+    # NOTE: every input is checked before the first picture is written
     if input_path is not None:
         x = _input_image(input_path, model, run)
         label = f"input {os.path.basename(input_path)}"
@@ -97,6 +106,7 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
                                      param_hint="--index")
         x = test[0][index]
         label = f"test image {index}, true class: {classes[int(test[1][index])]}"
+    written = [viz.plot_filters(model, os.path.join(out_dir, "filters.png"))]
     probs = pc.predict(model, x[None].astype(model.dtype))[0]
     label += f"; predicted {classes[int(probs.argmax())]} ({probs.max():.0%})"
     written += viz.plot_feature_maps(model, x, out_dir, label=label)
