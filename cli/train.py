@@ -180,11 +180,11 @@ def _stored_run(run, path: str, model=None, data_dir=None, needs_data: bool = Fa
     if run.get("dataset", "shapes") == "shapes" and run.get("n_train") is None:
         raise ValueError(f"{path}: the checkpoint's run settings lack n_train for shapes")
     run = dict(run, download=False)
+    image = (run["channels"], run["image_size"], run["image_size"])
     if run.get("normalize") is not None and any(len(p) != run["channels"] for p in run["normalize"]):
         raise ValueError(f"{path}: the checkpoint's run setting normalize {run['normalize']!r:.80}"
                          f" does not have {run['channels']} channels")
     if model is not None and "classes" in run:
-        image = (run["channels"], run["image_size"], run["image_size"])
         try:
             out = tuple(model.output_shape(image))
         except ValueError as exc:
@@ -193,7 +193,6 @@ def _stored_run(run, path: str, model=None, data_dir=None, needs_data: bool = Fa
         if out != (len(run["classes"]),):
             raise ValueError(f"{path}: the checkpoint's run names {len(run['classes'])} classes but"
                              f" its model outputs {out}")
-    image = (run["channels"], run["image_size"], run["image_size"])
     limits.check_memory(path, f"its run's batch_size {run['batch_size']:,} of"
                         f" {'x'.join(map(str, image))} images",
                         _BATCH_FACTOR * limits.images_bytes(run["batch_size"], image))
