@@ -144,6 +144,15 @@ def checkpoint_metadata_bomb(d, base):
 
 
 @case
+def checkpoint_with_30000_members(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    with zipfile.ZipFile(d / "ck.npz", "a") as z:
+        for i in range(30000):
+            z.writestr(f"optim.{i}.velocity.npy", b"")
+    return ["evaluate", "ck.npz"], ["ck.npz", "30,0", "members", "20,000"]
+
+
+@case
 def checkpoint_100000x100000_layer(d, base):
     def edit(meta):
         meta["model"]["layers"][-1]["config"].update(in_features=100000, out_features=100000)

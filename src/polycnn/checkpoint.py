@@ -21,12 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import zipfile
 
 import numpy as np
 
 from . import limits
 from ._files import replaced_atomically
+
+#: members and bytes of an archive's directory, checked before zipfile reads it (a model of
+#: limits.MAX_LAYERS layers has at most a few thousand arrays)
+_MAX_MEMBERS = 20_000
+_MAX_DIRECTORY = 16 << 20
 
 FORMAT = "polycnn-checkpoint"
 VERSION = 1
@@ -90,6 +96,7 @@ def read(path) -> tuple[dict, dict]:
     with open(path, "rb") as fh:
         if fh.read(4) != b"PK\x03\x04":  # NOTE: every .npz is a zip archive
             raise ValueError(f"{path} is not a polycnn checkpoint (not an .npz archive)")
+        _check_directory(fh, path)
     try:
         with zipfile.ZipFile(path) as zf:
             return _read_archive(zf, path)
@@ -100,6 +107,24 @@ def read(path) -> tuple[dict, dict]:
     except Exception as exc:  # NOTE: zipfile.BadZipFile, zlib.error, EOFError, OSError
         raise ValueError(f"{path} is not a readable polycnn checkpoint (truncated or corrupt):"
                          f" {type(exc).__name__}: {exc}") from None
+
+
+def _check_directory(fh, path: str) -> None:
+    """The zip's end record, read before zipfile loads the whole directory into memory: at most
+    :data:`_MAX_MEMBERS` members in at most :data:`_MAX_DIRECTORY` bytes (a zip64 directory,
+    for more than 65,535 members or 4 GiB, is refused: a checkpoint never needs one)."""
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, size - 22 - 0xFFFF))
+    tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise ValueError(f"{path} is not a readable polycnn checkpoint (truncated or corrupt): the"
+                         " zip archive has no end record")
+    members, directory = struct.unpack_from("<HL", tail, at + 10)
+    if members > _MAX_MEMBERS or directory > _MAX_DIRECTORY:
+        raise ValueError(f"{path}: the archive claims {members:,} members in a directory of"
+                         f" {directory:,} bytes, over the limit of {_MAX_MEMBERS:,} members and"
+                         f" {_MAX_DIRECTORY:,} bytes")
 
 
 def _read_archive(zf: zipfile.ZipFile, path: str) -> tuple[dict, dict]:
@@ -119,6 +144,8 @@ def _read_archive(zf: zipfile.ZipFile, path: str) -> tuple[dict, dict]:
             raise ValueError(f"{path}: the {_META} record claims {shape[0]:,} bytes, over the limit"
                              f" of {limits.MAX_META_BYTES:,}")
         raw = limits.read_npy_data(f, shape, fortran, dtype, path, f"the {_META} record")
+        if f.read(1):  # NOTE: reading to the end also checks the member's CRC
+            raise ValueError(f"{path}: the {_META} record has data after its {shape[0]:,} bytes")
     meta = limits.parse_json(raw.tobytes(), f"{path}: the checkpoint's metadata",
                              limits.MAX_META_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
