@@ -111,8 +111,8 @@ def read(path) -> tuple[dict, dict]:
 
 def _check_directory(fh, path: str) -> None:
     """The zip's end record, read before zipfile loads the whole directory into memory: at most
-    :data:`_MAX_MEMBERS` members in at most :data:`_MAX_DIRECTORY` bytes (a zip64 directory,
-    for more than 65,535 members or 4 GiB, is refused: a checkpoint never needs one)."""
+    :data:`_MAX_MEMBERS` members in at most :data:`_MAX_DIRECTORY` bytes (zip64's markers for
+    more than 65,535 members or a 4 GiB directory are over both)."""
     size = fh.seek(0, os.SEEK_END)
     fh.seek(max(0, size - 22 - 0xFFFF))
     tail = fh.read()
