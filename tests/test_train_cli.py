@@ -151,3 +151,81 @@ def test_predict_bad_files(workdir, monkeypatch):
         assert r.exit_code == 2, (args, r.output)
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, r.output)
+
+
+def _checkpoint_epoch(path):
+    return pc.load(str(path)).training_state["epoch"]
+
+
+def test_existing_out_needs_force_or_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", *TINY, "--epochs", "1", "--out", "run.npz", "-q"]
+    assert _run(args).exit_code == 0
+    first = (tmp_path / "run.npz").read_bytes(), (tmp_path / "run.best.npz").read_bytes()
+
+    r = CliRunner().invoke(main, args)   # the same command again: refused, nothing touched
+    assert r.exit_code == 2 and "run.npz already exists; pass --force" in r.output, r.output
+    assert ((tmp_path / "run.npz").read_bytes(), (tmp_path / "run.best.npz").read_bytes()) == first
+
+    r = _run(["train", "--resume", "--out", "run.npz", "--epochs", "2", "--backend", "numpy", "-q"])
+    assert r.exit_code == 0, r.output
+    assert _checkpoint_epoch(tmp_path / "run.npz") == 2
+
+    r = _run([*args, "--seed", "5", "--force"])   # a new run replaces both files
+    assert r.exit_code == 0, r.output
+    assert _checkpoint_epoch(tmp_path / "run.npz") == 1
+    replaced = pc.load(str(tmp_path / "run.npz")).training_state["metadata"]["run"]
+    assert replaced["seed"] == 5 and _checkpoint_epoch(tmp_path / "run.best.npz") == 1
+
+    # a lone best-epoch twin is protected too
+    (tmp_path / "other.best.npz").write_bytes(b"keep me")
+    r = CliRunner().invoke(main, ["train", *TINY, "--out", "other.npz"])
+    assert r.exit_code == 2 and "other.best.npz" in r.output and "--force" in r.output, r.output
+    assert (tmp_path / "other.best.npz").read_bytes() == b"keep me"
+    assert not (tmp_path / "other.npz").exists()
+
+
+def _nan_validation(monkeypatch, losses):
+    """The validation loss of each epoch, in turn, instead of the real one."""
+    import polycnn.training as training
+
+    real = training.evaluate
+    it = iter(losses)
+    monkeypatch.setattr(training, "evaluate", lambda model, data, **kw: dict(real(model, data, **kw),
+                                                                          loss=next(it)))
+
+
+def test_nan_validation_loss_ends_with_exit_1(tmp_path, monkeypatch):
+    _nan_validation(monkeypatch, [2.0, float("nan"), 1.5])
+    out = tmp_path / "v.npz"
+    r = CliRunner().invoke(main, ["train", *TINY, "--epochs", "3", "--out", str(out), "--json"])
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "validation loss was not finite in epoch 2 (nan)" in errors[0], r.stderr
+    assert "(3) is in" in errors[0] and "Traceback" not in r.output
+
+    def refuse(name):
+        raise AssertionError(f"{name} in --json output")
+    summary = json.loads(r.stdout, parse_constant=refuse)   # strict JSON: NaN is null
+    assert summary["history"]["val_loss"][1] is None and summary["best_epoch"] == 3
+    assert _checkpoint_epoch(out) == 3 and _checkpoint_epoch(tmp_path / "v.best.npz") == 3
+
+
+def test_nan_validation_loss_is_not_better_for_patience(tmp_path, monkeypatch):
+    _nan_validation(monkeypatch, [float("nan")] * 4)
+    out = tmp_path / "p.npz"
+    r = CliRunner().invoke(main, ["train", *TINY, "--epochs", "4", "--patience", "2", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "stopped early after epoch 2" in r.stdout and "(best)" not in r.stdout, r.stdout
+    assert "epochs 1 (nan), 2 (nan)" in r.stderr and "no epoch had a finite validation loss" in r.stderr
+    assert _checkpoint_epoch(out) == 2 and not (tmp_path / "p.best.npz").exists()
+
+
+def test_infinite_test_loss_ends_with_exit_1(tmp_path, monkeypatch):
+    real = pc.evaluate
+    monkeypatch.setattr(pc, "evaluate", lambda model, data, **kw: dict(real(model, data, **kw),
+                                                                       loss=float("inf")))
+    r = CliRunner().invoke(main, ["train", *TINY, "--out", str(tmp_path / "t.npz")])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.count("error: ") == 1 and "the test loss is inf" in r.stderr, r.stderr
+    assert "validation loss was not finite" not in r.stderr
