@@ -21,12 +21,21 @@ def _names(value, option: str):
     return names
 
 
-def _check_sizes(threads, matmul_size) -> None:
+#: --rounds and --repeat above these are typos: the default is 7 rounds, one process per engine
+MAX_ROUNDS, MAX_REPEAT = 1000, 100
+
+
+def _check_sizes(threads, matmul_size, rounds=None, repeat=1) -> None:
     """--threads within the machine's cores (more measures contention, and OpenMP starts them
-    all), --matmul-size's three float32 matrices within the memory limit."""
+    all), --matmul-size's three float32 matrices within the memory limit, --rounds and
+    --repeat below MAX_ROUNDS and MAX_REPEAT."""
     import os
 
     from polycnn import limits
+
+    for value, option, most in ((rounds, "--rounds", MAX_ROUNDS), (repeat, "--repeat", MAX_REPEAT)):
+        if value is not None and value > most:
+            raise click.BadParameter(f"must be at most {most:,}, got {value:,}", param_hint=option)
 
     cores = os.cpu_count() or 1
     if threads is not None and threads > cores:
@@ -143,7 +152,7 @@ def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startu
     # fail on bad names here, before any measuring (or a child process)
     B.select_layers(layer_names)
     B.select_backends(backend_names)
-    _check_sizes(threads, matmul_size)
+    _check_sizes(threads, matmul_size, rounds, repeat)
     if repeat > 1 and not isolate:
         raise ValueError(f"--repeat {repeat} needs --isolate (without it the engines'"
                          " rounds are interleaved in one process already)")

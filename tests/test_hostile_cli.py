@@ -99,6 +99,7 @@ CASES = {
     "bench-threads-over-cores": (["bench", "--threads", "100000", "--no-torch"], ["--threads", "cores"]),
     "bench-matmul-size-huge": (["bench", "--matmul-size", "100000000", "--no-torch"],
                                ["--matmul-size", "memory"]),
+    "bench-rounds-huge": (["bench", "--rounds", "100000000", "--no-torch"], ["--rounds", "at most"]),
     "visualize-index-past-the-split": (["visualize", "run.npz", "--index", "100000", "--out", "pics",
                                         "--backend", "numpy"], ["--index", "100000", "9 images"]),
     "visualize-out-under-a-file": (["visualize", "run.npz", "--out", "notes.txt/pics", "--backend", "numpy"],
