@@ -653,6 +653,9 @@ def evaluate(checkpoint, backend, n_test, data_dir, as_json):
     r = pc.evaluate(model, (x, y), batch_size=_EVAL_BATCH)
     r.update({"checkpoint": checkpoint, "backend": model.backend.name, "classes": classes,
               "seconds": time.perf_counter() - t0})
+    if not math.isfinite(r["loss"]):
+        fail(f"{checkpoint}: the test loss is {r['loss']}: the model's outputs hold NaN or inf, so"
+             f" its accuracy ({r['accuracy']:.2%}) means nothing", 1)
     if as_json:
         echo_json(r)
         return

@@ -229,3 +229,15 @@ def test_infinite_test_loss_ends_with_exit_1(tmp_path, monkeypatch):
     assert r.exit_code == 1, r.output
     assert r.stderr.count("error: ") == 1 and "the test loss is inf" in r.stderr, r.stderr
     assert "validation loss was not finite" not in r.stderr
+
+
+def test_evaluate_with_nan_loss_ends_with_exit_1(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    if not (workdir / "shapes.npz").exists():
+        assert _run(["train", *TINY, "--epochs", "1"]).exit_code == 0
+    real = pc.evaluate
+    monkeypatch.setattr(pc, "evaluate", lambda model, data, **kw: dict(real(model, data, **kw),
+                                                                       loss=float("nan")))
+    r = CliRunner().invoke(main, ["evaluate", "shapes.npz", "--backend", "numpy", "--json"])
+    assert r.exit_code == 1 and r.stdout == "", r.output
+    assert r.stderr.startswith("error: shapes.npz: the test loss is nan") and r.stderr.count("\n") == 1
