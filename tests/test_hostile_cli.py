@@ -55,6 +55,9 @@ CASES = {
     "train-out-unicode-missing-folder": (["train", *T, "--out", "ñø/é.npz"], ["--out", "does not exist"]),
     "train-out-under-a-file": (["train", *T, "--out", "notes.txt/o.npz"], ["--out", "not a folder"]),
     "train-out-empty": (["train", *T, "--out", ""], ["--out", "empty"]),
+    # NOTE: /proc takes no new files, even from root (a chmod 555 folder would not stop root)
+    "train-out-in-unwritable-folder": (["train", *T, "--out", "/proc/polycnn-o.npz"],
+                                       ["--out", "cannot write there"]),
     "train-out-is-a-folder": (["train", *T, "--out", "adir"], ["--out", "directory"]),
     "train-out-is-a-fifo": (["train", *T, "--out", "fifo.npz", "--force"], ["--out", "not a regular file"]),
     "train-out-name-too-long": (["train", *T, "--out", "x" * 300 + ".npz"], ["--out", "too long"]),
@@ -111,6 +114,8 @@ CASES = {
 
 @pytest.mark.parametrize("argv, needles", list(CASES.values()), ids=list(CASES))
 def test_bad_command_line_is_one_line_exit_2(argv, needles, base, tmp_path):
+    if "/proc/polycnn-o.npz" in argv and not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
     _prepare(tmp_path, base)
     before = snapshot(tmp_path)
     outcome = run_cli(*argv, cwd=tmp_path, timeout=60)
