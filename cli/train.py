@@ -371,7 +371,8 @@ def _bounded_sizes(command):
                    " 1000, test 2000); other data sets: use only the first N training images")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help=f"checkpoint written after every epoch (default {DEFAULT_OUT}, or DATASET.npz"
-                   " for --dataset DATASET)")
+                   " for --dataset DATASET), the best epoch beside it in OUT.best.npz; any file"
+                   " already at either name needs --force or --resume")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out")
 @click.option("--force", is_flag=True,
               help="replace --out and its .best twin if they exist (without it, train refuses to"
