@@ -1354,12 +1354,18 @@ class _TargetChild:
         self.header = self._read()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise RuntimeError(f"the child process of target {self.name!r} failed with exit"
-                               f" code {code}")
-        return json.loads(line)
+        """The child's next JSON line (anything else a library printed is skipped)."""
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                code = self.proc.wait()
+                raise RuntimeError(f"the child process of target {self.name!r} ended (exit"
+                                   f" code {code}) before its kernels were timed")
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    pass
 
     def round(self) -> list[float]:
         self.proc.stdin.write("round\n")
@@ -1411,6 +1417,9 @@ def run_targets(names: list[str] | None, argv: list[str], rounds: int,
     kernels in turns, a round each (host, target 1, target 2, host, ...), so load from
     elsewhere hits every target alike; each kernel's median round counts."""
     chosen = select_targets(names)
+    status = available_backends().get("numba")
+    if status is not True:
+        raise BackendUnavailable(f"--targets times the numba backend's kernels: {status}")
     root = tempfile.mkdtemp(prefix="polycnn-targets-")
     children = []
     try:
