@@ -648,48 +648,14 @@ def _sum_partials(partial, out):
 # ---- pooling ----------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def _maxpool_fwd(x, geo, y, arg):
-    """y = window max over the real pixels (a NaN wins; ties: first in row-major order; padding
-    is never the argmax, as in PyTorch); arg = flat h*W + w of it. ``geo`` = (R, S, sh, sw,
-    ph, pw); the contract's padding limit leaves every window a real pixel."""
-    R, S, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
-    N, C, H, W = x.shape
-    P, Q = y.shape[2], y.shape[3]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        for p in range(P):
-            h0 = p * sh - ph
-            r0 = max(0, -h0)
-            r1 = min(R, H - h0)
-            for q in range(Q):
-                w0 = q * sw - pw
-                s0 = max(0, -w0)
-                s1 = min(S, W - w0)
-                # the window clipped to the image; its first pixel starts as the max
-                best = x[n, c, h0 + r0, w0 + s0]
-                at = (h0 + r0) * W + w0 + s0
-                for r in range(r0, r1):
-                    h = h0 + r
-                    for s in range(s0, s1):
-                        v = x[n, c, h, w0 + s]
-                        if v > best or (v != v and best == best):
-                            best = v
-                            at = h * W + w0 + s
-                y[n, c, p, q] = best
-                arg[n, c, p, q] = at
-
-
 def _make_pick():
     """``pick(cond, a, b)``: ``a`` if ``cond`` else ``b`` converted to ``a``'s type, as one LLVM
     ``select`` instruction.
 
     NOTE: Numba lowers ``a if c else b`` (and ``or``/``and``) as branches and leaves it to
     LLVM's SimplifyCFG to turn them back into selects, which it does or not by the target's
-    cost model: compiled for Intel CPUs (rocketlake, sapphirerapids, x86-64-v4) the 2×2
-    max-pool kept its branches, did not vectorise and took 8-11 ms where the generic and AMD
-    models took 0.5-1 ms (N64 C64 32×32). An explicit select vectorises on every target."""
+    cost model (compiled for Intel CPUs the 2×2 max-pool kept its branches and did not
+    vectorise). An explicit select reaches LLVM's optimiser as a select on every target."""
     if config.DISABLE_JIT:
 
         def pick_py(cond, a, b):
@@ -715,6 +681,41 @@ def _make_pick():
 
 
 _pick = _make_pick()
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_fwd(x, geo, y, arg):
+    """y = window max over the real pixels (a NaN wins; ties: first in row-major order; padding
+    is never the argmax, as in PyTorch); arg = flat h*W + w of it. ``geo`` = (R, S, sh, sw,
+    ph, pw); the contract's padding limit leaves every window a real pixel."""
+    R, S, sh, sw, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h0 = p * sh - ph
+            r0 = max(0, -h0)
+            r1 = min(R, H - h0)
+            for q in range(Q):
+                w0 = q * sw - pw
+                s0 = max(0, -w0)
+                s1 = min(S, W - w0)
+                # the window clipped to the image; its first pixel starts as the max
+                best = x[n, c, h0 + r0, w0 + s0]
+                at = (h0 + r0) * W + w0 + s0
+                # NOTE: selects, not a branch (taken at random on real data: a mispredicted
+                # branch a pixel cost 3-4x); a candidate wins unless v <= best or best is NaN
+                for r in range(r0, r1):
+                    h = h0 + r
+                    for s in range(s0, s1):
+                        v = x[n, c, h, w0 + s]
+                        keep = (v <= best) | (best != best)
+                        best = _pick(keep, best, v)
+                        at = _pick(keep, at, h * W + w0 + s)
+                y[n, c, p, q] = best
+                arg[n, c, p, q] = at
 
 
 def _make_pool2x2_blocks(width: int):
