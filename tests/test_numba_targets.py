@@ -209,13 +209,13 @@ def test_select_targets_puts_the_host_first_without_repeats():
     assert B.select_targets(["znver4", "host", "znver4"]) == ["host", "znver4"]
 
 
-def test_target_env_sets_the_cpu_name_and_a_cache_of_its_own(monkeypatch):
+def test_target_env_sets_the_cpu_name_and_a_cache_of_its_own(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMBA_CPU_NAME", "haswell")
     monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2")
-    env = B.target_env("znver4", "/tmp/x", threads=1)
-    assert env["NUMBA_CPU_NAME"] == "znver4" and env["NUMBA_CACHE_DIR"] == "/tmp/x"
+    env = B.target_env("znver4", str(tmp_path / "x"), threads=1)
+    assert env["NUMBA_CPU_NAME"] == "znver4" and env["NUMBA_CACHE_DIR"] == str(tmp_path / "x")
     assert "NUMBA_CPU_FEATURES" not in env and env["NUMBA_NUM_THREADS"] == "1"
-    host = B.target_env("host", "/tmp/y")
+    host = B.target_env("host", str(tmp_path / "y"))
     assert "NUMBA_CPU_NAME" not in host and host[B.TARGET_MARKER] == "host"
 
 
