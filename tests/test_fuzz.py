@@ -22,8 +22,9 @@ multiplies the weights with padded zeros gets NaN from an infinite weight (forwa
 (weight gradient) there, as PyTorch does. Both are accepted: an element passes when it matches
 the oracle either way (the second way is the oracle on an explicitly zero-padded input).
 
-Known bug, tolerated narrowly (KNOWN_NAN_LEAKS below): numba's conv backward makes NaN in dx
-and dw elements that do not depend on an inf or NaN input.
+Known bugs can be tolerated narrowly (KNOWN_NAN_LEAKS below; none now). The NaN leaks found
+so far (an inf or NaN making NaN in gradients that do not depend on it) are also fixed cases
+(NAN_LEAK_CASES) run on every backend.
 
 Also here: the oracle's sizes agree with :mod:`polycnn.geometry` on random arguments (it works
 them out on its own), a wrong "same" rule in geometry.py fails the parity comparison, and a bug
@@ -54,15 +55,7 @@ FLOOR_TINIES = 512
 #: (backend, op, pass) -> a known bug, tolerated only as narrowly as this: where the case has an
 #: inf or NaN in its inputs, a NaN where the oracle has a number (finite or infinite) passes in
 #: that pass (a wrong number, a NaN missing, or any other pass still fails).
-KNOWN_NAN_LEAKS = {
-    ("numba", "conv2d", "backward dx"): "an infinite weight makes NaN in dx at pixels that do not"
-    " depend on it: x (1,1,2,2), w (1,1,2,2) with w[0,0,0,0] = inf, valid, gives NaN at 3 of"
-    " the 4 pixels (inf * 0 against zeros of the kernel's padded dy or tiles, by the look of"
-    " it; the numpy backend had the same leak through its wide rows and zeroes them now)",
-    ("numba", "conv2d", "backward dw"): "an inf pixel makes NaN in dw taps that never read it:"
-    " x (1,1,1,1) = inf, w (1,1,2,2), padding 'same', dilation 2 gives NaN at dw[0,0,0,0], whose"
-    " only term is padding",
-}
+KNOWN_NAN_LEAKS: dict = {}
 
 #: the backend fixture is one shared object per backend: nothing to reset between examples
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -273,6 +266,36 @@ def check_case(backend, case: Case) -> None:
         assert_pass(be.to_numpy(y), want["forward"], case, be.name, "forward")
         dx = getattr(be, f"{case.op}_backward")(dy, ctx)
         assert_pass(be.to_numpy(dx), want["dx"], case, be.name, "backward dx")
+
+
+def _leak_case(dtype, x_shape, w_shape, params, x_at=None, w_at=None):
+    """A conv2d case of ones with one inf in x (at ``x_at``) or in w (at ``w_at``)."""
+    x, w = np.ones(x_shape, dtype=dtype), np.ones(w_shape, dtype=dtype)
+    if x_at is not None:
+        x[x_at] = np.inf
+    if w_at is not None:
+        w[w_at] = np.inf
+    g = reference.conv_sizes(x_shape, w_shape, **params)
+    return Case("conv2d", np.dtype(dtype), params, x=x, w=w, dy=np.ones(g.y_shape, dtype=dtype))
+
+
+#: inf * 0 against zeros that are no term of the sum (found by the fuzzer on numba: NaN where
+#: the oracle has a number); id -> (x shape, w shape, params, inf in x at, inf in w at)
+NAN_LEAK_CASES = {
+    "dx-inf-weight-valid": ((1, 1, 2, 2), (1, 1, 2, 2), {"padding": "valid"}, None, (0, 0, 0, 0)),
+    "dx-inf-weight-pad1-dilation2": ((2, 2, 5, 6), (3, 2, 3, 3), {"padding": 1, "dilation": 2},
+                                     None, (1, 0, 2, 1)),
+    "dw-inf-pixel-same-dilation2": ((1, 1, 1, 1), (1, 1, 2, 2),
+                                    {"padding": "same", "dilation": 2}, (0, 0, 0, 0), None),
+    "dw-inf-pixel-row-end": ((2, 2, 4, 7), (2, 2, 3, 2), {"padding": "valid"}, (1, 1, 2, 6),
+                             None),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(NAN_LEAK_CASES))
+def test_nan_leak_cases(backend, name, dtype):
+    check_case(backend, _leak_case(dtype, *NAN_LEAK_CASES[name]))
 
 
 STRATEGIES = {"conv2d": conv_cases(), "maxpool2d": pool_cases("maxpool2d"),

@@ -65,6 +65,13 @@ def compute_everything() -> dict:
             out.update({f"{t}_gemm_y": y, f"{t}_gemm_dx": dx})
         finally:
             nb.DIRECT_MAX_WORK = saved
+        # an inf weight and a NaN pixel: the exact backward loops (_conv_*_grad_exact)
+        x = rng.standard_normal((2, 3, 6, 7)).astype(dt)
+        w = rng.standard_normal((4, 3, 3, 2)).astype(dt)
+        x[1, 2, 3, 4], w[2, 1, 0, 1] = np.nan, np.inf
+        y, ctx = be.conv2d_forward(x, w, None, stride=(2, 1), padding=1, dilation=(1, 2))
+        dx, dw, _ = be.conv2d_backward(rng.standard_normal(y.shape).astype(dt), ctx)
+        out.update({f"{t}_exact_dx": dx, f"{t}_exact_dw": dw})
         # 2x2 pool rows of 5 (scalar), 9 (half blocks), 20 and 40 outputs (blocks and overlap),
         # with ties (integers), NaN, -inf and -0.0 in dy
         for W in (10, 18, 40, 80):

@@ -645,6 +645,66 @@ def _sum_partials(partial, out):
             out[k, j] = s
 
 
+# ---- exact backward for non-finite operands ---------------------------------------------------
+# NOTE: the fast passes above multiply zeros that are no term of the sum (dy's padding and the
+# columns past Q of its widened rows) with real operands (w; x past an output row's reach): an
+# inf or NaN there makes a NaN (inf * 0) in gradients that do not depend on it. The caller
+# runs these plain loops instead when that can have happened (non-finite w, NaN in dw): they
+# visit the terms that exist only. Scalar code, for that rare case.
+
+
+@njit(parallel=True, cache=True)
+def _conv_data_grad_exact(dy, w, geo, dx):
+    """dx[n, c, h, v] = Σ dy[n, k, p, q] · w[k, c, r, s] over the (k, p, q, r, s) with
+    h = p*sh + r*dh - ph and v = q*sw + s*dw - pw (dh, dw: the dilation); ``geo`` = (sh, sw,
+    dh, dw, ph, pw); dx is zero on entry. One task per (n, c) plane, terms added in
+    (k, r, s, p, q) order."""
+    sh, sw, dil_h, dil_w, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    N, K, P, Q = dy.shape
+    C, R, S = w.shape[1], w.shape[2], w.shape[3]
+    H, W = dx.shape[2], dx.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for k in range(K):
+            for r in range(R):
+                for s in range(S):
+                    wv = w[k, c, r, s]
+                    for p in range(P):
+                        h = p * sh + r * dil_h - ph
+                        if h < 0 or h >= H:
+                            continue
+                        for q in range(Q):
+                            v = q * sw + s * dil_w - pw
+                            if 0 <= v < W:
+                                dx[n, c, h, v] += dy[n, k, p, q] * wv
+
+
+@njit(parallel=True, cache=True)
+def _conv_weight_grad_exact(dy, x, geo, dw):
+    """dw[k, c, r, s] = Σ dy[n, k, p, q] · x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw] over the
+    (n, p, q) whose pixel is inside x; ``geo`` as in ``_conv_data_grad_exact``; dw is zero on
+    entry. One task per (k, c), terms added in (n, p, q) order."""
+    sh, sw, dil_h, dil_w, ph, pw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    N, K, P, Q = dy.shape
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    R, S = dw.shape[2], dw.shape[3]
+    for kc in prange(K * C):
+        k = kc // C
+        c = kc - k * C
+        for r in range(R):
+            for s in range(S):
+                for n in range(N):
+                    for p in range(P):
+                        h = p * sh + r * dil_h - ph
+                        if h < 0 or h >= H:
+                            continue
+                        for q in range(Q):
+                            v = q * sw + s * dil_w - pw
+                            if 0 <= v < W:
+                                dw[k, c, r, s] += dy[n, k, p, q] * x[n, c, h, v]
+
+
 # ---- pooling ----------------------------------------------------------------------------------
 
 

@@ -18,6 +18,10 @@ Optimisations (kernels in :mod:`._numba_kernels`):
   the padded input and a copy of dy with the same row width, so nothing is gathered; it sums
   per fixed chunk of samples, then adds the chunks in order: results are bit-identical for any
   thread count (every other output has a single writer);
+- both backward passes multiply zeros that are no term of the sum (dy's padding, the columns
+  past each output row) with w and x, so a non-finite weight, or a NaN in dw, sends that
+  gradient to plain loops over the real terms only (``_conv_*_grad_exact``, about 40x slower):
+  an inf never makes NaN in a gradient that does not depend on it;
 - pooling (a branch-free 2×2 max-pool), ReLU, the linear layers (the same dot-product kernel:
   OpenBLAS's spinning threads would slow the next parallel loop) and the cross-entropy are
   compiled too.
@@ -330,8 +334,23 @@ class NumbaBackend(Backend):
         self._set_threads()
         g: ConvGeometry = ctx.geom
         x, w = ctx.inputs["x"], ctx.inputs["w"]
+        # NOTE: the fast passes multiply zeros that are no term (dy's padding, its widened rows'
+        # columns past Q) with w and x: a non-finite w or x gives NaN (inf * 0) in gradients
+        # that do not depend on it. Then plain loops over the real terms only; a leak is a NaN,
+        # so a dw without one is right, and dx can leak only through w (tests/test_fuzz.py).
+        # The tests are sums (no temporary arrays): an overflow only takes the slow path.
+        geo = np.array([g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_h, g.pad_w],
+                       dtype=np.int64)
         dw = self._conv_weight_grad(x, dy, g, ctx.saved)
-        dx = self._conv_data_grad(dy, w, g) if input_grad else None
+        if np.isnan(dw.sum()):
+            dw = np.zeros(g.w_shape, dtype=dy.dtype)
+            self._k._conv_weight_grad_exact(dy, x, geo, dw)
+        dx = None
+        if input_grad and np.isfinite(w.sum()):
+            dx = self._conv_data_grad(dy, w, g)
+        elif input_grad:
+            dx = np.zeros(g.x_shape, dtype=dy.dtype)
+            self._k._conv_data_grad_exact(dy, w, geo, dx)
         db = None
         if ctx.inputs["has_bias"]:
             db = np.empty(g.K, dtype=dy.dtype)
