@@ -9,7 +9,7 @@ from .backends import Backend, available_backends, default_backend_name, get_bac
 from .errors import BackendUnavailable
 
 # the model stack (layers, optimisers, data, training, checkpoints)
-from . import datasets, metrics, models, optim  # noqa: E402  (pc.datasets.shapes, pc.optim.CosineLR, pc.models.lenet5)
+from . import datasets, distributed, metrics, models, optim  # noqa: E402  (pc.datasets.shapes, pc.optim.CosineLR, pc.models.lenet5)
 from .augment import Augment
 from .checkpoint import load
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d,
@@ -26,6 +26,7 @@ __all__ = [
     "Sequential", "Conv2d", "ReLU", "LeakyReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "BatchNorm2d", "Dropout", "Dropout2d", "Flatten", "Linear", "SGD", "Adam", "AdamW", "Augment",
     "fit", "evaluate", "predict", "load", "TrainingDiverged", "TrainingInterrupted", "datasets",
+    "distributed",
     "metrics", "models", "optim",
     "export_onnx", "save_weights", "load_weights", "from_torch_state_dict",
 ]

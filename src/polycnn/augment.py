@@ -61,19 +61,27 @@ class Augment:
         on = rng.random(n) < p
         return np.where(on, value, 0.0)
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A new augmented copy of the host batch ``x`` (N, C, H, W)."""
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, rows: slice | None = None,
+                 batch: int | None = None) -> np.ndarray:
+        """A new augmented copy of the host batch ``x`` (N, C, H, W). With ``rows`` and ``batch``
+        (data-parallel training), ``x`` is the rows ``rows`` of a batch of ``batch`` images: the
+        draws are made for the whole batch and ``x`` gets its rows' share of them."""
         x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"Augment expects a batch (N, C, H, W), got shape {x.shape}")
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        n = x.shape[0]
+        n = x.shape[0] if batch is None else batch
         hf = rng.random(n) < self.hflip
         vf = rng.random(n) < self.vflip
         shear = self._draw(rng, n, self.shear, self.shear_p)
         angle = np.deg2rad(self._draw(rng, n, self.rotate, self.rotate_p))
         shift = np.stack([self._draw(rng, n, self.translate, self.translate_p) for _ in range(2)], 1)
+        if rows is not None:
+            hf, vf, shear, angle, shift = hf[rows], vf[rows], shear[rows], angle[rows], shift[rows]
+            if hf.shape[0] != x.shape[0]:
+                raise ValueError(f"Augment: rows {rows} of a batch of {n} are {hf.shape[0]} images,"
+                                 f" but x holds {x.shape[0]}")
 
         out = x.copy()
         out[hf] = out[hf][..., ::-1]

@@ -24,6 +24,7 @@ import numpy as np
 from . import init as _init
 from .backends import get_backend
 from .geometry import conv_geometry, pair, pool_geometry, resolve_padding
+from .hashing import GAMMA as _GAMMA
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -555,6 +556,9 @@ class BatchNorm2d(Layer):
 class Dropout(Layer):
     """Zeroes each element with probability ``p`` in training mode; survivors scaled by 1/(1-p)."""
 
+    #: where this batch starts in the global batch (data-parallel training sets it per step)
+    sample_offset = 0
+
     def __init__(self, p: float = 0.5):
         super().__init__()
         with _arguments(type(self).__name__):
@@ -571,7 +575,12 @@ class Dropout(Layer):
         # arrays live (the same mask on every backend, no copy from the host: drawing 1M
         # floats on the host and copying them was estimated at a third of a GPU step's forward)
         key = int(self._rng.integers(0, 1 << 64, dtype=np.uint64))
-        mask = self.backend.dropout_mask(self._mask_shape(x), self.p, key)
+        shape = self._mask_shape(x)
+        if self.sample_offset:
+            # NOTE: a data-parallel shard starting at sample o gets rows o.. of the whole batch's
+            # mask: element i of the mask is hash(key + (i + 1) * GAMMA), so shift the key
+            key = (key + self.sample_offset * math.prod(shape[1:]) * _GAMMA) % (1 << 64)
+        mask = self.backend.dropout_mask(shape, self.p, key)
         scale = 1.0 / (1.0 - self.p)
         self._ctx = (mask, scale)
         return self.backend.dropout_apply(x, mask, scale)

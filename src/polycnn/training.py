@@ -17,6 +17,8 @@ elsewhere a KeyboardInterrupt is not caught.)
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import signal
 import threading
@@ -25,6 +27,7 @@ import time
 import numpy as np
 
 from . import checkpoint as _checkpoint
+from .augment import Augment
 from . import metrics as _metrics
 from .losses import check_labels, cross_entropy, softmax
 from .optim import SGD, Optimizer, optimizer_from_spec
@@ -382,7 +385,8 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
 def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimizer | None = None,
         val=None, augment=None, seed: int | None = None, label_smoothing: float = 0.0,
         callback=None, checkpoint=None, resume: bool = False, metadata: dict | None = None,
-        best_checkpoint=None, early_stopping: int | None = None) -> History:
+        best_checkpoint=None, early_stopping: int | None = None, distributed=False,
+        sync_bn: bool = False) -> History:
     """Train ``model`` on ``data = (x, y)`` (host arrays) until ``epochs`` epochs are done.
 
     - ``optimizer``: default ``SGD(lr=0.01, momentum=0.9)``;
@@ -402,89 +406,75 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
       then holds the last epoch;
     - ``resume``: continue the run stored in a model from :func:`polycnn.load` (optimiser,
       generator, epoch, history and, after a Ctrl-C, the position in the epoch come from the
-      checkpoint).
+      checkpoint);
+    - ``distributed``: True (or a :class:`polycnn.distributed.Communicator`) under ``mpiexec``:
+      data-parallel training, see below; ``sync_bn``: BatchNorm statistics over the whole
+      global batch instead of each rank's shard.
 
     A NaN or infinite loss raises :class:`TrainingDiverged`; the checkpoint of the last finished
     epoch is left as it was. Ctrl-C raises :class:`TrainingInterrupted` after saving the state
     after the last finished step to ``checkpoint`` (see the module doc).
+
+    Data parallel (``distributed=True`` with several ranks): every rank calls ``fit`` with the
+    same arguments and data. Rank 0's parameters are broadcast first; each global batch of
+    ``batch_size`` images (divisible by the number of ranks) is split in rank order, and each
+    rank reads, augments and runs only its shard, with the randomness (shuffle, augmentation,
+    dropout keys) of the one-process run, so the run follows the one-process run up to
+    rounding. Gradients are averaged in one packed buffer per step (in rank order unless the
+    communicator is not deterministic); loss and accuracy are summed over the ranks; the
+    validation set is split between the ranks. BatchNorm normalises with each rank's shard
+    statistics unless ``sync_bn`` (the running statistics are averaged over the ranks after
+    every epoch, so all ranks hold the same model). Only rank 0 calls ``callback`` and writes
+    ``checkpoint`` and ``best_checkpoint``. An exception on one rank stops every rank (the
+    others raise :class:`polycnn.distributed.RankFailed`); a checkpoint resumes on any number
+    of ranks.
     """
-    x, y = _check_data(model, data, "data")
-    if val is not None:
-        _check_data(model, val, "val")
-    label_smoothing = _fraction(label_smoothing, "label_smoothing")
-    if seed is not None:
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int >= 0 or None, got {seed!r}")
-        if seed < 0:
-            raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
-    if not isinstance(resume, (bool, np.bool_)):
-        raise TypeError(f"resume must be True or False, got {resume!r}")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict of JSON-ready values, got {type(metadata).__name__}")
-    for name, path in (("checkpoint", checkpoint), ("best_checkpoint", best_checkpoint)):
-        # NOTE: checked now, not when the first epoch's work is done and the save fails
-        if path is not None and not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
-            raise TypeError(f"{name} must be a file path (str or os.PathLike), got {path!r:.60}")
-    if early_stopping is not None:
-        early_stopping = _positive(early_stopping, "early_stopping")
-    for name, wanted in (("early_stopping", early_stopping), ("best_checkpoint", best_checkpoint)):
-        if wanted is not None and val is None:
-            raise ValueError(f"{name} needs validation data: pass val=(x_val, y_val)")
-    epochs = _positive(epochs, "epochs")
-    batch_size = _positive(batch_size, "batch_size")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r:.60}")
-    if augment is not None and not callable(augment):
-        raise TypeError(f"augment must be a pc.Augment (or a callable (x, rng) -> x), got {augment!r:.60}")
-
-    history, start, position = History(), 0, None
-    if resume:
-        state = getattr(model, "training_state", None)
-        if not state or state.get("epoch") is None:
-            raise ValueError("resume=True needs a model loaded with pc.load() from a checkpoint"
-                             " that fit() wrote")
-        if state.get("optimizer") is None:
-            raise ValueError(f"{state.get('path')}: the checkpoint has no optimiser state to resume")
-        if optimizer is None:
-            optimizer = optimizer_from_spec(state["optimizer"], model.parameters())
-        optimizer.load_state(state["optimizer"], state["optimizer_arrays"], model.backend)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
-        model.set_rng(rng)
-        start = int(state["epoch"])
-        history = History(state.get("history"))
-        if start >= epochs:
-            raise ValueError(f"the checkpoint already has {start} epochs; ask for more than"
-                             f" {start} (got epochs={epochs})")
-    else:
-        if optimizer is None:
-            optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
-        if seed is not None:
-            model.set_rng(np.random.default_rng(seed))
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a pc.SGD, pc.Adam or pc.AdamW, got {optimizer!r:.60}")
-    _check_optimizer(model, optimizer)
-    rng = model.rng
+    comm = _communicator(distributed)
+    failure = None
+    try:
+        setup = _fit_setup(model, data, epochs, batch_size, optimizer, val, augment, seed,
+                           label_smoothing, callback, checkpoint, resume, metadata,
+                           best_checkpoint, early_stopping, sync_bn, comm)
+    except Exception as exc:
+        if comm is None:
+            raise
+        failure = exc
+    if comm is not None:
+        with comm.guard("fit's set-up"):
+            if failure is not None:
+                raise failure
+        _same_run(comm, setup)
+    x, y, optimizer, history, start, position, rng, n, n_batches, batch_size, epochs, \
+        label_smoothing, early_stopping, state = setup
     be = model.backend
-    n = x.shape[0]
-    n_batches = math.ceil(n / batch_size)
-    if resume:
-        position = _position_from(state, n, batch_size, n_batches)
-
     if early_stopping is not None and start > 0 and \
             history.epochs_without_improvement() >= early_stopping:
         # NOTE: a resumed run that had already stopped early stays stopped
         history.stopped_early = start
         return history
-    with _DeferredInterrupt() as interrupt:
+    if comm is not None:
+        comm.broadcast_arrays(be, [p.data for p in model.parameters()] + _buffers(model),
+                              "the initial parameters")
+    rank0 = comm is None or comm.rank == 0
+    if not rank0:
+        callback = None
+
+    def save(path, **kw):
+        if comm is None:
+            _checkpoint.save(path, model, **kw)
+            return
+        with comm.guard(f"saving {path}"):
+            if rank0:
+                _checkpoint.save(path, model, **kw)
+
+    with _DeferredInterrupt() as interrupt, _synced_batchnorm(model, comm if sync_bn else None):
         def stop_here(epoch, step, epoch_rng, lr, seen, loss_sum, correct, seconds):
             if checkpoint is not None and step:
                 pos = {"epoch": epoch + 1, "step": step, "steps": n_batches, "n": n,
                        "batch_size": batch_size, "epoch_rng": epoch_rng, "lr": lr, "seen": seen,
                        "loss_sum": loss_sum, "correct": correct, "seconds": seconds}
-                _checkpoint.save(checkpoint, model, optimizer=optimizer, rng=rng, epoch=epoch,
-                                 history=history, metrics=history.last() or None, position=pos,
-                                 **(metadata or {}))
+                save(checkpoint, optimizer=optimizer, rng=rng, epoch=epoch, history=history,
+                     metrics=history.last() or None, position=pos, **(metadata or {}))
             raise TrainingInterrupted(checkpoint, epoch, step, n_batches)
 
         run_t0 = time.perf_counter()
@@ -513,11 +503,18 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
                 if bi < first:
                     continue
                 idx = order[a:b]
-                xb = x[idx]
-                if augment is not None:
-                    xb = augment(xb, rng)
-                logits = model(xb)
-                loss, dlogits = cross_entropy(be, logits, y[idx], label_smoothing)
+                if comm is None:
+                    xb = x[idx]
+                    if augment is not None:
+                        xb = augment(xb, rng)
+                    logits = model(xb)
+                    loss, dlogits = cross_entropy(be, logits, y[idx], label_smoothing)
+                    step_correct = None
+                    stop_now = False
+                else:
+                    loss, step_correct, stop_now = _distributed_step(
+                        model, comm, x, y, idx, augment, rng, label_smoothing,
+                        interrupt.requested)
                 if not math.isfinite(loss):
                     saved = checkpoint is not None and (epoch > start or resume)
                     kept = (f"; the last good checkpoint (epoch {epoch}) is kept at {checkpoint}"
@@ -525,11 +522,15 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
                     raise TrainingDiverged(
                         f"the loss became {loss} at epoch {epoch + 1}, batch {bi + 1}/{n_batches}"
                         f" (learning rate {optimizer.current_lr:g}); lower the learning rate{kept}")
-                # NOTE: counted before the backward pass: the loss has just waited for the device,
-                # and a copy to the host after the backward would wait for all of it (on a GPU the
-                # next batch's host work then overlaps this step's backward and update)
-                correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
-                model.backward(dlogits, input_grad=False)
+                if comm is None:
+                    # NOTE: counted before the backward pass: the loss has just waited for the
+                    # device, and a copy to the host after the backward would wait for all of it
+                    # (on a GPU the next batch's host work then overlaps this step's backward
+                    # and update)
+                    correct += int((be.to_numpy(logits.argmax(axis=1)) == y[idx]).sum())
+                    model.backward(dlogits, input_grad=False)
+                else:
+                    correct += step_correct
                 optimizer.step()
                 seen += b - a
                 loss_sum += loss * (b - a)
@@ -547,7 +548,7 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
                                   "run_eta_s": eta + (epochs - epoch - 1) * n_batches * per_batch})
                     except KeyboardInterrupt:
                         interrupt.defer()   # NOTE: the step is finished: stop as for SIGINT
-                if interrupt.requested:
+                if (interrupt.requested if comm is None else stop_now):
                     stop_here(epoch, bi + 1, epoch_rng, lr, seen, loss_sum, correct,
                               time.perf_counter() - t0)
             be.synchronize()
@@ -555,8 +556,13 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
             entry = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
                      "val_loss": float("nan"), "val_accuracy": float("nan"), "lr": lr,
                      "images_per_s": seen / seconds, "seconds": seconds}
+            if comm is not None and not sync_bn:
+                comm.allreduce_mean(be, _buffers(model), "BatchNorm statistics")
             if val is not None:
-                v = evaluate(model, val, label_smoothing=label_smoothing)
+                if comm is None:
+                    v = evaluate(model, val, label_smoothing=label_smoothing)
+                else:
+                    v = _evaluate_shared(model, val, label_smoothing, comm)
                 entry["val_loss"], entry["val_accuracy"] = v["loss"], v["accuracy"]
             for k in HISTORY_KEYS:
                 history[k].append(entry[k])
@@ -566,9 +572,9 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
             saved = dict(optimizer=optimizer, rng=rng, epoch=epoch + 1, history=history,
                          metrics=entry, **(metadata or {}))
             if checkpoint is not None:
-                _checkpoint.save(checkpoint, model, **saved)
+                save(checkpoint, **saved)
             if best and best_checkpoint is not None:
-                _checkpoint.save(best_checkpoint, model, **saved)
+                save(best_checkpoint, **saved)
             if callback is not None:
                 try:
                     callback({"kind": "epoch", "epochs": epochs, **entry, "best": best,
@@ -578,9 +584,230 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
             if stop:
                 history.stopped_early = epoch + 1
                 break
-            if interrupt.requested and epoch + 1 < epochs:
+            requested = interrupt.requested if comm is None else \
+                bool(comm.sum_host([float(interrupt.requested)], "Ctrl-C")[0])
+            if requested and epoch + 1 < epochs:
                 stop_here(epoch + 1, 0, None, None, 0, 0.0, 0, 0.0)   # saved above already
     return history
+
+
+def _fit_setup(model, data, epochs, batch_size, optimizer, val, augment, seed, label_smoothing,
+               callback, checkpoint, resume, metadata, best_checkpoint, early_stopping, sync_bn,
+               comm):
+    """fit's checks and resumed state, before any step (on every rank: see fit)."""
+    x, y = _check_data(model, data, "data")
+    if val is not None:
+        _check_data(model, val, "val")
+    label_smoothing = _fraction(label_smoothing, "label_smoothing")
+    if seed is not None:
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int >= 0 or None, got {seed!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
+    if not isinstance(resume, (bool, np.bool_)):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if not isinstance(sync_bn, (bool, np.bool_)):
+        raise TypeError(f"sync_bn must be True or False, got {sync_bn!r}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of JSON-ready values, got {type(metadata).__name__}")
+    for name, path in (("checkpoint", checkpoint), ("best_checkpoint", best_checkpoint)):
+        # NOTE: checked now, not when the first epoch's work is done and the save fails
+        if path is not None and not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
+            raise TypeError(f"{name} must be a file path (str or os.PathLike), got {path!r:.60}")
+    if early_stopping is not None:
+        early_stopping = _positive(early_stopping, "early_stopping")
+    for name, wanted in (("early_stopping", early_stopping), ("best_checkpoint", best_checkpoint)):
+        if wanted is not None and val is None:
+            raise ValueError(f"{name} needs validation data: pass val=(x_val, y_val)")
+    epochs = _positive(epochs, "epochs")
+    batch_size = _positive(batch_size, "batch_size")
+    if comm is not None and batch_size % comm.size:
+        raise ValueError(f"batch_size {batch_size} is the global batch, split equally between the"
+                         f" {comm.size} ranks: it must be a multiple of {comm.size}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r:.60}")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be a pc.Augment (or a callable (x, rng) -> x), got {augment!r:.60}")
+
+    history, start, position, state = History(), 0, None, None
+    if resume:
+        state = getattr(model, "training_state", None)
+        if not state or state.get("epoch") is None:
+            raise ValueError("resume=True needs a model loaded with pc.load() from a checkpoint"
+                             " that fit() wrote")
+        if state.get("optimizer") is None:
+            raise ValueError(f"{state.get('path')}: the checkpoint has no optimiser state to resume")
+        if optimizer is None:
+            optimizer = optimizer_from_spec(state["optimizer"], model.parameters())
+        optimizer.load_state(state["optimizer"], state["optimizer_arrays"], model.backend)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        model.set_rng(rng)
+        start = int(state["epoch"])
+        history = History(state.get("history"))
+        if start >= epochs:
+            raise ValueError(f"the checkpoint already has {start} epochs; ask for more than"
+                             f" {start} (got epochs={epochs})")
+    else:
+        if optimizer is None:
+            optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+        if seed is not None:
+            model.set_rng(np.random.default_rng(seed))
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a pc.SGD, pc.Adam or pc.AdamW, got {optimizer!r:.60}")
+    _check_optimizer(model, optimizer)
+    n = x.shape[0]
+    n_batches = math.ceil(n / batch_size)
+    if resume:
+        position = _position_from(state, n, batch_size, n_batches)
+    return (x, y, optimizer, history, start, position, model.rng, n, n_batches, batch_size, epochs,
+            label_smoothing, early_stopping, state)
+
+
+# ---- data parallel (see fit and polycnn.distributed) ----------------------------------------
+def _communicator(distributed):
+    """None for a one-process run; the communicator of a data-parallel run of several ranks."""
+    if distributed is False or distributed is None:
+        return None
+    from . import distributed as _dist
+
+    if distributed is True:
+        comm = _dist.world()
+    elif isinstance(distributed, _dist.Communicator):
+        comm = distributed
+    else:
+        raise TypeError(f"distributed must be True, False or a pc.distributed.Communicator, got"
+                        f" {distributed!r:.60}")
+    return comm if comm.size > 1 else None
+
+
+def _same_run(comm, setup) -> None:
+    """Every rank must train the same run: same data size, batch, epochs, starting point and
+    generator state; else each raises, naming what differs."""
+    x, y, optimizer, history, start, position, rng, n, n_batches, batch_size, epochs = setup[:11]
+    mine = {"images": n, "image shape": tuple(x.shape[1:]), "batch_size": batch_size,
+            "epochs": epochs, "first epoch": start,
+            "step": position["step"] if position else 0,
+            "generator": hashlib.sha256(str(rng.bit_generator.state).encode()).hexdigest()[:16],
+            "parameters": [tuple(p.shape) for p in optimizer.params]}
+    every = comm.allgather_objects(mine, "comparing the ranks' runs")
+    for key in mine:
+        values = [m[key] for m in every]
+        if any(v != values[0] for v in values):
+            raise ValueError(f"the {comm.size} ranks were given different runs: {key} is "
+                             + ", ".join(f"{v!r:.40} on rank {r}" for r, v in enumerate(values))
+                             + "; start every rank with the same arguments and data")
+
+
+def _buffers(model) -> list:
+    """Non-trained state (BatchNorm running statistics), updated in place."""
+    return [a for layer in model.layers for a in getattr(layer, "_buffers", {}).values()]
+
+
+def _dropout_layers(model) -> list:
+    from .layers import Dropout
+
+    return [layer for layer in model.layers if isinstance(layer, Dropout)]
+
+
+def _distributed_step(model, comm, x, y, idx, augment, rng, label_smoothing, interrupted):
+    """This rank's shard of one global batch: forward and backward on its rows, with the
+    augmentation and dropout draws the whole batch gets in a one-process run; then one
+    exchange of (failed, loss, correct, Ctrl-C) and the mean of the gradients.
+    -> (the global batch's mean loss, its correct predictions, whether to stop here)."""
+    be = model.backend
+    m = idx.shape[0]
+    lo, hi = m * comm.rank // comm.size, m * (comm.rank + 1) // comm.size
+    params = model.parameters()
+    failure, loss, correct = None, 0.0, 0
+    try:
+        sidx = idx[lo:hi]
+        xb = x[sidx]
+        if augment is None:
+            pass
+        elif isinstance(augment, Augment):
+            xb = augment(xb, rng, rows=slice(lo, hi), batch=m)
+        else:   # NOTE: a callable of its own: the whole batch, so its draws are the same
+            xb = augment(x[idx], rng)[lo:hi]
+        dropouts = _dropout_layers(model)
+        if hi > lo:
+            for layer in dropouts:
+                layer.sample_offset = lo
+            try:
+                logits = model(xb)
+            finally:
+                for layer in dropouts:
+                    layer.sample_offset = 0
+            loss, dlogits = cross_entropy(be, logits, y[sidx], label_smoothing)
+            correct = int((be.to_numpy(logits.argmax(axis=1)) == y[sidx]).sum())
+            model.backward(dlogits, input_grad=False)
+        else:
+            # NOTE: an empty shard (a last batch smaller than the ranks): the draws of the
+            # dropout keys the forward pass would make, and no gradient
+            for layer in dropouts:
+                if layer.p:
+                    rng.integers(0, 1 << 64, dtype=np.uint64)
+            for p in params:
+                p.grad = be.xp.zeros(p.data.shape, dtype=p.data.dtype)
+    except Exception as exc:
+        failure = exc
+    rows = comm.gather_host([failure is not None, loss * (hi - lo), correct, bool(interrupted)],
+                            "a training step")
+    if rows[:, 0].any():
+        comm.raise_failure(failure, "a training step")
+        raise failure
+    total = rows[0].copy()
+    for r in range(1, rows.shape[0]):
+        total += rows[r]
+    mean_loss = float(total[1]) / m
+    if not math.isfinite(mean_loss):
+        return mean_loss, int(total[2]), False
+    grads = [p.grad for p in params]
+    if m % comm.size:
+        # NOTE: unequal shards (the last batch): each rank's mean weighted by its share
+        w = (hi - lo) * comm.size / m
+        grads = [g * g.dtype.type(w) for g in grads]
+    buf = comm.pack(be, grads)
+    comm.reduce_packed(be, buf)
+    at = 0
+    for p in params:
+        p.grad = buf[at:at + p.data.size].reshape(p.data.shape)
+        at += p.data.size
+    return mean_loss, int(total[2]), bool(total[3])
+
+
+def _evaluate_shared(model, val, label_smoothing, comm) -> dict:
+    """Validation loss and accuracy with the set split between the ranks."""
+    xv, yv = val
+    n = len(yv)
+    lo, hi = n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
+    with comm.guard("evaluating the validation set"):
+        part = [0.0, 0.0]
+        if hi > lo:
+            v = evaluate(model, (xv[lo:hi], yv[lo:hi]), label_smoothing=label_smoothing)
+            part = [v["loss"] * (hi - lo), round(v["accuracy"] * (hi - lo))]
+    total = comm.sum_host(part, "validation metrics")
+    return {"loss": float(total[0]) / n, "accuracy": float(total[1]) / n}
+
+
+@contextlib.contextmanager
+def _synced_batchnorm(model, comm):
+    """With a communicator: the model's BatchNorm2d layers normalise with the statistics of the
+    whole global batch while the block runs (see polycnn.distributed.sync_batchnorm)."""
+    if comm is None:
+        yield
+        return
+    from . import distributed as _dist
+    from .layers import BatchNorm2d
+
+    layers = [layer for layer in model.layers if isinstance(layer, BatchNorm2d)]
+    for layer in layers:
+        _dist.sync_batchnorm(layer, comm)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            _dist.sync_batchnorm(layer, None)
 
 
 __all__ = ["fit", "evaluate", "predict", "History", "TrainingDiverged", "TrainingInterrupted",
