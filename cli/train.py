@@ -677,16 +677,23 @@ def evaluate(checkpoint, backend, n_test, data_dir, as_json):
 @json_option
 def predict(checkpoint, inputs, backend, as_json):
     """Classify images: .npy arrays shaped like the training images ((C, H, W) or (N, C, H, W),
-    values about 0..1) or PNG/JPEG files (needs Pillow; resized to the trained size)."""
+    floats about 0..1, or uint8 pixels 0..255) or PNG/JPEG files (needs Pillow; resized to the
+    trained size)."""
     for path in inputs:
         limits.regular_file(path, "input")
     model, run, classes = _load_for_use(checkpoint, backend)
     rows = []
     for path in inputs:
-        x = _normalize(read_input(path, run["channels"], run["image_size"]), run)
-        x = x.astype(model.dtype)
+        x = read_input(path, run["channels"], run["image_size"])
+        if x.dtype.kind == "f":
+            x = _normalize(x, run).astype(model.dtype)
+        # else a .npy of integers, bools or complex numbers: pc.predict converts uint8 pixels
+        # as the training images were scaled and refuses the rest
         _check_batch(model, run, len(x), checkpoint)
-        probs = pc.predict(model, x, batch_size=_EVAL_BATCH)
+        try:
+            probs = pc.predict(model, x, batch_size=_EVAL_BATCH)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{path}: {exc}") from None
         for i, p in enumerate(probs):
             name = path if len(probs) == 1 else f"{path}[{i}]"
             rows.append({"input": name, "class": classes[int(p.argmax())],

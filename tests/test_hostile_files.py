@@ -355,6 +355,28 @@ def npy_object_array(d, base):
 
 
 @case
+def npy_int64_pixels(d, base):
+    # only uint8 is converted with the stored scaling; int64 0..255 was cast to float silently
+    shutil.copy(base / "mnist.npz", d / "ck.npz")
+    np.save(d / "x.npy", np.full((2, 1, 28, 28), 200, np.int64))
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "int64", "only uint8"]
+
+
+@case
+def npy_bool_images(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    np.save(d / "x.npy", np.ones((3, 16, 16), bool))
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "boolean", "float32 images"]
+
+
+@case
+def npy_complex_images(d, base):
+    shutil.copy(base / "shapes.npz", d / "ck.npz")
+    np.save(d / "x.npy", np.ones((3, 16, 16), np.complex64))
+    return ["predict", "ck.npz", "x.npy"], ["x.npy", "complex"]
+
+
+@case
 def fifo_input(d, base):
     shutil.copy(base / "shapes.npz", d / "ck.npz")
     os.mkfifo(d / "x.npy")
@@ -453,6 +475,26 @@ def test_hostile_file(name, base, tmp_path):
     assert snapshot(tmp_path) == before, f"files under {tmp_path} changed:\n{out}"
     for path in (rest[0] if rest else []):
         assert not os.path.exists(path), f"{path} was created:\n{out}"
+
+
+def test_predict_converts_uint8_pixels_as_the_training_images(base, tmp_path):
+    """`polycnn predict` with uint8 pixels 0..255 gives what the same images as floats in 0..1
+    give (an MNIST checkpoint: / 255, then its stored normalisation); they were cast to float
+    without / 255 before."""
+    from click.testing import CliRunner
+
+    from polycnn.cli.main import main
+
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 1, 28, 28)).astype(np.uint8)
+    np.save(tmp_path / "u8.npy", pixels)
+    np.save(tmp_path / "f.npy", pixels.astype(np.float32) / 255)
+    probs = {}
+    for name in ("u8.npy", "f.npy"):
+        r = CliRunner().invoke(main, ["predict", str(base / "mnist.npz"), str(tmp_path / name),
+                                      "--json", "--backend", "numpy"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        probs[name] = [list(p["probabilities"].values()) for p in json.loads(r.output)["predictions"]]
+    np.testing.assert_allclose(probs["u8.npy"], probs["f.npy"], rtol=1e-4, atol=1e-6)
 
 
 def test_limits_are_generous_for_real_runs():

@@ -16,14 +16,17 @@ INPUT_EXTENSIONS = (".npy", ".png", ".jpg", ".jpeg")
 
 def read_npy_images(path, channels: int, size: int) -> np.ndarray:
     """A ``.npy`` array of images (H, W) when ``channels`` is 1, (C, H, W) or (N, C, H, W) as
-    float64 (N, C, H, W). The header's shape and dtype are checked against the expected image
-    shape and the memory limit before the data is read; a cut-off file raises ``ValueError``."""
+    (N, C, H, W): float arrays as float64; integer, bool and complex arrays as stored, for
+    :func:`polycnn.predict`'s rule (uint8 pixels converted with the model's stored scaling, the
+    rest refused: a cast here would hand 0..255 values to a model that learnt 0..1). The
+    header's shape and dtype are checked against the expected image shape and the memory limit
+    before the data is read; a cut-off file raises ``ValueError``."""
     path = os.fspath(path)
     limits.regular_file(path, "input")
     image = (channels, size, size)
     with open(path, "rb") as f:
         shape, fortran, dtype = limits.npy_header(f, path, "the input")
-        if dtype.kind not in "iuf":
+        if dtype.kind not in "biufc":
             raise TypeError(f"{path}: array of {dtype}, expected numbers")
         if len(shape) == 2 and channels == 1:
             full = (1, 1, *shape)
@@ -38,11 +41,14 @@ def read_npy_images(path, channels: int, size: int) -> np.ndarray:
         need = limits.images_bytes(full[0], image, dtype.itemsize + 8 + 4)
         limits.check_memory(path, f"a header of shape {shape} ({dtype})", need)
         a = limits.read_npy_data(f, shape, fortran, dtype, path, f"the {shape} array")
-    return a.reshape(full).astype(np.float64)
+    a = a.reshape(full)
+    return a.astype(np.float64) if dtype.kind == "f" else a
 
 
 def read_input(path, channels: int, size: int) -> np.ndarray:
-    """One input file (see the module doc) as float64 (k, channels, size, size) in 0..1 scale."""
+    """One input file (see the module doc) as (k, channels, size, size): float64 in 0..1 scale,
+    or a ``.npy`` file's integer, bool or complex values as stored (see
+    :func:`read_npy_images`)."""
     path = os.fspath(path)
     limits.regular_file(path, "input")
     ext = os.path.splitext(path)[1].lower()
