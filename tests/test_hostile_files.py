@@ -183,6 +183,42 @@ def checkpoint_array_wrong_shape(d, base):
     return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "(16, 3, 5, 5)", "(16, 3, 3, 3)"]
 
 
+def _nonfinite_weights(a):
+    w = a["model.0.weight"].copy()
+    w[0, 0, 0, :2] = np.nan
+    w[3, 1, 2, 2] = -np.inf
+    a["model.0.weight"] = w
+
+
+@case
+def checkpoint_nan_weights_evaluate(d, base):
+    # printed an accuracy (and NaN probabilities from predict) with exit 0 before
+    _altered(base / "shapes.npz", d / "ck.npz", arrays_edit=_nonfinite_weights)
+    return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "3 NaN or infinite value(s) of 432"]
+
+
+@case
+def checkpoint_nan_weights_predict(d, base):
+    _altered(base / "shapes.npz", d / "ck.npz", arrays_edit=_nonfinite_weights)
+    np.save(d / "x.npy", np.zeros((3, 16, 16), np.float32))
+    return ["predict", "ck.npz", "x.npy"], ["ck.npz", "model.0.weight", "NaN or infinite"]
+
+
+@case
+def checkpoint_inf_optimizer_state_resume(d, base):
+    model = pc.load(base / "shapes.npz", backend="numpy")
+    opt = pc.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    checkpoint.save(d / "ck.npz", model, optimizer=opt, epoch=1, run=SHAPES_RUN,
+                    classes=["triangle", "square", "circle"])
+    _altered(d / "ck.npz", d / "ck.npz",
+             arrays_edit=lambda a: a.update({"optim.0.velocity": np.full_like(a["optim.0.velocity"], np.inf)}))
+    return ["train", "--resume", "--out", "ck.npz", "--epochs", "2"], \
+        ["ck.npz", "optim.0.velocity", "432 NaN or infinite value(s) of 432"]
+
+
 @case
 def checkpoint_metadata_nested_too_deep(d, base):
     deep = []

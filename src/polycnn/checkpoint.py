@@ -12,7 +12,9 @@ The file is written to a temporary file in the same folder and renamed over the 
 it reads the metadata first, then checks every array's ``.npy`` header against the shapes the
 architecture gives (and the total against :func:`polycnn.limits.memory_limit`) before its data
 is decompressed, so a zip bomb costs nothing; a truncated, altered or foreign file raises
-``ValueError`` saying so.
+``ValueError`` saying so, and so does an array holding NaN or inf (nothing polycnn saves holds
+them on purpose: parameters, BatchNorm statistics and optimiser state are finite in a run that
+trains; they are not after a step that diverged).
 Arrays are stored as host NumPy arrays, so a checkpoint loads on any backend.
 """
 
@@ -185,7 +187,20 @@ def _read_archive(zf: zipfile.ZipFile, path: str) -> tuple[dict, dict]:
     if _digest(arrays) != meta.get("sha256"):
         raise ValueError(f"{path}: checkpoint contents do not match its checksum (the file was"
                          " altered or damaged)")
+    for key, a in arrays.items():
+        bad = _count_nonfinite(a)
+        if bad:
+            raise ValueError(f"{path}: array {key} holds {bad:,} NaN or infinite value(s) of"
+                             f" {a.size:,} (saved from a run that diverged?): a model computes"
+                             " only NaN from them; use an earlier checkpoint or retrain")
     return meta, arrays
+
+
+def _count_nonfinite(a: np.ndarray, chunk: int = 1 << 20) -> int:
+    """NaN and ±inf in ``a``, counted a chunk at a time (the mask is never the array's size)."""
+    flat = a.reshape(-1)
+    return sum(int(np.count_nonzero(~np.isfinite(flat[i:i + chunk])))
+               for i in range(0, flat.size, chunk))
 
 
 def _expected_arrays(meta: dict, path: str) -> dict:
