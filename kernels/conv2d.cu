@@ -28,6 +28,100 @@
 // z the weight pass's splits or backward-data's stride phases (1 for the forward).
 // Sizes that index (rows, cols, reduction) and one sample's planes fit in int (the host checks);
 // flat offsets are 64-bit.
+//
+// TF32 (precision="tf32", float only, sm_80 and newer): the 64×64 tile of each GEMM kernel with
+// its products on the tensor cores (`conv2d_fwd_tf32_float`, `conv2d_bwd_data_tf32_float`,
+// `conv2d_bwd_weight_tf32_float`). The operands are rounded to TF32 (10-bit mantissa, round to
+// nearest, ties away from zero) as they enter shared memory; each warp multiplies 16×16×8 WMMA
+// fragments and accumulates in fp32; the accumulators go through shared memory (a 64×68 staging
+// tile after A and B, GEMM_TC_SMEM_BYTES) so the epilogue writes each output as the fp32 tile does.
+
+// NVRTC has no <mma.h> built in (and CuPy may find no CUDA headers on the machine): the few WMMA
+// operations used here, as inline PTX. The emulator (cuda_emu.h) supplies the same names.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+namespace precision { struct tf32 {}; }
+enum layout_t { mem_row_major, mem_col_major };
+// m16n16k8 TF32: A and B four 32-bit registers a lane, the fp32 accumulator eight
+template <int E> struct lane_fragment {
+    static constexpr int num_elements = E;
+    float x[E];
+};
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment;
+template <class L> struct fragment<matrix_a, 16, 16, 8, precision::tf32, L> : lane_fragment<4> {};
+template <class L> struct fragment<matrix_b, 16, 16, 8, precision::tf32, L> : lane_fragment<4> {};
+template <> struct fragment<accumulator, 16, 16, 8, float, void> : lane_fragment<8> {};
+
+// NOTE: the bodies exist for sm_80 and newer only; older targets never call them (TF32_BODY)
+__device__ inline float __float_to_tf32(float f) {
+    unsigned r = 0;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+#endif
+    return __uint_as_float(r);
+}
+template <class F> __device__ inline void fill_fragment(F& f, float v) {
+    for (int i = 0; i < F::num_elements; ++i) f.x[i] = v;
+}
+__device__ inline void load_matrix_sync(fragment<matrix_a, 16, 16, 8, precision::tf32, col_major>& f,
+                                        const float* p, unsigned ldm) {
+#if __CUDA_ARCH__ >= 800
+    unsigned* r = reinterpret_cast<unsigned*>(f.x);
+    asm volatile("wmma.load.a.sync.aligned.col.m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p), "r"(ldm) : "memory");
+#endif
+}
+__device__ inline void load_matrix_sync(fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& f,
+                                        const float* p, unsigned ldm) {
+#if __CUDA_ARCH__ >= 800
+    unsigned* r = reinterpret_cast<unsigned*>(f.x);
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p), "r"(ldm) : "memory");
+#endif
+}
+__device__ inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                                const fragment<matrix_a, 16, 16, 8, precision::tf32, col_major>& a,
+                                const fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& b,
+                                const fragment<accumulator, 16, 16, 8, float>& c) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned* ra = reinterpret_cast<const unsigned*>(a.x);
+    const unsigned* rb = reinterpret_cast<const unsigned*>(b.x);
+    asm volatile("wmma.mma.sync.aligned.col.row.m16n16k8.f32.tf32.tf32.f32"
+                 " {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, {%12, %13, %14, %15},"
+                 " {%16, %17, %18, %19, %20, %21, %22, %23};"
+                 : "=f"(d.x[0]), "=f"(d.x[1]), "=f"(d.x[2]), "=f"(d.x[3]), "=f"(d.x[4]),
+                   "=f"(d.x[5]), "=f"(d.x[6]), "=f"(d.x[7])
+                 : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]),
+                   "r"(rb[2]), "r"(rb[3]), "f"(c.x[0]), "f"(c.x[1]), "f"(c.x[2]), "f"(c.x[3]),
+                   "f"(c.x[4]), "f"(c.x[5]), "f"(c.x[6]), "f"(c.x[7]));
+#endif
+}
+__device__ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f,
+                                         unsigned ldm, layout_t) {  // row-major only
+#if __CUDA_ARCH__ >= 800
+    asm volatile("wmma.store.d.sync.aligned.row.m16n16k8.f32"
+                 " [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;"
+                 :: "l"(p), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]),
+                    "f"(f.x[5]), "f"(f.x[6]), "f"(f.x[7]), "r"(ldm) : "memory");
+#endif
+}
+}  // namespace wmma
+}  // namespace nvcuda
+#endif
+
+// The TF32 entry points' bodies, compiled for sm_80 and newer (the host refuses precision="tf32"
+// on an older device); the emulator compiles them always.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define TF32_BODY(...) __VA_ARGS__
+#else
+#define TF32_BODY(...)
+#endif
 
 struct ConvShape {
     int N, C, H, W, K, R, S, P, Q;
@@ -39,6 +133,8 @@ struct ConvShape {
 #define GEMM_THREADS 256
 // NOTE: the A and B tiles' rows are padded by 4 so that column-wise stores spread over banks
 #define GEMM_SMEM_BYTES(BM, BN, elem) (2 * TILE_K * 16 + TILE_K * ((BM) + 4 + (BN) + 4) * (elem))
+// the TF32 tile: the same, then the BM × (BN + 4) fp32 staging tile of the accumulators
+#define GEMM_TC_SMEM_BYTES(BM, BN) (GEMM_SMEM_BYTES(BM, BN, 4) + (BM) * ((BN) + 4) * 4)
 
 // What the operands need to know about one reduction index; computed by B once per tile, by
 // TILE_K threads, into a table in shared memory (integer division is slow on a GPU). A reads the
@@ -46,6 +142,12 @@ struct ConvShape {
 struct RowInfo { int a, b, c, d; };
 
 template <typename T> struct __align__(16) Vec4 { T v[4]; };
+
+// An operand as it enters shared memory: rounded to TF32 for the tensor-core tile, else as is.
+template <bool TC, typename T> __device__ inline T tc_operand(T v) {
+    if constexpr (TC) return nvcuda::wmma::__float_to_tf32(v);
+    else return v;
+}
 
 // C[m0.., n0..] = sum over kk in [k_begin, k_end) of a(m, kk) * b(kk, n), then out(m, n, value).
 // Each thread owns a 4×4 register tile: rows 4*ty + i, columns 4*tx + j, read from shared memory
@@ -55,9 +157,12 @@ template <typename T> struct __align__(16) Vec4 { T v[4]; };
 // B_ALONG_K: neighbouring threads fetch neighbouring reduction rows of one B column (each thread
 // B_LOADS columns) instead of neighbouring columns of one row: the weight pass's columns are
 // (c, r, s), far apart in x, while its reduction rows (n, p, q) are next to each other.
+// TC: the products on the tensor cores (T = float, TF32 operands; see the top of the file): warp
+// w owns 16-row band w % (BM/16) and TC_TILES 16-column tiles from (w / (BM/16)) * TC_TILES.
 // NOTE: every thread of the block reaches every __syncthreads: the loop bounds depend only on
 // blockIdx and the shape.
-template <typename T, int BM, int BN, bool B_ALONG_K = false, class A, class B, class Out>
+template <typename T, int BM, int BN, bool B_ALONG_K = false, bool TC = false, class A, class B,
+          class Out>
 __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int cols,
                           int k_begin, int k_end) {
     constexpr int THREADS = (BM / 4) * (BN / 4);  // one 4×4 register tile a thread
@@ -65,7 +170,8 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     constexpr int A_LOADS = BM * TILE_K / THREADS, B_LOADS = BN * TILE_K / THREADS;
     static_assert(THREADS % BN == 0 || BN % THREADS == 0, "B loads");
     static_assert(THREADS % TILE_K == 0 && THREADS >= TILE_K, "A loads and the row table");
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // NOTE: WMMA loads and stores want 32-byte aligned tiles; every tile offset below is one
+    extern __shared__ __align__(32) unsigned char smem_raw[];
     RowInfo* table = reinterpret_cast<RowInfo*>(smem_raw);                   // [2][TILE_K]
     T* As = reinterpret_cast<T*>(smem_raw + 2 * TILE_K * sizeof(RowInfo));  // [TILE_K][A_STRIDE]
     T* Bs = As + TILE_K * A_STRIDE;                                          // [TILE_K][B_STRIDE]
@@ -101,6 +207,13 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     T acc[4][4];
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+    constexpr int TC_TILES = TC ? (BM / 16) * (BN / 16) / (THREADS / 32) : 1;
+    static_assert(!TC || (TC_TILES >= 1 && (BN / 16) % TC_TILES == 0), "TF32 warp tiles");
+    const int warp = t / 32;
+    const int wm = 16 * (warp % (BM / 16)), wn = 16 * TC_TILES * (warp / (BM / 16));
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> tc_acc[TC_TILES];
+    if constexpr (TC)
+        for (int j = 0; j < TC_TILES; ++j) nvcuda::wmma::fill_fragment(tc_acc[j], 0.0f);
 
     if (t < TILE_K) table[t] = b.row(k_begin + t);
     __syncthreads();
@@ -108,27 +221,55 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     int buf = 0;
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (int i = 0; i < A_LOADS; ++i)
-            As[a_kk * A_STRIDE + a_row + i * (THREADS / TILE_K)] = a_next[i];
-        for (int i = 0; i < B_LOADS; ++i) Bs[b_kk_of(i) * B_STRIDE + b_nn_of(i)] = b_next[i];
+            As[a_kk * A_STRIDE + a_row + i * (THREADS / TILE_K)] = tc_operand<TC>(a_next[i]);
+        for (int i = 0; i < B_LOADS; ++i)
+            Bs[b_kk_of(i) * B_STRIDE + b_nn_of(i)] = tc_operand<TC>(b_next[i]);
         const bool more = k0 + TILE_K < k_end;
         if (t < TILE_K && more) table[(buf ^ 1) * TILE_K + t] = b.row(k0 + TILE_K + t);
         __syncthreads();
         if (more) fetch(k0 + TILE_K, table + (buf ^ 1) * TILE_K);
-        for (int kk = 0; kk < TILE_K; ++kk) {
-            const Vec4<T> av = *reinterpret_cast<const Vec4<T>*>(&As[kk * A_STRIDE + 4 * ty]);
-            const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * B_STRIDE + 4 * tx]);
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
+        if constexpr (TC) {
+            namespace wmma = nvcuda::wmma;
+            for (int k8 = 0; k8 < TILE_K; k8 += 8) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
+                wmma::load_matrix_sync(fa, &As[k8 * A_STRIDE + wm], A_STRIDE);
+                for (int j = 0; j < TC_TILES; ++j) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32,
+                                   wmma::row_major> fb;
+                    wmma::load_matrix_sync(fb, &Bs[k8 * B_STRIDE + wn + 16 * j], B_STRIDE);
+                    wmma::mma_sync(tc_acc[j], fa, fb, tc_acc[j]);
+                }
+            }
+        } else {
+            for (int kk = 0; kk < TILE_K; ++kk) {
+                const Vec4<T> av = *reinterpret_cast<const Vec4<T>*>(&As[kk * A_STRIDE + 4 * ty]);
+                const Vec4<T> bv = *reinterpret_cast<const Vec4<T>*>(&Bs[kk * B_STRIDE + 4 * tx]);
+                for (int i = 0; i < 4; ++i)
+                    for (int j = 0; j < 4; ++j) acc[i][j] += av.v[i] * bv.v[j];
+            }
         }
         __syncthreads();
         buf ^= 1;
     }
-    for (int i = 0; i < 4; ++i) {
-        const int m = m0 + 4 * ty + i;
-        if (m >= rows) continue;
-        for (int j = 0; j < 4; ++j) {
-            const int n = n0 + 4 * tx + j;
-            if (n < cols) out(m, n, acc[i][j]);
+    if constexpr (TC) {  // accumulators -> staging tile -> out, a row of BN at a time
+        constexpr int C_STRIDE = BN + 4;
+        float* Cs = Bs + TILE_K * B_STRIDE;  // [BM][C_STRIDE]
+        for (int j = 0; j < TC_TILES; ++j)
+            nvcuda::wmma::store_matrix_sync(&Cs[wm * C_STRIDE + wn + 16 * j], tc_acc[j], C_STRIDE,
+                                            nvcuda::wmma::mem_row_major);
+        __syncthreads();
+        for (int i = t; i < BM * BN; i += THREADS) {
+            const int m = m0 + i / BN, n = n0 + i % BN;
+            if (m < rows && n < cols) out(m, n, Cs[(i / BN) * C_STRIDE + i % BN]);
+        }
+    } else {
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + 4 * ty + i;
+            if (m >= rows) continue;
+            for (int j = 0; j < 4; ++j) {
+                const int n = n0 + 4 * tx + j;
+                if (n < cols) out(m, n, acc[i][j]);
+            }
         }
     }
 }
@@ -184,10 +325,10 @@ struct FwdOut {
     }
 };
 
-template <typename T, int BM, int BN>
+template <typename T, int BM, int BN, bool TC = false>
 __device__ void conv2d_fwd(const T* x, const T* w, const T* b, T* y, ConvShape s) {
     const int crs = s.C * s.R * s.S;
-    gemm_tile<T, BM, BN>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T>{y, b, s}, s.K, s.N * s.P * s.Q, 0, crs);
+    gemm_tile<T, BM, BN, false, TC>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T>{y, b, s}, s.K, s.N * s.P * s.Q, 0, crs);
 }
 
 // ---- backward-data: rows c, columns (n, i, j), reduction (k, u, v), one stride phase a block ----
@@ -303,12 +444,12 @@ struct BwdDataOut {
 // Launch: grid (ceil(N * ceil(H/sh) * ceil(W/sw) / BN), ceil(C / BM), sh * sw); phase 0 has the
 // most pixels, and a block past the end of its phase's columns returns at once (the whole block:
 // no barrier is left half-reached).
-template <typename T, int BM, int BN>
+template <typename T, int BM, int BN, bool TC = false>
 __device__ void conv2d_bwd_data(const T* dy, const T* w, T* dx, ConvShape s) {
     const Phase f = make_phase(s, blockIdx.z);
     const int cols = s.N * f.hi * f.wj;
     if ((long long)blockIdx.x * BN >= cols) return;
-    gemm_tile<T, BM, BN>(BwdDataA<T>{w, s, f}, BwdDataB<T>{dy, s, f}, BwdDataOut<T>{dx, s, f},
+    gemm_tile<T, BM, BN, false, TC>(BwdDataA<T>{w, s, f}, BwdDataB<T>{dy, s, f}, BwdDataOut<T>{dx, s, f},
                          s.C, cols, 0, s.K * f.taps());
 }
 
@@ -403,7 +544,7 @@ struct PartialOut {
     }
 };
 
-template <typename T, int BM, int BN>
+template <typename T, int BM, int BN, bool TC = false>
 __device__ void conv2d_bwd_weight(const T* dy, const T* x, T* partial, ConvShape s) {
     const int crs = s.C * s.R * s.S;
     const int npq = s.N * s.P * s.Q;
@@ -411,7 +552,7 @@ __device__ void conv2d_bwd_weight(const T* dy, const T* x, T* partial, ConvShape
     const int k_end = k_begin + s.chunk < npq ? k_begin + s.chunk : npq;
     // along K where a thread then keeps at most four columns (not the 16 x 256 tile's sixteen)
     constexpr bool along_k = BN * TILE_K / ((BM / 4) * (BN / 4)) <= 4;
-    gemm_tile<T, BM, BN, along_k>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
+    gemm_tile<T, BM, BN, along_k, TC>(BwdWeightA<T>{dy, s}, BwdWeightB<T>{x, s},
                  PartialOut<T>{partial, (long long)blockIdx.z * s.K * crs, crs},
                  s.K, crs, k_begin, k_end);
 }
@@ -437,7 +578,7 @@ __device__ void conv2d_reduce(const T* partial, T* out, long long count, int spl
 #define BIAS_THREADS 256
 template <typename T>
 __device__ void conv2d_bias_grad(const T* dy, T* partial, ConvShape s) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    extern __shared__ __align__(32) unsigned char smem_raw[];  // NOTE: as gemm_tile's (one array)
     T* part = reinterpret_cast<T*>(smem_raw);
     const int k = blockIdx.x, t = threadIdx.x;
     const int pq = s.P * s.Q;
@@ -568,6 +709,23 @@ extern "C" __global__ void conv2d_bwd_weight_small_float(
 extern "C" __global__ void conv2d_bwd_weight_small_double(
         const double* dy, const double* x, double* partial, ConvShape s) {
     conv2d_bwd_weight<double, 16, 64>(dy, x, partial, s);
+}
+
+// TF32 on the tensor cores: the 64×64 tile, float only; dynamic shared memory
+// GEMM_TC_SMEM_BYTES(64, 64). Backward-data is held to 128 registers (two blocks a
+// multiprocessor; it took 133 on sm_90); the others take 122-126 unbounded, and bounding the
+// forward to 128 made it spill on sm_90.
+extern "C" __global__ void conv2d_fwd_tf32_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    TF32_BODY(conv2d_fwd<float, 64, 64, true>(x, w, b, y, s);)
+}
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) conv2d_bwd_data_tf32_float(
+        const float* dy, const float* w, float* dx, ConvShape s) {
+    TF32_BODY(conv2d_bwd_data<float, 64, 64, true>(dy, w, dx, s);)
+}
+extern "C" __global__ void conv2d_bwd_weight_tf32_float(
+        const float* dy, const float* x, float* partial, ConvShape s) {
+    TF32_BODY(conv2d_bwd_weight<float, 64, 64, true>(dy, x, partial, s);)
 }
 
 extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out, long long count,

@@ -13,7 +13,7 @@ GPU): convert with ``asarray`` / ``to_numpy``. A public method validates its arg
 ``_op`` that each backend implements and that may assume valid, C-contiguous input of one dtype
 (float32 or float64). The output dtype is the input dtype.
 
-conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1) -> (y, ctx)
+conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, precision="float32") -> (y, ctx)
     x (N, C, H, W), w (K, C, R, S), b (K,) or None  ->  y (N, K, P, Q)::
 
         for n, k, p, q:
@@ -22,6 +22,12 @@ conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1) -> (y, ctx)
 
     Cross-correlation (no kernel flip), as in PyTorch. ``padding`` is an int, an (h, w) pair,
     ``"valid"`` (0) or ``"same"`` (stride 1; the odd pixel goes after). Output size rounds down.
+    ``precision``: ``"float32"`` (the default) computes in the inputs' dtype; ``"tf32"`` (float32
+    inputs, a backend whose ``precisions`` name it: ``cupy``, ``cupy-emu``) rounds x, w and, in
+    the backward, dy to TF32 (10-bit mantissa) and sums in fp32 on tensor cores, as PyTorch's
+    cuDNN convolutions do by default. The backward uses the forward's precision. Any other value,
+    TF32 with float64 inputs, or TF32 on a backend without it is a ValueError (never a silent
+    fall-back to fp32).
 
 conv2d_backward(dy, ctx, input_grad=True) -> (dx, dw, db)
     dy (N, K, P, Q) -> dx (N, C, H, W), dw (K, C, R, S), db (K,) or None when b was None;
@@ -150,6 +156,8 @@ class Backend:
     array_type: Any = np.ndarray
     #: True when arrays live on an accelerator
     is_device = False
+    #: the conv2d ``precision`` values this backend computes (see the contract)
+    precisions: tuple = ("float32",)
 
     # ---- arrays -------------------------------------------------------------------------
     def asarray(self, x, dtype=None):
@@ -189,17 +197,32 @@ class Backend:
         return self.xp.ascontiguousarray(dy)
 
     # ---- convolution --------------------------------------------------------------------
-    def conv2d_forward(self, x, w, b=None, stride=1, padding=0, dilation=1):
+    def conv2d_forward(self, x, w, b=None, stride=1, padding=0, dilation=1, precision="float32"):
         x = self._prepare(x, "x", 4)
         w = self._prepare(w, "w", 4)
         if b is not None:
             b = self._prepare(b, "b", 1)
         dtype = check_same_dtype(x=x, w=w, b=b)
+        self._check_precision(precision, dtype)
         shapes = (tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape))
         g = _cached(_conv_geometry, shapes, stride, padding, dilation)
-        y, saved = self._conv2d_forward(x, w, b, g)
-        ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None}, saved)
+        # NOTE: only a backend that lists another precision is asked for it (its _op takes it)
+        y, saved = (self._conv2d_forward(x, w, b, g) if precision == "float32"
+                    else self._conv2d_forward(x, w, b, g, precision=precision))
+        ctx = OpContext("conv2d", g, dtype, {"x": x, "w": w, "has_bias": b is not None,
+                                              "precision": precision}, saved)
         return y, ctx
+
+    def _check_precision(self, precision, dtype) -> None:
+        if not isinstance(precision, str) or precision not in ("float32", "tf32"):
+            raise ValueError(f"conv2d: precision must be 'float32' or 'tf32', got {precision!r}")
+        if precision not in self.precisions:
+            raise ValueError(f"conv2d: precision={precision!r} needs tensor cores; backend"
+                             f" {self.name!r} computes {', '.join(map(repr, self.precisions))}"
+                             " only (use backend 'cupy', or precision='float32')")
+        if precision == "tf32" and dtype != np.float32:
+            raise ValueError(f"conv2d: precision='tf32' rounds float32 inputs; x is {dtype}"
+                             " (use precision='float32' for float64)")
 
     def conv2d_backward(self, dy, ctx, input_grad: bool = True):
         dy = self._check_grad(dy, ctx, "conv2d")

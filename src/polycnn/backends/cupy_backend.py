@@ -18,6 +18,12 @@ that reach it, or for at most four input channels (an image) one thread an input
 weight pass and the bias gradient split their (n, p, q) sums over enough blocks to fill the
 device and add the partial sums in a fixed order (with one split, the kernel writes the result
 directly). No float atomics: results are bit-identical run to run.
+
+``precision="tf32"`` (float32, compute capability 8.0 or newer; see base): the three GEMMs run
+their 64×64 tile on the tensor cores (WMMA m16n16k8, operands rounded to TF32 as they enter
+shared memory, fp32 sums); backward-data for at most four input channels and the bias gradient
+stay fp32 (no GEMM to speak of there). The emulator runs the same kernels through its WMMA
+implementation (cuda_emu.h).
 """
 
 from __future__ import annotations
@@ -65,6 +71,17 @@ def gemm_smem_bytes(tile: str, itemsize: int) -> int:
     """GEMM_SMEM_BYTES of conv2d.cu: the row table, then the A and B tiles."""
     bm, bn = TILES[tile]
     return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn + 4) * itemsize
+
+
+#: the tile of the TF32 (tensor-core) GEMM kernels, ``<op>_tf32``: 64×64, float32 only
+TF32_TILE = ""
+
+
+def gemm_tc_smem_bytes() -> int:
+    """GEMM_TC_SMEM_BYTES(64, 64) of conv2d.cu: the fp32 tile's, then the accumulators'
+    64 × 68 staging tile."""
+    bm, bn = TILES[TF32_TILE]
+    return gemm_smem_bytes(TF32_TILE, 4) + bm * (bn + 4) * 4
 
 
 @functools.lru_cache(maxsize=4096)
@@ -117,6 +134,7 @@ KERNELS["conv2d_bwd_data_fewc"] = KERNELS["conv2d_bwd_data"]
 for _op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
     for _tile in TILES:
         KERNELS[_op + _tile] = KERNELS[_op]
+    KERNELS[_op + "_tf32"] = KERNELS[_op]
 _STRUCTS = {"ConvShape": CONV_SHAPE, "PoolShape": POOL_SHAPE}
 
 
@@ -164,7 +182,9 @@ class _Param:
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: the dtypes a kernel is compiled for, when not float32 and float64
-KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),)}
+KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),),
+                 **{op + "_tf32": (np.dtype(np.float32),)
+                    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")}}
 
 
 def entry_points(name: str) -> list[tuple[str, np.dtype]]:
@@ -198,6 +218,7 @@ class CupyBackend(Backend):
     ``kernel_dir`` replaces the packaged ``kernels/`` folder (tests load seeded-bug copies)."""
 
     is_device = True
+    precisions = ("float32", "tf32")
 
     def __init__(self, xp, name: str = "cupy", kernel_dir=None, compile_options=COMPILE_OPTIONS):
         self.xp = xp
@@ -291,26 +312,40 @@ class CupyBackend(Backend):
         self._launch(name, dtype, grid, (ELEMENTWISE_THREADS,), args, shapes)
 
     # ---- convolution --------------------------------------------------------------------
-    def _gemm(self, op, dtype, rows, cols, depth, args, shapes):
-        """Launch a GEMM kernel over rows × cols in the tile that pads it least, ``depth``
-        blocks deep (the weight pass's splits, backward-data's stride phases)."""
-        tile = gemm_tile(rows, cols)
+    def _gemm(self, op, dtype, rows, cols, depth, args, shapes, tf32=False):
+        """Launch a GEMM kernel over rows × cols in the tile that pads it least (``tf32``:
+        the tensor-core kernel ``<op>_tf32``, its one tile), ``depth`` blocks deep (the weight
+        pass's splits, backward-data's stride phases)."""
+        tile = TF32_TILE if tf32 else gemm_tile(rows, cols)
         bm, bn = TILES[tile]
-        self._launch(op + tile, dtype, (ceil_div(cols, bn), ceil_div(rows, bm), depth),
-                     (gemm_threads(tile),), args, shapes,
+        self._launch(op + ("_tf32" if tf32 else tile), dtype,
+                     (ceil_div(cols, bn), ceil_div(rows, bm), depth), (gemm_threads(tile),), args,
+                     shapes, gemm_tc_smem_bytes() if tf32 else
                      gemm_smem_bytes(tile, np.dtype(dtype).itemsize))
 
-    def _conv2d_forward(self, x, w, b, g: ConvGeometry):
+    def _tf32(self, precision: str) -> bool:
+        """Whether ``precision`` asks for the tensor cores; ValueError on a device without TF32
+        (compute capability below 8.0)."""
+        if precision != "tf32":
+            return False
+        cc = str(self.xp.cuda.Device().compute_capability)
+        if cc.isdigit() and int(cc) < 80:
+            raise ValueError(f"conv2d: precision='tf32' needs compute capability 8.0 or newer"
+                             f" (tensor cores with TF32); this device has {cc[:-1]}.{cc[-1]}"
+                             " (use precision='float32')")
+        return True
+
+    def _conv2d_forward(self, x, w, b, g: ConvGeometry, precision: str = "float32"):
         s = self._conv_shape(g)
         y = self.xp.empty(g.y_shape, dtype=x.dtype)
         self._gemm("conv2d_fwd", x.dtype, g.K, g.N * g.P * g.Q, 1, [x, w, b, y, s],
-                   [g.x_shape, g.w_shape, (g.K,), g.y_shape, None])
+                   [g.x_shape, g.w_shape, (g.K,), g.y_shape, None], self._tf32(precision))
         return y, None
 
-    def _weight_splits(self, g: ConvGeometry, itemsize: int) -> tuple[int, int]:
+    def _weight_splits(self, g: ConvGeometry, itemsize: int, tf32: bool = False) -> tuple[int, int]:
         """(splits, chunk) of the weight pass's (n, p, q) reduction."""
         npq, crs = g.N * g.P * g.Q, g.C * g.R * g.S
-        tile = gemm_tile(g.K, crs)
+        tile = TF32_TILE if tf32 else gemm_tile(g.K, crs)
         bm, bn = TILES[tile]
         # NOTE: target_blocks counts blocks of GEMM_THREADS; a smaller block gets more of them
         blocks = ceil_div(self.target_blocks * GEMM_THREADS, gemm_threads(tile))
@@ -322,14 +357,15 @@ class CupyBackend(Backend):
 
     def _conv2d_backward(self, dy, ctx: OpContext, input_grad: bool):
         g: ConvGeometry = ctx.geom
-        dx = self._conv_bwd_data(dy, ctx.inputs["w"], g) if input_grad else None
-        dw = self._conv_bwd_weight(dy, ctx.inputs["x"], g)
+        tf32 = self._tf32(ctx.inputs.get("precision", "float32"))
+        dx = self._conv_bwd_data(dy, ctx.inputs["w"], g, tf32) if input_grad else None
+        dw = self._conv_bwd_weight(dy, ctx.inputs["x"], g, tf32)
         db = self._bias_grad(dy, g) if ctx.inputs["has_bias"] else None
         return dx, dw, db
 
-    def _conv_bwd_data(self, dy, w, g: ConvGeometry):
+    def _conv_bwd_data(self, dy, w, g: ConvGeometry, tf32: bool = False):
         """dx: one GEMM per stride phase (grid z; phase 0 has the most pixels), or for few input
-        channels one thread a pixel."""
+        channels one thread a pixel (fp32 also under ``tf32``)."""
         dx = self.xp.empty(g.x_shape, dtype=dy.dtype)
         if g.C <= FEWC_MAX:
             self._launch_flat("conv2d_bwd_data_fewc", dy.dtype, g.N * g.H * g.W,
@@ -338,7 +374,7 @@ class CupyBackend(Backend):
             return dx
         self._gemm("conv2d_bwd_data", dy.dtype, g.C, self._bwd_data_columns(g),
                    g.stride_h * g.stride_w, [dy, w, dx, self._conv_shape(g)],
-                   [g.y_shape, g.w_shape, g.x_shape, None])
+                   [g.y_shape, g.w_shape, g.x_shape, None], tf32)
         return dx
 
     @staticmethod
@@ -346,16 +382,16 @@ class CupyBackend(Backend):
         """Columns of backward-data's largest stride phase (phase 0): its GEMM's width."""
         return g.N * ceil_div(g.H, g.stride_h) * ceil_div(g.W, g.stride_w)
 
-    def _conv_bwd_weight(self, dy, x, g: ConvGeometry):
+    def _conv_bwd_weight(self, dy, x, g: ConvGeometry, tf32: bool = False):
         """dw: the (n, p, q) reduction split over grid z, the partial sums added in order."""
         xp, dtype = self.xp, dy.dtype
         crs = g.C * g.R * g.S
-        splits, chunk = self._weight_splits(g, dtype.itemsize)
+        splits, chunk = self._weight_splits(g, dtype.itemsize, tf32)
         dw = xp.empty(g.w_shape, dtype=dtype)
         partial = dw if splits == 1 else xp.empty((splits, g.K, crs), dtype=dtype)
         self._gemm("conv2d_bwd_weight", dtype, g.K, crs, splits,
                    [dy, x, partial, self._conv_shape(g, chunk)],
-                   [g.y_shape, g.x_shape, partial.shape, None])
+                   [g.y_shape, g.x_shape, partial.shape, None], tf32)
         if splits > 1:
             self._reduce(partial, dw)
         return dw

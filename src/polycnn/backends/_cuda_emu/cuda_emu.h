@@ -399,3 +399,92 @@ template <typename... Args> KernelInfo kernel_info(const char* name, void (*fn)(
 #define blockDim (::emu::tls_block_dim)
 #define gridDim (::emu::tls_grid_dim)
 #define __syncthreads() ::emu::syncthreads()
+
+// ---- tensor cores: the subset of <mma.h> (nvcuda::wmma) that the TF32 kernels use -------------
+// On a GPU a fragment is spread over the 32 lanes of a warp, in an unspecified order; kernels may
+// only fill it, load it, store it, multiply it and apply elementwise functions to x[0..
+// num_elements). Here every thread holds the whole tile (row-major: A is 16 × 8, B 8 × 16, the
+// accumulator 16 × 16) and computes the whole product itself: the same result, 32 times over.
+// mma_sync reads its TF32 operands as the tensor cores do: the top 19 bits of each float (an
+// operand not converted by __float_to_tf32 is truncated), products exact, sums in fp32 in k order.
+// NOTE: load/store/mma need no barrier here, as on a GPU where they are warp-synchronous.
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+namespace precision { struct tf32 {}; }
+enum layout_t { mem_row_major, mem_col_major };
+
+template <int ROWS, int COLS> struct emu_fragment {
+    static constexpr int rows = ROWS, cols = COLS, num_elements = ROWS * COLS;
+    float x[ROWS * COLS];
+};
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment;
+template <class L> struct fragment<matrix_a, 16, 16, 8, precision::tf32, L> : emu_fragment<16, 8> {};
+template <class L> struct fragment<matrix_b, 16, 16, 8, precision::tf32, L> : emu_fragment<8, 16> {};
+template <> struct fragment<accumulator, 16, 16, 8, float, void> : emu_fragment<16, 16> {};
+
+// cvt.rna.tf32.f32: round the 23-bit mantissa to 10 bits, to nearest, ties away from zero (add
+// half of the last kept bit to the magnitude, then clear the 13 dropped bits); NaN and infinity
+// pass through.
+inline float __float_to_tf32(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7F800000u) != 0x7F800000u) u = (u + 0x1000u) & ~0x1FFFu;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+inline float emu_tf32_operand(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, sizeof u);
+    u &= ~0x1FFFu;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+template <class F> inline void fill_fragment(F& f, float v) {
+    for (int i = 0; i < F::num_elements; ++i) f.x[i] = v;
+}
+
+// element (i, j) of a ROWS × COLS matrix at p: p[i * ldm + j] row-major, p[i + j * ldm] column-major
+template <class F, class L> inline void emu_load(F& f, const float* p, unsigned ldm, L) {
+    for (int i = 0; i < F::rows; ++i)
+        for (int j = 0; j < F::cols; ++j)
+            f.x[i * F::cols + j] = std::is_same_v<L, row_major> ? p[(std::size_t)i * ldm + j]
+                                                                 : p[i + (std::size_t)j * ldm];
+}
+template <class Use, class L>
+inline void load_matrix_sync(fragment<Use, 16, 16, 8, precision::tf32, L>& f, const float* p,
+                             unsigned ldm) {
+    emu_load(f, p, ldm, L{});
+}
+
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                     const emu_fragment<16, 8>& a, const emu_fragment<8, 16>& b,
+                     const fragment<accumulator, 16, 16, 8, float>& c) {
+    float out[16 * 16];
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) {
+            float sum = c.x[i * 16 + j];
+            for (int k = 0; k < 8; ++k)
+                sum += emu_tf32_operand(a.x[i * 8 + k]) * emu_tf32_operand(b.x[k * 16 + j]);
+            out[i * 16 + j] = sum;
+        }
+    std::memcpy(d.x, out, sizeof out);
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f,
+                              unsigned ldm, layout_t layout) {
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j)
+            (layout == mem_row_major ? p[(std::size_t)i * ldm + j] : p[i + (std::size_t)j * ldm]) =
+                f.x[i * 16 + j];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
