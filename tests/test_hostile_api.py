@@ -11,6 +11,9 @@ its folder) and, faster, in this process under ``pytest.raises`` (the exception'
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
 import textwrap
 
 import numpy as np
@@ -159,3 +162,40 @@ def test_the_base_model_json_is_valid(tmp_path):
     """The spec the bad ones are made from is valid: each bad case fails for its one change."""
     model = pc.models.from_spec(_layers(), (3, 16, 16), 3, backend="numpy")
     assert model.output_shape((3, 16, 16)) == (3,)
+
+
+# ---- a destination that is not a regular file ---------------------------------------------------
+def _fifo(path):
+    os.mkfifo(path)
+
+
+def _socket(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()   # NOTE: the socket file stays
+
+
+#: (id, make the destination, the write (SETUP's names; ``dest`` is its path), words the error
+#: names); every writer replaces its destination through polycnn._files.replaced_atomically
+DESTINATIONS = [
+    ("save-to-fifo", _fifo, "m.save(dest)", ["out.npz", "a FIFO", "not a regular file"]),
+    ("save-to-folder", os.mkdir, "m.save(dest)", ["out.npz", "a directory", "not a regular file"]),
+    ("save-to-socket", _socket, "m.save(dest)", ["out.npz", "a socket", "not a regular file"]),
+    ("save-weights-to-fifo", _fifo, "pc.save_weights(m, dest)", ["out.npz", "a FIFO"]),
+    ("fit-checkpoint-to-fifo", _fifo, "pc.fit(m, (x, y), epochs=1, batch_size=3, checkpoint=dest)",
+     ["out.npz", "a FIFO"]),
+]
+
+
+@pytest.mark.parametrize("make, code, needles", [c[1:] for c in DESTINATIONS],
+                         ids=[c[0] for c in DESTINATIONS])
+def test_a_destination_that_is_not_a_regular_file_is_refused(tmp_path, make, code, needles):
+    """It was replaced by the new file (as root, ``model.save("/dev/null")`` replaced
+    /dev/null); now one error line, and it is left as it was."""
+    make(tmp_path / "out.npz")
+    kind = stat.S_IFMT(os.lstat(tmp_path / "out.npz").st_mode)
+    before = snapshot(tmp_path)
+    outcome = run_python(api_case(_statement(f"dest = 'out.npz'\n{code}")), cwd=tmp_path)
+    outcome.assert_user_error(*needles)
+    assert snapshot(tmp_path) == before, f"files changed:\n{outcome}"
+    assert stat.S_IFMT(os.lstat(tmp_path / "out.npz").st_mode) == kind, outcome

@@ -143,15 +143,22 @@ def replaced_atomically(dest):
     name in one rename (``os.replace``) and the folder is synced. When the block raises it is
     removed: ``dest`` is never half-written. Stale temporary files of dead writers in the folder
     are removed first (:func:`remove_stale_temps`). A ``dest`` that is a symbolic link is replaced
-    by the new file; the link's target is not written."""
+    by the new file; the link's target is not written. An existing ``dest`` that is neither a
+    regular file nor a link (a folder, FIFO, device or socket: as root, ``/dev/null`` would be
+    replaced) raises ``ValueError`` before anything is written."""
     dest = os.fspath(dest)
     folder = os.path.dirname(os.path.abspath(dest))
-    remove_stale_temps(folder)
     try:
         st = os.lstat(dest)
-        keep = stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else None
     except (FileNotFoundError, NotADirectoryError):
-        keep = None   # NOTE: a folder that is not one is named by the temporary file's error below
+        st = None   # NOTE: a folder that is not one is named by the temporary file's error below
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        from .limits import file_kind
+
+        raise ValueError(f"{dest} is {file_kind(st.st_mode)}, not a regular file: polycnn"
+                         " replaces only a regular file (or a symbolic link); choose another name")
+    keep = stat.S_IMODE(st.st_mode) & 0o777 if st is not None and stat.S_ISREG(st.st_mode) else None
+    remove_stale_temps(folder)
     try:
         fd, tmp = _create_temp(folder, 0o600 if keep is not None else 0o666)
     except OSError as exc:

@@ -85,6 +85,12 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"))
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, from its ``st_mode``: "a directory", "a FIFO
+    (named pipe)", ..."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
 def regular_file(path, what: str = "file") -> int:
     """The size of ``path``, after checking that it is a regular file: a missing path raises
     ``FileNotFoundError``; a directory, FIFO, device or socket ``ValueError`` (opening a FIFO
@@ -95,8 +101,7 @@ def regular_file(path, what: str = "file") -> int:
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-        raise ValueError(f"{path}: the {what} is {kind}, not a regular file")
+        raise ValueError(f"{path}: the {what} is {file_kind(st.st_mode)}, not a regular file")
     return st.st_size
 
 
