@@ -24,8 +24,9 @@ def backends(as_json):
         else:
             row["reason"] = status
         rows.append(row)
+    parallel = {"mpi": pc.distributed.mpi_status(), "nccl": pc.distributed.nccl_status()}
     if as_json:
-        echo_json({"backends": rows})
+        echo_json({"backends": rows, **parallel})
         return
     table = []
     for r in rows:
@@ -36,6 +37,8 @@ def backends(as_json):
     for r in rows:
         if not r["available"]:
             click.echo(f"\n{r['backend']}: unavailable: {r['reason']}")
+    click.echo(f"\ndata parallel (`mpiexec -n N polycnn train`): MPI {parallel['mpi']};"
+               f" NCCL (cupy) {parallel['nccl']}")
 
 
 @click.command()

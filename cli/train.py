@@ -331,6 +331,29 @@ def _bounded_sizes(command):
     return checked
 
 
+def _join_mpi():
+    """(rank, communicator): (0, None) for one process; see polycnn.distributed.init."""
+    try:
+        rank, size = pc.distributed.init()
+    except RuntimeError as exc:   # NOTE: started by mpiexec without mpi4py
+        fail(str(exc))
+    return rank, (pc.distributed.world() if size > 1 else None)
+
+
+def _distributed_errors(command):
+    """Under mpiexec: another rank's failure, or a rank that died, as one error line here."""
+    @functools.wraps(command)
+    def checked(**params):
+        try:
+            return command(**params)
+        except pc.distributed.RankFailed as exc:
+            fail(str(exc), 2 if exc.user_error else 1)
+        except pc.distributed.PeerLost as exc:
+            out = params.get("out") or DEFAULT_OUT
+            fail(f"{exc}; stopping: {out} holds the last finished epoch", 1)
+    return checked
+
+
 @click.command()
 @backend_option
 @click.option("--epochs", type=int, default=None,
@@ -390,15 +413,24 @@ def _bounded_sizes(command):
 @click.option("--json-lines", is_flag=True,
               help="print one JSON object per epoch on stdout as it finishes, then the --json summary")
 @click.option("--quiet", "-q", is_flag=True, help="print only the final summary")
+@click.option("--sync-bn", is_flag=True,
+              help="under mpiexec: BatchNorm statistics over the whole global batch (default: each"
+                   " rank normalises with its own shard's)")
 @_bounded_sizes
+@_distributed_errors
 def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, data_dir, download,
           model_name, image_size, channels, n_train, out, resume, force, schedule, warmup, patience,
-          as_json, json_lines, quiet):
+          as_json, json_lines, quiet, sync_bn):
     """Train a CNN; by default the tutorial's network on triangles, squares and circles.
 
     The shapes images are generated from --seed (no download); --dataset picks a real data set.
     The checkpoint in --out is updated after every epoch; `polycnn evaluate` and `polycnn
-    predict` use it."""
+    predict` use it.
+
+    Data parallel: `mpiexec -n 2 polycnn train ...` (needs `pip install 'polycnn[mpi]'`) runs
+    2 processes, each training on its half of every --batch-size batch (a multiple of the
+    number of processes); only the first prints and writes --out."""
+    rank, comm = _join_mpi()
     _check_choice_int(epochs, "--epochs", 1, MAX_EPOCHS)
     _check_choice_int(seed, "--seed", 0)
     if out is None:
@@ -432,7 +464,17 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         raise click.BadParameter(f"the {dataset} data set needs no files", param_hint="--data-dir/--download")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
-    best_out = _check_out(out, resume, force)
+    if comm is None:
+        best_out = _check_out(out, resume, force)
+    else:
+        if batch_size % comm.size:
+            raise click.BadParameter(f"must be a multiple of the {comm.size} processes started by"
+                                     f" mpiexec (each takes an equal share), got {batch_size}",
+                                     param_hint="--batch-size")
+        best_out = best_checkpoint_path(out)
+        with comm.guard("checking --out"):   # NOTE: rank 0 alone writes: it alone probes --out
+            if rank == 0:
+                _check_out(out, resume, force)
     be = pc.get_backend(backend)
     t_start = time.perf_counter()
     if resume:
@@ -490,7 +532,7 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
 
     classes = run.get("classes", list(CLASSES))
     dataset = run.get("dataset", "shapes")
-    progress = _Progress(quiet, as_json, json_lines)
+    progress = _Progress(quiet, as_json, json_lines) if rank == 0 else _Progress(True, False, False)
     if progress.lines:
         what = "resuming" if resume else "training"
         names = ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
@@ -499,7 +541,9 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
                    f" training, {data['val'][0].shape[0]:,} validation, {data['test'][0].shape[0]:,} test"
                    f" images of {run['channels']}x{run['image_size']}x{run['image_size']}, backend"
                    f" {be.name}, {run['optimizer']} lr {run['lr']:g}, batch {run['batch_size']},"
-                   f" {run['epochs']} epochs{', augmented' if run['augment'] else ''}")
+                   f" {run['epochs']} epochs{', augmented' if run['augment'] else ''}"
+                   + (f"; {comm.size} processes (mpiexec), {run['batch_size'] // comm.size} images"
+                      f" each per step" if comm is not None else ""))
     before = _file_stamp(out)
     try:
         history = pc.fit(model, data["train"], epochs=run["epochs"], batch_size=run["batch_size"],
@@ -507,8 +551,11 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
                          augment=default_augment(dataset) if run["augment"] else None,
                          seed=None if resume else run["seed"], callback=progress, checkpoint=out,
                          resume=resume, metadata={"run": run, "classes": classes},
-                         best_checkpoint=best_out, early_stopping=run.get("patience"))
+                         best_checkpoint=best_out, early_stopping=run.get("patience"),
+                         distributed=comm is not None, sync_bn=sync_bn)
     except KeyboardInterrupt as exc:
+        if rank > 0:
+            sys.exit(130)   # NOTE: rank 0 says where the run stopped
         if progress.bar:
             click.echo("", err=True)
         resume_hint = f"continue with `polycnn train --resume --out {out}`"
@@ -523,6 +570,8 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
                     else "; nothing was saved")
             click.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
+    if rank > 0:
+        return
     test = pc.evaluate(model, data["test"])
     total = time.perf_counter() - t_start
     train_seconds = float(np.nansum(history["seconds"]))

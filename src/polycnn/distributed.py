@@ -74,8 +74,10 @@ def mpi_status() -> str | bool:
     if importlib.util.find_spec("mpi4py") is None:
         return f"mpi4py is not installed ({INSTALL_HINT})"
     try:
+        import mpi4py
         from mpi4py import MPI
-        return f"yes: mpi4py, {MPI.Get_library_version().splitlines()[0].strip()}"
+        library = " ".join(MPI.Get_library_version().splitlines()[0].split())
+        return f"yes: mpi4py {mpi4py.__version__}, {library}"
     except Exception as exc:  # NOTE: mpi4py raises RuntimeError when libmpi cannot be loaded
         return f"mpi4py cannot load an MPI library: {type(exc).__name__}: {exc}"
 
