@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import polycnn as pc
+from polycnn._files import is_temp_name
 from polycnn.checkpoint import read
 from polycnn.cli import train as train_cli
 from polycnn.cli.main import main
@@ -124,9 +125,11 @@ def test_sigint_saves_and_resume_continues(tmp_path):
     assert "Traceback" not in stderr
     done = read(out)[0]["epoch"]
     assert 1 <= done < 500
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")], "a temporary file was left"
+    left = [f for f in os.listdir(tmp_path) if is_temp_name(f)]
+    assert not left, f"temporary files were left: {left}"
 
     r = CliRunner().invoke(main, ["train", "--resume", "--out", str(out), "--backend", "numpy",
                                   "--epochs", str(done + 1), "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["history"]["epoch"] == list(range(1, done + 2))
+    assert not [f for f in os.listdir(tmp_path) if is_temp_name(f)]
