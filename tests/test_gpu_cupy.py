@@ -124,3 +124,68 @@ def test_every_tile_shape_on_the_gpu(gpu, monkeypatch, tile, stride):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale,
                                    err_msg=f"conv2d {name}, tile {tile or 'square'}, stride {stride}")
         assert np.array_equal(got, again), f"conv2d {name} differs between two runs (tile {tile!r})"
+
+
+def _tf32_rna(a) -> np.ndarray:
+    """float32 rounded to TF32 (10 mantissa bits), to nearest, ties away from zero (cvt.rna)."""
+    a = np.asarray(a, dtype=np.float64)
+    out = np.zeros_like(a)
+    nz = a != 0
+    ulp = np.exp2(np.floor(np.log2(np.abs(a[nz]))) - 10)
+    out[nz] = np.sign(a[nz]) * np.floor(np.abs(a[nz]) / ulp + 0.5) * ulp
+    return out.astype(np.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-" + str(c[1][0]))
+def test_tf32_conv_on_the_tensor_cores_is_within_the_tf32_bound(gpu, case):
+    """precision='tf32' on the real tensor cores: every pass within 2^-10 of the sum of the
+    terms' magnitudes of the float64 result, measurably less exact than fp32 (the rounding is
+    applied), and the same bits twice."""
+    x_shape, w_shape, params = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    ref = NumpyBackend()
+
+    def oracle(*arrays):
+        y, ctx = ref.conv2d_forward(*arrays[:3], **params)
+        return (y, *ref.conv2d_backward(arrays[3], ctx))
+
+    dy = rng.standard_normal(ref.conv2d_forward(x, w, b, **params)[0].shape).astype(np.float32)
+    exact = oracle(*(a.astype(np.float64) for a in (x, w, b, dy)))
+    mags = oracle(*(np.abs(a.astype(np.float64)) for a in (x, w, b, dy)))
+    runs = []
+    for precision in ("tf32", "tf32", "float32"):
+        y, ctx = gpu.conv2d_forward(gpu.asarray(x), gpu.asarray(w), gpu.asarray(b),
+                                    precision=precision, **params)
+        runs.append([gpu.to_numpy(a) for a in (y, *gpu.conv2d_backward(gpu.asarray(dy), ctx))])
+    gemm = {"y", "dw"} | ({"dx"} if w_shape[1] > cupy_backend.FEWC_MAX else set())
+    for i, name in enumerate(("y", "dx", "dw", "db")):
+        got, again, fp32 = runs[0][i], runs[1][i], runs[2][i]
+        where = f"conv2d {name}, tf32, cupy, {x_shape} {w_shape} {params}"
+        err = np.abs(got - exact[i])
+        assert np.all(err <= 2.0**-10 * mags[i] + 1e-6 * (1 + mags[i])), (
+            f"{where}: max error {err.max():.3g}")
+        assert np.array_equal(got, again), f"{where}: differs between two runs"
+        if name in gemm:
+            assert err.max() > 10 * np.abs(fp32 - exact[i]).max(), f"{where}: no TF32 rounding?"
+
+
+@pytest.mark.gpu
+def test_tf32_rounding_on_the_gpu_is_round_to_nearest_ties_away(gpu):
+    """The identity 1×1 conv of test_tf32.py on the hardware: y = TF32(x) and dx = TF32(dy)
+    bit for bit, so the emulator's rounding is the tensor cores'."""
+    half = 2.0**-11
+    values = np.array([1 + 1.5 * half, 1 + half, -(1 + half), 1 + 0.5 * half, 1 + 3 * half,
+                       3 + 2 * half, -(1 + 1.5 * half), 0.75 + 0.75 * half], dtype=np.float32)
+    x = values.reshape(1, 8, 1, 1)
+    dy = values[::-1].copy().reshape(1, 8, 1, 1)
+    w = np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1)
+    y, ctx = gpu.conv2d_forward(gpu.asarray(x), gpu.asarray(w), None, precision="tf32")
+    dx, dw, _ = gpu.conv2d_backward(gpu.asarray(dy), ctx)
+    assert gpu.to_numpy(y).ravel().tolist() == _tf32_rna(values).tolist()
+    assert gpu.to_numpy(dx).ravel().tolist() == _tf32_rna(dy.ravel()).tolist()
+    assert gpu.to_numpy(dw).reshape(8, 8).tolist() == np.outer(
+        _tf32_rna(dy.ravel()), _tf32_rna(values)).astype(np.float32).tolist()
