@@ -62,13 +62,32 @@ def child_env(extra: dict | None = None) -> dict:
     return {k: v for k, v in env.items() if v is not None}
 
 
+#: the launcher between the test process and a case: Linux carries a process's peak resident
+#: memory across fork and exec, so a case forked straight from a big pytest process would report
+#: pytest's own size; forked from this small launcher it reports its own (plus the launcher's
+#: few MiB). It writes the case's ``ru_maxrss`` (KiB) to the file named by its first argument
+#: and exits with the case's status.
+_LAUNCHER = """\
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run(argv: list, *, env: dict | None = None, cwd=None, timeout: float = 120.0,
         stdin=subprocess.DEVNULL) -> Outcome:
-    """Run ``argv`` to its end (killed with its process group after ``timeout`` seconds) and
-    measure that child's own peak resident memory."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, stdin=stdin,
-                                env=child_env(env), cwd=cwd, start_new_session=True)
+    """Run ``argv`` (its first entry a path to an executable) to its end, killed with its process
+    group after ``timeout`` seconds, and measure that child's own peak resident memory."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".maxrss") as peak:
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, peak.name,
+                                 *(str(a) for a in argv)],
+                                stdout=out, stderr=err, stdin=stdin, env=child_env(env), cwd=cwd,
+                                start_new_session=True)
         fired = threading.Event()
 
         def kill():
@@ -81,14 +100,16 @@ def run(argv: list, *, env: dict | None = None, cwd=None, timeout: float = 120.0
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         err.seek(0)
+        kib = peak.read().strip()
+        # NOTE: a case killed on time-out leaves no figure: count it as over the limit
+        peak_bytes = int(kib) * 1024 if kib else PEAK_LIMIT
         return Outcome(list(argv), proc.returncode, out.read().decode(errors="replace"),
-                       err.read().decode(errors="replace"), usage.ru_maxrss * 1024, fired.is_set())
+                       err.read().decode(errors="replace"), peak_bytes, fired.is_set())
 
 
 def run_cli(*args, **kwargs) -> Outcome:
