@@ -163,3 +163,30 @@ def test_demo_plot_draws_the_worked_example(tmp_path):
                                   "--backend", "numpy"], catch_exceptions=False)
     assert r.exit_code == 0 and '"plot": ' in r.output
     _check_picture(tmp_path / "j.png", "worked_example")
+
+
+def test_a_failed_picture_write_leaves_the_old_picture(tmp_path, monkeypatch):
+    """Pictures are written through a temporary file and renamed: a write that fails half-way
+    leaves the old file whole and no temporary file (savefig wrote the file in place before)."""
+    from matplotlib.figure import Figure
+
+    from polycnn._files import is_temp_name
+
+    path = tmp_path / "history.png"
+    path.write_bytes(b"the old picture")
+    real = Figure.savefig
+
+    def half_then_fail(self, fname, **kw):
+        real(self, fname, **kw)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    history = {"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.4, 0.7],
+               "val_loss": [1.1, 0.6], "val_accuracy": [0.3, 0.6]}
+    with pytest.raises(OSError, match="No space left"):
+        viz.plot_history(history, path)
+    assert path.read_bytes() == b"the old picture"
+    assert not [f for f in os.listdir(tmp_path) if is_temp_name(f)]
+    monkeypatch.undo()
+    viz.plot_history(history, path)
+    _check_picture(path, "history")

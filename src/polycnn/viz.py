@@ -56,12 +56,19 @@ def _figure(kind: str):
 
 
 def _save(plt, fig, path) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # NOTE: no bbox_inches="tight": it would change the pixel size from figure to figure
-    fig.savefig(path, dpi=DPI, format="png")
-    plt.close(fig)
+    """``fig`` as a PNG at ``path``, written whole or not at all (``replaced_atomically``: a
+    failed or killed write leaves the old picture); the figure is closed either way."""
+    from ._files import replaced_atomically
+
+    try:
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        with replaced_atomically(path) as f:
+            # NOTE: no bbox_inches="tight": it would change the pixel size from figure to figure
+            fig.savefig(f, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
