@@ -159,3 +159,22 @@ def snapshot(folder) -> dict:
                     digest = hashlib.sha256(f.read()).hexdigest()
             found[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns, digest)
     return found
+
+
+def tar_gz(members) -> bytes:
+    """A gzipped tar archive in memory; ``members``: (name, bytes) for a file, (name, "->target")
+    for a symbolic link (hostile archives: ``../`` names, links out of the folder)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, body in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(body, str):
+                info.type, info.linkname = tarfile.SYMTYPE, body[2:]
+                tar.addfile(info)
+            else:
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return buf.getvalue()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
+from hostile import tar_gz
 from polycnn import datasets_real as dr
 
 from test_data_real import idx_bytes
@@ -301,24 +302,6 @@ def test_file_mirror_downloads(tmp_path):
 
 
 # ---- the CIFAR-10 archive is checked before anything is unpacked ---------------------------------
-def _tar(members) -> bytes:
-    """members: (name, bytes) for a file, (name, "->target") for a symbolic link."""
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, body in members:
-            info = tarfile.TarInfo(name)
-            if isinstance(body, str):
-                info.type, info.linkname = tarfile.SYMTYPE, body[2:]
-                tar.addfile(info)
-            else:
-                info.size = len(body)
-                tar.addfile(info, io.BytesIO(body))
-    return buf.getvalue()
-
-
 def _batches(records=2, skip=()):
     return [(f"{dr.CIFAR_SUBDIR}/{n}", bytes(records * 3073)) for n in dr.CIFAR_FILES if n not in skip]
 
@@ -337,7 +320,7 @@ def _batches(records=2, skip=()):
 def test_unsafe_or_wrong_archive_unpacks_nothing(members, message, server, tmp_path, monkeypatch):
     handler, url = server
     monkeypatch.setattr(dr, "CIFAR_BATCH_RECORDS", 2)
-    archive = _tar(members)
+    archive = tar_gz(members)
     monkeypatch.setitem(handler.files, dr.CIFAR_ARCHIVE, archive)
     data = tmp_path / "data"
     with pytest.raises(ValueError, match=re.escape(message)) as e:

@@ -11,12 +11,10 @@ the problem, stay under 1 GiB of peak memory, and leave every file under the fol
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 
 import pytest
 
-from hostile import api_case, run_cli, run_python, snapshot
+from hostile import api_case, run_cli, run_python, snapshot, tar_gz
 from polycnn import datasets_real as dr
 
 #: train MNIST from data/, fetching what is missing
@@ -32,29 +30,13 @@ def _mirror(tmp_path, files: dict) -> str:
     return folder.as_uri() + "/"
 
 
-def _cifar_tar(members) -> bytes:
-    """members: (name, bytes) for a file, (name, "->target") for a symbolic link; each batch of
-    the real size, so only the hostile member is wrong."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, body in members:
-            info = tarfile.TarInfo(name)
-            if isinstance(body, str):
-                info.type, info.linkname = tarfile.SYMTYPE, body[2:]
-                tar.addfile(info)
-            else:
-                info.size = len(body)
-                tar.addfile(info, io.BytesIO(body))
-    return buf.getvalue()
-
-
 def _batches(skip=()):
     size = dr.CIFAR_BATCH_RECORDS * (1 + 3 * 32 * 32)
     return [(f"{dr.CIFAR_SUBDIR}/{n}", bytes(size)) for n in dr.CIFAR_FILES if n not in skip]
 
 
 def _cifar_case(tmp_path, members) -> dict:
-    archive = _cifar_tar(members)
+    archive = tar_gz(members)
     url = _mirror(tmp_path, {dr.CIFAR_ARCHIVE: archive})
     sums = {dr.CIFAR_ARCHIVE: hashlib.sha256(archive).hexdigest()}
     return {"code": f"pc.datasets.download('cifar10', 'data', mirrors=[{url!r}], checksums={sums!r})"}
