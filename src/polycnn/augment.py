@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _number(value, name, hi, what="a number"):
-    """A finite int or float in [0, hi]: a bool or a string is a TypeError, never converted."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Augment: {name} must be {what} in [0, {hi:g}], got {value!r}")
-    if not 0.0 <= float(value) <= hi:  # NOTE: also refuses NaN
-        raise ValueError(f"Augment: {name} must be {what} in [0, {hi:g}], got {value!r}")
-    return float(value)
+from ._args import owned_by, real
 
 
 def _prob(value, name):
-    return _number(value, name, 1.0, "a probability")
+    return real(value, name, 0.0, 1.0, what="a probability")
 
 
 def _magnitude(value, name, hi):
-    return _number(value, name, hi)
+    return real(value, name, 0.0, hi)
 
 
 class Augment:
@@ -39,14 +32,15 @@ class Augment:
     def __init__(self, hflip: float = 0.5, vflip: float = 0.5, shear: float = 0.0,
                  rotate: float = 0.0, translate: float = 0.0, shear_p: float = 0.5,
                  rotate_p: float = 0.5, translate_p: float = 0.5):
-        self.hflip = _prob(hflip, "hflip")
-        self.vflip = _prob(vflip, "vflip")
-        self.shear = _magnitude(shear, "shear", 1.0)
-        self.rotate = _magnitude(rotate, "rotate (degrees)", 180.0)
-        self.translate = _magnitude(translate, "translate (fraction of the size)", 0.5)
-        self.shear_p = _prob(shear_p, "shear_p")
-        self.rotate_p = _prob(rotate_p, "rotate_p")
-        self.translate_p = _prob(translate_p, "translate_p")
+        with owned_by("Augment"):
+            self.hflip = _prob(hflip, "hflip")
+            self.vflip = _prob(vflip, "vflip")
+            self.shear = _magnitude(shear, "shear", 1.0)
+            self.rotate = _magnitude(rotate, "rotate (degrees)", 180.0)
+            self.translate = _magnitude(translate, "translate (fraction of the size)", 0.5)
+            self.shear_p = _prob(shear_p, "shear_p")
+            self.rotate_p = _prob(rotate_p, "rotate_p")
+            self.translate_p = _prob(translate_p, "translate_p")
 
     def config(self) -> dict:
         return dict(self.__dict__)

@@ -15,13 +15,13 @@ gives one run on every backend.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 
 import numpy as np
 
 from . import init as _init
+from ._args import flag, integer, owned_by, real
 from .backends import get_backend
 from .geometry import conv_geometry, pair, pool_geometry, resolve_padding
 from .hashing import GAMMA as _GAMMA
@@ -40,46 +40,8 @@ def _dtype(dtype) -> np.dtype:
     return dt
 
 
-# ---- argument checks: a wrong type is a TypeError, a wrong value a ValueError; never coerced ----
-@contextlib.contextmanager
-def _arguments(owner: str):
-    """Prefix ``owner`` (the layer's class name) to an argument error raised inside."""
-    try:
-        yield
-    except (TypeError, ValueError) as exc:
-        cls = TypeError if isinstance(exc, TypeError) else ValueError
-        raise cls(f"{owner}: {exc}") from None
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _real(value, name: str, lo: float, hi: float, *, lo_open: bool = False,
-          hi_open: bool = False) -> float:
-    """A finite int or float in the interval ``lo..hi`` (``lo_open``/``hi_open``: excluded)."""
-    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in {interval}, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return v
-
-
 def _probability(p, name: str = "p") -> float:
-    return _real(p, name, 0.0, 1.0, hi_open=True)
-
-
-def _flag(value, name: str) -> bool:
-    """True or False only: a string such as "no" or a number is not read as a bool."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
+    return real(p, name, 0.0, 1.0, hi_open=True)
 
 
 class Parameter:
@@ -149,7 +111,7 @@ class Layer:
         return dict(self._buffers)
 
     def train(self, mode: bool = True):
-        self.training = _flag(mode, f"{type(self).__name__}.train(mode)")
+        self.training = flag(mode, f"{type(self).__name__}.train(mode)")
         return self
 
     def eval(self):
@@ -218,15 +180,15 @@ class Conv2d(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  dilation=1, bias: bool = True, init: str = "he"):
         super().__init__()
-        with _arguments("Conv2d"):
-            self.in_channels = _positive_int(in_channels, "in_channels")
-            self.out_channels = _positive_int(out_channels, "out_channels")
+        with owned_by("Conv2d"):
+            self.in_channels = integer(in_channels, "in_channels")
+            self.out_channels = integer(out_channels, "out_channels")
             self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
             self.stride = pair(stride, "stride", minimum=1)
             self.dilation = pair(dilation, "dilation", minimum=1)
             resolve_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
             self.padding = padding.lower() if isinstance(padding, str) else pair(padding, "padding")
-            self.bias = _flag(bias, "bias")
+            self.bias = flag(bias, "bias")
             self.init = _init_scheme(init)
 
     def _build(self, rng):
@@ -303,10 +265,10 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he"):
         super().__init__()
-        with _arguments("Linear"):
-            self.in_features = _positive_int(in_features, "in_features")
-            self.out_features = _positive_int(out_features, "out_features")
-            self.bias = _flag(bias, "bias")
+        with owned_by("Linear"):
+            self.in_features = integer(in_features, "in_features")
+            self.out_features = integer(out_features, "out_features")
+            self.bias = flag(bias, "bias")
             self.init = _init_scheme(init)
 
     def _build(self, rng):
@@ -376,8 +338,8 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        with _arguments("LeakyReLU"):
-            self.negative_slope = _real(negative_slope, "negative_slope", 0.0, 1.0, hi_open=True)
+        with owned_by("LeakyReLU"):
+            self.negative_slope = real(negative_slope, "negative_slope", 0.0, 1.0, hi_open=True)
 
     def forward(self, x):
         xp = self.backend.xp
@@ -400,7 +362,7 @@ class _Pool(Layer):
 
     def __init__(self, kernel_size=2, stride=None, padding=0):
         super().__init__()
-        with _arguments(type(self).__name__):
+        with owned_by(type(self).__name__):
             self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
             self.stride = self.kernel_size if stride is None else pair(stride, "stride", minimum=1)
             self.padding = pair(padding, "padding", minimum=0)
@@ -478,10 +440,10 @@ class BatchNorm2d(Layer):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
-        with _arguments("BatchNorm2d"):
-            self.num_features = _positive_int(num_features, "num_features")
-            self.eps = _real(eps, "eps", 0.0, math.inf, lo_open=True, hi_open=True)
-            self.momentum = _real(momentum, "momentum", 0.0, 1.0, lo_open=True)
+        with owned_by("BatchNorm2d"):
+            self.num_features = integer(num_features, "num_features")
+            self.eps = real(eps, "eps", 0.0, math.inf, lo_open=True, hi_open=True)
+            self.momentum = real(momentum, "momentum", 0.0, 1.0, lo_open=True)
 
     def _build(self, rng):
         C = self.num_features
@@ -561,7 +523,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        with _arguments(type(self).__name__):
+        with owned_by(type(self).__name__):
             self.p = _probability(p)
 
     def _mask_shape(self, x):
@@ -783,7 +745,7 @@ class Sequential(Layer):
                         table[name] = arr
 
     def train(self, mode: bool = True):
-        self.training = _flag(mode, "Sequential.train(mode)")
+        self.training = flag(mode, "Sequential.train(mode)")
         for layer in self.layers:
             layer.train(mode)
         return self

@@ -12,50 +12,12 @@ learning rate: ``lr_t = lr * schedule(t)``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
+from ._args import flag, integer, owned_by, real
 from .backends.base import Backend
-
-
-@contextlib.contextmanager
-def _arguments(owner: str):
-    """Prefix ``owner`` (the class name) to an argument error raised inside."""
-    try:
-        yield
-    except (TypeError, ValueError) as exc:
-        cls = TypeError if isinstance(exc, TypeError) else ValueError
-        raise cls(f"{owner}: {exc}") from None
-
-
-def _number(value, name: str, lo: float, hi: float = math.inf, lo_open: bool = False,
-            hi_open: bool = False) -> float:
-    """A finite int or float from ``lo`` to ``hi`` (``lo_open``/``hi_open``: excluded); a bool,
-    a string or any other type is a TypeError, never converted."""
-    bound = f"{'>' if lo_open else '>='} {lo:g}" + (
-        "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi:g}")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return v
-
-
-def _steps(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 # ---- schedules ----------------------------------------------------------------------------
@@ -76,9 +38,9 @@ class StepLR(Schedule):
     """Multiply by ``gamma`` every ``step_size`` steps."""
 
     def __init__(self, step_size: int, gamma: float = 0.1):
-        with _arguments("StepLR"):
-            self.step_size = _steps(step_size, "step_size")
-            self.gamma = _number(gamma, "gamma", 0.0, 1.0, lo_open=True)
+        with owned_by("StepLR"):
+            self.step_size = integer(step_size, "step_size")
+            self.gamma = real(gamma, "gamma", 0.0, 1.0, lo_open=True)
 
     def __call__(self, t):
         return self.gamma ** (t // self.step_size)
@@ -89,13 +51,13 @@ class CosineLR(Schedule):
     ``min_factor`` at ``total_steps`` (held there after)."""
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0):
-        with _arguments("CosineLR"):
-            self.total_steps = _steps(total_steps, "total_steps")
-            self.warmup_steps = _steps(warmup_steps, "warmup_steps", minimum=0)
+        with owned_by("CosineLR"):
+            self.total_steps = integer(total_steps, "total_steps")
+            self.warmup_steps = integer(warmup_steps, "warmup_steps", minimum=0)
             if self.warmup_steps >= self.total_steps:
                 raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}),"
                                  f" got {warmup_steps!r}")
-            self.min_factor = _number(min_factor, "min_factor", 0.0, 1.0)
+            self.min_factor = real(min_factor, "min_factor", 0.0, 1.0)
 
     def __call__(self, t):
         if t < self.warmup_steps:
@@ -109,8 +71,8 @@ class WarmupLR(Schedule):
     """Linear warm-up over ``warmup_steps``, then constant."""
 
     def __init__(self, warmup_steps: int):
-        with _arguments("WarmupLR"):
-            self.warmup_steps = _steps(warmup_steps, "warmup_steps")
+        with owned_by("WarmupLR"):
+            self.warmup_steps = integer(warmup_steps, "warmup_steps")
 
     def __call__(self, t):
         return min(1.0, (t + 1) / self.warmup_steps)
@@ -163,8 +125,8 @@ class Optimizer:
             raise TypeError(f"{owner}: schedule must be a schedule such as pc.optim.CosineLR,"
                             f" got {schedule!r}")
         self.params = params
-        with _arguments(owner):
-            self.lr = _number(lr, "lr", 0.0, lo_open=True)
+        with owned_by(owner):
+            self.lr = real(lr, "lr", 0.0, lo_open=True)
         self.schedule = schedule
         self.t = 0
         self.state = [dict() for _ in params]
@@ -244,10 +206,10 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, schedule: Schedule | None = None):
         super().__init__(params, lr, schedule)
-        with _arguments("SGD"):
-            self.momentum = _number(momentum, "momentum", 0.0, 1.0, hi_open=True)
-            self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
-            self.nesterov = _flag(nesterov, "nesterov")
+        with owned_by("SGD"):
+            self.momentum = real(momentum, "momentum", 0.0, 1.0, hi_open=True)
+            self.weight_decay = real(weight_decay, "weight_decay", 0.0)
+            self.nesterov = flag(nesterov, "nesterov")
             if self.nesterov and self.momentum == 0.0:
                 raise ValueError("nesterov=True needs momentum > 0")
 
@@ -271,13 +233,13 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, schedule: Schedule | None = None):
         super().__init__(params, lr, schedule)
-        with _arguments(type(self).__name__):
+        with owned_by(type(self).__name__):
             if not isinstance(betas, (tuple, list)) or len(betas) != 2:
                 raise TypeError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
-            self.betas = tuple(_number(b, f"betas[{i}]", 0.0, 1.0, hi_open=True)
+            self.betas = tuple(real(b, f"betas[{i}]", 0.0, 1.0, hi_open=True)
                                for i, b in enumerate(betas))
-            self.eps = _number(eps, "eps", 0.0, lo_open=True)
-            self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
+            self.eps = real(eps, "eps", 0.0, lo_open=True)
+            self.weight_decay = real(weight_decay, "weight_decay", 0.0)
 
     def _update(self, p, state, lr):
         xp_t = p.data.dtype.type
