@@ -178,3 +178,19 @@ def tar_gz(members) -> bytes:
                 info.size = len(body)
                 tar.addfile(info, io.BytesIO(body))
     return buf.getvalue()
+
+
+#: the stored run of a tiny shapes training (3x16x16, tutorial network), as `polycnn train`
+#: writes it: the base that checkpoint cases alter
+SHAPES_RUN = {"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0,
+              "augment": False, "image_size": 16, "channels": 3, "n_train": 30, "n_val": 6,
+              "n_test": 9, "schedule": "cosine", "warmup": None, "patience": None}
+
+
+def save_shapes_checkpoint(path) -> None:
+    """A valid checkpoint of the tiny shapes run at ``path``."""
+    import polycnn as pc
+    from polycnn import checkpoint
+
+    model = pc.models.tutorial((3, 16, 16), 3, backend="numpy")
+    checkpoint.save(path, model, epoch=1, run=SHAPES_RUN, classes=["triangle", "square", "circle"])

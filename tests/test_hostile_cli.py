@@ -16,14 +16,8 @@ import shutil
 
 import pytest
 
-import polycnn as pc
-from hostile import run_cli, snapshot
-from polycnn import checkpoint
+from hostile import run_cli, save_shapes_checkpoint, snapshot
 
-#: a run as `polycnn train` stores it, for a 3x16x16 shapes model
-SHAPES_RUN = {"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0,
-              "augment": False, "image_size": 16, "channels": 3, "n_train": 30, "n_val": 6,
-              "n_test": 9, "schedule": "cosine", "warmup": None, "patience": None}
 #: a tiny shapes run: every case that got past the checks would train in about a second
 T = ["--backend", "numpy", "--epochs", "1", "--n-train", "32", "--image-size", "16"]
 
@@ -31,9 +25,7 @@ T = ["--backend", "numpy", "--epochs", "1", "--n-train", "32", "--image-size", "
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile-cli-base")
-    model = pc.models.tutorial((3, 16, 16), 3, backend="numpy")
-    checkpoint.save(folder / "run.npz", model, epoch=1, run=SHAPES_RUN,
-                    classes=["triangle", "square", "circle"])
+    save_shapes_checkpoint(folder / "run.npz")
     return folder
 
 

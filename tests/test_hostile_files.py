@@ -22,14 +22,10 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import run_cli, snapshot
+from hostile import SHAPES_RUN, run_cli, save_shapes_checkpoint, snapshot
 from polycnn import checkpoint, limits
 
-#: a run as `polycnn train` stores it, for a 3x16x16 shapes model
-SHAPES_RUN = {"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0,
-              "augment": False, "image_size": 16, "channels": 3, "n_train": 30, "n_val": 6,
-              "n_test": 9, "schedule": "cosine", "warmup": None, "patience": None}
-#: the same for MNIST, trained from a folder that the case removes
+#: hostile.SHAPES_RUN's MNIST twin, trained from a folder that the case removes
 MNIST_RUN = dict(SHAPES_RUN, image_size=28, channels=1, n_train=None, dataset="mnist",
                  model="lenet5", download=True, classes=[str(i) for i in range(10)],
                  normalize=[[0.1307], [0.3081]])
@@ -39,9 +35,7 @@ MNIST_RUN = dict(SHAPES_RUN, image_size=28, channels=1, n_train=None, dataset="m
 def base(tmp_path_factory):
     """Valid checkpoints to alter, and the bombs (made once: each takes about a second)."""
     folder = tmp_path_factory.mktemp("hostile-base")
-    shapes = pc.models.tutorial((3, 16, 16), 3, backend="numpy")
-    checkpoint.save(folder / "shapes.npz", shapes, epoch=1, run=SHAPES_RUN,
-                    classes=["triangle", "square", "circle"])
+    save_shapes_checkpoint(folder / "shapes.npz")
     mnist = pc.models.lenet5((1, 28, 28), 10, backend="numpy")
     checkpoint.save(folder / "mnist.npz", mnist, epoch=1, run=MNIST_RUN, classes=MNIST_RUN["classes"])
     _png(folder / "bomb.png", 12000, 12000)
