@@ -31,8 +31,10 @@ import contextlib
 import importlib.util
 import os
 import pickle
+import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -55,8 +57,10 @@ class RankFailed(RuntimeError):
         super().__init__(f"rank {rank} of {size} stopped the run ({kind}): {message}")
 
 
-class PeerLost(RuntimeError):
-    """A rank this one waited for has died (killed or crashed) or did not answer in time."""
+class PeerLost(BaseException):
+    """A rank this one waited for has died (killed or crashed) or did not answer in time. A
+    BaseException, as SystemExit is: the job cannot go on, and ``except Exception`` (fit's own
+    failure handling included) must not swallow it."""
 
 
 def launched_size() -> int:
@@ -134,6 +138,7 @@ def init(threads: int | None = None) -> tuple[int, int]:
     _share_cores(comm.local_size, threads)
     _pick_gpu(comm.local_rank)
     atexit.register(_exit_if_broken)   # NOTE: after mpi4py's MPI_Finalize hook, so runs before it
+    _watch_launcher()
     return comm.rank, comm.size
 
 
@@ -164,6 +169,19 @@ def _pick_gpu(local_rank: int) -> None:
             cupy.cuda.Device(local_rank % count).use()
     except Exception:  # NOTE: no driver or device: the cupy backend says so when asked for
         pass
+
+
+def _watch_launcher() -> None:
+    """MPICH's mpiexec with ``-disable-auto-cleanup`` tells the surviving processes that one
+    died with SIGUSR1 (whose default action ends a process silently): raise PeerLost instead,
+    so each says so. (Without that option mpiexec kills them at once, printing which died.)"""
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL \
+            and threading.current_thread() is threading.main_thread():
+        def lost(signum, frame):
+            _STATE["broken"] = True
+            raise PeerLost(f"rank {_STATE['rank']} of {_STATE['size']}: another process of the"
+                           " job has died (mpiexec signalled SIGUSR1)")
+        signal.signal(signal.SIGUSR1, lost)
 
 
 def _exit_if_broken():
@@ -297,7 +315,9 @@ class Communicator:
         mine = None
         if failure is not None:
             mine = (type(failure).__name__, " ".join(str(failure).split()) or type(failure).__name__,
-                    isinstance(failure, (ValueError, TypeError, OSError, KeyError)))
+                    isinstance(failure, (ValueError, TypeError, OSError, KeyError))
+                    or type(failure).__name__ == "BackendUnavailable"
+                    or getattr(failure, "exit_code", None) == 2)   # NOTE: click's usage errors
         reports = self.allgather_objects(mine, what)
         if failure is not None:
             return

@@ -740,6 +740,10 @@ def _distributed_step(model, comm, x, y, idx, augment, rng, label_smoothing, int
                     layer.sample_offset = 0
             loss, dlogits = cross_entropy(be, logits, y[sidx], label_smoothing)
             correct = int((be.to_numpy(logits.argmax(axis=1)) == y[sidx]).sum())
+            if m % comm.size:
+                # NOTE: unequal shards (the last batch): each rank's mean loss weighted by its
+                # share, before the backward pass, so synchronised BatchNorm sees it too
+                dlogits = dlogits * dlogits.dtype.type((hi - lo) * comm.size / m)
             model.backward(dlogits, input_grad=False)
         else:
             # NOTE: an empty shard (a last batch smaller than the ranks): the draws of the
@@ -762,12 +766,7 @@ def _distributed_step(model, comm, x, y, idx, augment, rng, label_smoothing, int
     mean_loss = float(total[1]) / m
     if not math.isfinite(mean_loss):
         return mean_loss, int(total[2]), False
-    grads = [p.grad for p in params]
-    if m % comm.size:
-        # NOTE: unequal shards (the last batch): each rank's mean weighted by its share
-        w = (hi - lo) * comm.size / m
-        grads = [g * g.dtype.type(w) for g in grads]
-    buf = comm.pack(be, grads)
+    buf = comm.pack(be, [p.grad for p in params])
     comm.reduce_packed(be, buf)
     at = 0
     for p in params:
