@@ -648,12 +648,15 @@ def best_checkpoint_path(out: str) -> str:
     return f"{stem}.best{ext or '.npz'}"
 
 
-def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False):
-    """(model, its checked run settings, class names) from a checkpoint of `polycnn train`."""
+def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False, run_optional=False):
+    """(model, its checked run settings, class names) from a checkpoint of `polycnn train`;
+    with ``run_optional``, from any checkpoint (run None when it holds no run settings)."""
     model = pc.load(checkpoint, backend=backend)
     meta = model.training_state["metadata"]
-    run = _stored_run(meta.get("run"), checkpoint, model, data_dir, needs_data)
-    classes = meta.get("classes") or run.get("classes")
+    run = None
+    if not run_optional or meta.get("run") is not None:
+        run = _stored_run(meta.get("run"), checkpoint, model, data_dir, needs_data)
+    classes = meta.get("classes") or (run or {}).get("classes")
     if classes is None:
         classes = [str(i) for i in range(model.layers[-1].out_features)]
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)

@@ -8,45 +8,44 @@ import click
 import numpy as np
 
 import polycnn as pc
+from polycnn import limits
 
 from ._common import backend_option, check_output_folder
 
 
-def _test_split(run: dict, data_dir):
+def _test_split(run: dict, checkpoint: str):
     """The test split of the data set the checkpoint was trained on (as `polycnn evaluate`)."""
     from . import train as train_cli
 
-    if data_dir is not None:
-        run = dict(run, data_dir=os.path.abspath(data_dir))
-    if run.get("dataset", "shapes") != "shapes":
-        run = dict(run, n_train=None)
-    return train_cli._splits(run)["test"]
+    if run.get("dataset", "shapes") == "shapes":
+        return train_cli._splits(run, checkpoint)["test"]
+    return train_cli._splits(dict(run, n_train=None))["test"]
 
 
 def _input_image(path: str, model, run) -> np.ndarray:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--input not found: {path}")
+    """One image (C, H, W) from a .npy file, checked and scaled as `polycnn predict` takes it:
+    the run's image shape (any, without a run record), floats normalised as the loader did,
+    uint8 pixels converted with the stored scaling, other dtypes and NaN / inf refused."""
+    from polycnn.inputs import read_npy_images
+    from polycnn.training import _check_images
+
+    from . import train as train_cli
+
     if not path.lower().endswith(".npy"):
         raise ValueError(f"--input {path}: expected a .npy array (C, H, W) or (1, C, H, W)")
+    channels, size = (run["channels"], run["image_size"]) if run is not None else (None, None)
+    x = read_npy_images(path, channels, size, what="--input")
+    if x.shape[0] != 1:
+        raise ValueError(f"--input {path}: {x.shape[0]} images, expected one (C, H, W) or"
+                         " (1, C, H, W)")
+    if x.dtype.kind == "f":
+        x = x.astype(model.dtype)
+        if run is not None:
+            x = train_cli._normalize(x, run).astype(model.dtype)   # as the loader scales
     try:
-        x = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"--input {path}: not a readable .npy array ({exc})") from None
-    if x.ndim == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"--input {path}: array of shape {x.shape} and dtype {x.dtype}, expected"
-                         " numbers shaped (C, H, W) like one training image")
-    if run is not None and x.shape != (run["channels"], run["image_size"], run["image_size"]):
-        raise ValueError(f"--input {path}: shape {x.shape}, but the model was trained on"
-                         f" ({run['channels']}, {run['image_size']}, {run['image_size']}) images")
-    if run is not None:
-        from . import train as train_cli
-
-        x = train_cli._normalize(x[None].astype(model.dtype), run)[0]   # as the loader scales
-    return x.astype(model.dtype)
+        return _check_images(model, x, "the --input image", pixels=True)[0]
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 @click.command()
@@ -66,12 +65,12 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
     matrix on the test split. Writes PNG files and prints their paths."""
     from polycnn import viz
 
+    from . import train as train_cli
+
     viz.pyplot()  # fail first, in one line, when matplotlib is missing
-    model = pc.load(checkpoint, backend=backend)
+    model, run, classes = train_cli._load_for_use(checkpoint, backend, data_dir, needs_data=True,
+                                                  run_optional=True)
     state = model.training_state
-    meta = state["metadata"]
-    run = meta.get("run")
-    classes = meta.get("classes") or [str(i) for i in range(model.layers[-1].out_features)]
     if out_dir is None:
         out_dir = os.path.splitext(checkpoint)[0] + "_viz"
     check_output_folder(out_dir, "--out")
@@ -90,7 +89,8 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
                                      param_hint="--data-dir")
     test = None
     if run is not None:
-        test = _test_split(run, data_dir)
+        test = _test_split(run, checkpoint)
+        train_cli._check_batch(model, run, len(test[1]), checkpoint)
     elif input_path is None:
         raise ValueError(f"{checkpoint} does not say which data it was trained on (not written by"
                          " `polycnn train`); pass --input FILE.npy to choose an image")
@@ -98,6 +98,7 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
     # NOTE: every input is checked before the first picture is written
     if input_path is not None:
         x = _input_image(input_path, model, run)
+        limits.check_model(model.layers, checkpoint, x.shape, 1)
         label = f"input {os.path.basename(input_path)}"
     else:
         n = test[0].shape[0]
@@ -118,7 +119,8 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
     else:
         click.echo(f"note: {checkpoint} has no training history; no training curves", err=True)
     if test is not None:
-        r = pc.evaluate(model, (test[0].astype(model.dtype), test[1]))
+        r = pc.evaluate(model, (test[0].astype(model.dtype), test[1]),
+                        batch_size=train_cli._EVAL_BATCH)
         written.append(viz.plot_confusion(r["confusion_matrix"], classes,
                                           os.path.join(out_dir, "confusion_matrix.png"),
                                           title="test split"))

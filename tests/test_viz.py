@@ -4,6 +4,7 @@ documented size and is not blank; a missing matplotlib is a one-line error."""
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import sys
 
@@ -130,7 +131,7 @@ def test_visualize_bad_input(grey_checkpoint, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((3, 16, 16), np.float32))
     cases = [
         (["--index", "999"], "the test split has 24 images"),
-        (["--input", str(tmp_path / "wrong.npy")], "trained on (1, 16, 16)"),
+        (["--input", str(tmp_path / "wrong.npy")], "expected (1, 16, 16)"),
         (["--input", str(tmp_path / "missing.npy")], "--input not found"),
     ]
     for args, message in cases:
@@ -190,3 +191,81 @@ def test_a_failed_picture_write_leaves_the_old_picture(tmp_path, monkeypatch):
     monkeypatch.undo()
     viz.plot_history(history, path)
     _check_picture(path, "history")
+
+
+# ---- visualize --input and the stored run, as hostile input ------------------------------------
+def _npy_header(path, shape, descr="<f4"):
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False,
+                                                 "shape": shape})
+        f.write(bytes(4096))
+
+
+def _stored_run_edit(src, dest, **changes):
+    """A copy of checkpoint ``src`` whose stored run has ``changes`` (checksum updated)."""
+    import json
+
+    from polycnn import checkpoint
+
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("__meta__").tobytes())
+    meta["metadata"]["run"].update(changes)
+    meta["sha256"] = checkpoint._digest(arrays)
+    np.savez(dest, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+#: id -> (make x.npy (and ck.npz) in the folder, words the one error line names); the grey
+#: checkpoint takes (1, 16, 16) images
+VISUALIZE_CASES = {
+    "input-fifo": (lambda d: os.mkfifo(d / "x.npy"), ["x.npy", "FIFO", "not a regular file"]),
+    "input-header-claims-1e9-images": (lambda d: _npy_header(d / "x.npy", (10**9, 1, 16, 16)),
+                                       ["x.npy", "(1000000000, 1, 16, 16)", "memory"]),
+    "input-wrong-shape": (lambda d: np.save(d / "x.npy", np.zeros((3, 16, 16), np.float32)),
+                          ["x.npy", "(3, 16, 16)", "expected (1, 16, 16)"]),
+    "input-two-images": (lambda d: np.save(d / "x.npy", np.zeros((2, 1, 16, 16), np.float32)),
+                         ["x.npy", "2 images", "expected one"]),
+    "input-int64-pixels": (lambda d: np.save(d / "x.npy", np.full((1, 16, 16), 200, np.int64)),
+                           ["x.npy", "int64", "only uint8"]),
+    "input-nan": (lambda d: np.save(d / "x.npy", np.full((1, 16, 16), np.nan, np.float32)),
+                  ["x.npy", "256 NaN or infinite"]),
+    "stored-image-size-string": (lambda d: _stored_run_edit(d / "ck.npz", d / "ck.npz",
+                                                            image_size="16"),
+                                 ["ck.npz", "run setting image_size", "'16'"]),
+    "stored-normalize-wrong-channels": (lambda d: _stored_run_edit(
+        d / "ck.npz", d / "ck.npz", normalize=[[0.5, 0.5, 0.5], [0.2, 0.2, 0.2]]),
+        ["ck.npz", "normalize", "1 channels"]),
+}
+
+
+@pytest.mark.parametrize("name", list(VISUALIZE_CASES))
+def test_visualize_hostile_input(name, grey_checkpoint, tmp_path):
+    """The --input file is read as `polycnn predict` reads its inputs (a regular file, the
+    header checked first, uint8 converted, other integers and NaN refused) and the stored run
+    is checked (`_stored_run`), all before the first picture is written."""
+    from hostile import run_cli, snapshot
+
+    shutil.copy(grey_checkpoint, tmp_path / "ck.npz")
+    if not (tmp_path / "x.npy").exists():
+        np.save(tmp_path / "x.npy", np.zeros((1, 16, 16), np.float32))
+    make, needles = VISUALIZE_CASES[name]
+    if name.startswith("input-"):
+        (tmp_path / "x.npy").unlink()
+    make(tmp_path)
+    before = snapshot(tmp_path)
+    out = run_cli("visualize", "ck.npz", "--input", "x.npy", "--out", "pics", "--backend", "numpy",
+                  cwd=tmp_path, timeout=60)
+    out.assert_user_error(*needles)
+    assert snapshot(tmp_path) == before and not (tmp_path / "pics").exists(), out
+
+
+def test_visualize_input_uint8_is_scaled_like_the_training_images(grey_checkpoint, tmp_path):
+    from polycnn.cli import visualize as viz_cli
+    from polycnn.cli.train import _load_for_use
+
+    model, run, _ = _load_for_use(str(grey_checkpoint), "numpy")
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 16)).astype(np.uint8)
+    np.save(tmp_path / "u8.npy", pixels)
+    got = viz_cli._input_image(str(tmp_path / "u8.npy"), model, run)
+    assert got.dtype == model.dtype and got.shape == (1, 16, 16)
+    np.testing.assert_allclose(got, pixels / 255, rtol=1e-6)

@@ -14,31 +14,33 @@ from .datasets_real import read_image
 INPUT_EXTENSIONS = (".npy", ".png", ".jpg", ".jpeg")
 
 
-def read_npy_images(path, channels: int, size: int) -> np.ndarray:
+def read_npy_images(path, channels: int | None, size: int | None, what: str = "input") -> np.ndarray:
     """A ``.npy`` array of images (H, W) when ``channels`` is 1, (C, H, W) or (N, C, H, W) as
     (N, C, H, W): float arrays as float64; integer, bool and complex arrays as stored, for
     :func:`polycnn.predict`'s rule (uint8 pixels converted with the model's stored scaling, the
     rest refused: a cast here would hand 0..255 values to a model that learnt 0..1). The
-    header's shape and dtype are checked against the expected image shape and the memory limit
-    before the data is read; a cut-off file raises ``ValueError``."""
+    header's shape and dtype are checked against the expected image shape (``channels`` or
+    ``size`` None: any) and the memory limit before the data is read; a cut-off file raises
+    ``ValueError``. ``what`` names the file in messages (e.g. "--input")."""
     path = os.fspath(path)
-    limits.regular_file(path, "input")
-    image = (channels, size, size)
+    limits.regular_file(path, what)
     with open(path, "rb") as f:
-        shape, fortran, dtype = limits.npy_header(f, path, "the input")
+        shape, fortran, dtype = limits.npy_header(f, path, f"the {what}")
         if dtype.kind not in "biufc":
             raise TypeError(f"{path}: array of {dtype}, expected numbers")
-        if len(shape) == 2 and channels == 1:
+        if len(shape) == 2 and channels in (1, None):
             full = (1, 1, *shape)
         elif len(shape) == 3:
             full = (1, *shape)
         else:
             full = shape
-        if len(full) != 4 or full[1:] != image:
-            raise ValueError(f"{path}: array of shape {shape}, expected ({channels}, {size}, {size})"
-                             f" or (N, {channels}, {size}, {size}) like the training images")
+        want = tuple("CHW"[i] if v is None else v for i, v in enumerate((channels, size, size)))
+        if len(full) != 4 or any(isinstance(w, int) and w != v for w, v in zip(want, full[1:])):
+            image = ", ".join(map(str, want))
+            raise ValueError(f"{path}: array of shape {shape}, expected ({image}) or (N, {image})"
+                             " like the training images")
         # NOTE: the file's values, their float64 copy and the model's float32 copy
-        need = limits.images_bytes(full[0], image, dtype.itemsize + 8 + 4)
+        need = limits.images_bytes(full[0], full[1:], dtype.itemsize + 8 + 4)
         limits.check_memory(path, f"a header of shape {shape} ({dtype})", need)
         a = limits.read_npy_data(f, shape, fortran, dtype, path, f"the {shape} array")
     a = a.reshape(full)
