@@ -297,3 +297,30 @@ def test_single_process_init_is_a_no_op():
     """
     outcome = run_python(code)
     assert outcome.rc == 0 and "ok" in outcome.stdout, str(outcome)
+
+
+# ---- NCCL on a real GPU (pytest -m gpu) -------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("deterministic", [True, False], ids=["allgather", "allreduce"])
+def test_nccl_engine_on_the_gpu_stays_on_the_device(deterministic):
+    """The NCCL calls themselves (one GPU, a communicator of one rank over MPI.COMM_SELF):
+    broadcast and mean of CuPy arrays, packed on the device; values unchanged by a mean over one
+    rank, every array still a CuPy array."""
+    reason = _why_not()
+    if reason is not None:
+        if REQUIRED:
+            pytest.fail(f"POLYCNN_REQUIRE_MPI=1 but {reason}")
+        pytest.skip(reason)
+    from mpi4py import MPI
+
+    be = pc.get_backend("cupy")
+    comm = pc.distributed.Communicator(MPI.COMM_SELF, deterministic=deterministic)
+    rng = np.random.default_rng(0)
+    host = [rng.standard_normal(s).astype(np.float32) for s in [(3, 4), (5,), (2, 2, 2)]]
+    arrays = [be.asarray(a) for a in host]
+    comm.allreduce_mean(be, arrays)
+    comm.broadcast_arrays(be, arrays)
+    assert type(comm._nccl).__name__ == "_NcclEngine"
+    for a, h in zip(arrays, host):
+        assert isinstance(a, be.array_type) and isinstance(comm._buffers["mean"], be.array_type)
+        np.testing.assert_array_equal(be.to_numpy(a), h)

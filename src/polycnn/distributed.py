@@ -221,6 +221,8 @@ class Communicator:
         self.deterministic = deterministic
         self._nccl = None
         self._buffers = {}
+        #: seconds spent waiting for collectives, and in gradient reductions (benchmarks read them)
+        self.wait_seconds = self.reduce_seconds = 0.0
         me = (socket.gethostname(), os.getpid())
         self.peers = [me] if comm is None else comm.allgather(me)
         self.local_size = sum(1 for host, _ in self.peers if host == me[0])
@@ -246,6 +248,7 @@ class Communicator:
             if now >= next_check:
                 next_check = now + 0.5
                 self._check_peers(what, now - t0)
+        self.wait_seconds += time.monotonic() - t0
 
     def _check_peers(self, what: str, waited: float) -> None:
         host = socket.gethostname()
@@ -393,6 +396,7 @@ class Communicator:
         mode: gather every rank's buffer, then sum in rank order; else one Allreduce."""
         if self.comm is None:
             return
+        t0 = time.perf_counter()
         engine = self._engine(backend)
         if self.deterministic:
             rows = self._buffer("gathered", backend, (self.size, buf.size), buf.dtype)
@@ -403,6 +407,7 @@ class Communicator:
         else:
             engine.allreduce_sum(buf, what)
         buf /= buf.dtype.type(self.size)
+        self.reduce_seconds += time.perf_counter() - t0
 
 
 def sync_batchnorm(layer, comm: Communicator | None) -> None:
