@@ -377,7 +377,8 @@ def _distributed_errors(command):
                    " mnist, fashion-mnist (IDX files), cifar10 (binary batches), folder (one"
                    " sub-folder of PNG/JPEG per class): files in --data-dir")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="folder holding the data set's files")
+              help="folder holding the data set's files (with --resume: where they are now, when"
+                   " they moved)")
 @click.option("--download", is_flag=True,
               help="fetch missing mnist / fashion-mnist / cifar10 files into --data-dir (checksummed)")
 @click.option("--model", "model_name", default=None, metavar="NAME|FILE.json",
@@ -460,7 +461,7 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
     if dataset not in ("shapes", "digits") and data_dir is None and not resume:
         raise click.BadParameter(f"--dataset {dataset} needs the folder of its files",
                                  param_hint="--data-dir")
-    if dataset in ("shapes", "digits") and (data_dir is not None or download):
+    if not resume and dataset in ("shapes", "digits") and (data_dir is not None or download):
         raise click.BadParameter(f"the {dataset} data set needs no files", param_hint="--data-dir/--download")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
@@ -482,17 +483,21 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         flags = {param.name: param.opts[0] for param in ctx.command.params}
         fixed = [flags[name] for name in
                  ("batch_size", "lr", "optimizer", "seed", "augment", "image_size", "n_train",
-                  "dataset", "data_dir", "download", "model_name", "channels", "schedule", "warmup")
+                  "dataset", "download", "model_name", "channels", "schedule", "warmup")
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise ValueError(f"--resume continues the run saved in {out} with its own settings;"
                              f" drop {', '.join(fixed)} (only --epochs, --patience, --backend and"
-                             " the output options can change)")
+                             " the output options can change, and --data-dir names where a"
+                             " data set's files are now)")
         model = pc.load(out, backend=be)
         run = model.training_state["metadata"].get("run")
         if run is None:
             raise ValueError(f"{out} was not written by `polycnn train`; cannot resume it")
-        run = _stored_run(run, out, model, needs_data=True)
+        if data_dir is not None and run.get("dataset", "shapes") in ("shapes", "digits"):
+            raise click.BadParameter(f"{out} was trained on {run.get('dataset', 'shapes')}, which"
+                                     " needs no files", param_hint="--data-dir")
+        run = _stored_run(run, out, model, data_dir, needs_data=True)
         done = model.training_state["epoch"] or 0
         epochs = run["epochs"] if epochs is None else epochs
         if epochs <= done:

@@ -61,6 +61,16 @@ def test_mnist_through_the_cli_and_evaluate_with_a_moved_folder(tmp_path, monkey
     r = _run(["evaluate", "mnist.npz", "--json", "--backend", "numpy", "--data-dir", "moved", "--n-test", "12"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n"] == 12
+    # --resume says to pass --data-dir, and takes it (it refused it before)
+    msg = _fail(["train", "--resume", "--out", "mnist.npz", "--epochs", "2", "--backend", "numpy"])
+    assert "does not exist here" in msg and "pass --data-dir" in msg, msg
+    r = _run(["train", "--resume", "--out", "mnist.npz", "--epochs", "2", "--backend", "numpy",
+              "--data-dir", "moved", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["history"]["epoch"] == [1, 2] and summary["run"]["data_dir"] == str(tmp_path / "moved")
+    assert pc.load("mnist.npz").training_state["metadata"]["run"]["data_dir"] == str(tmp_path / "moved")
+    assert not (tmp_path / "mnist").exists()
 
 
 def test_cli_errors_for_data_options(tmp_path, monkeypatch):
@@ -71,6 +81,10 @@ def test_cli_errors_for_data_options(tmp_path, monkeypatch):
     assert "fixed size" in _fail(["train", "--dataset", "digits", "--image-size", "16"])
     assert "needs no files" in _fail(["train", "--dataset", "digits", "--data-dir", "x"])
     assert "--channels" in _fail(["train", "--channels", "1"])
+    r = _run(["train", "--dataset", "digits", "--epochs", "1", "--backend", "numpy", "--out", "d.npz", "-q"])
+    assert r.exit_code == 0, r.output
+    msg = _fail(["train", "--resume", "--out", "d.npz", "--epochs", "2", "--data-dir", "x"])
+    assert "--data-dir" in msg and "trained on digits, which needs no files" in msg, msg
 
 
 def _png_folder(root, per_class=6, size=12):
