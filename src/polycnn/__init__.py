@@ -16,6 +16,7 @@ from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Dropout2d, Flatten
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sequential)
 from .optim import SGD, Adam, AdamW
 from .training import TrainingDiverged, TrainingInterrupted, evaluate, fit, predict
+from .graph_step import CapturedStep
 from .interchange import export_onnx, from_torch_state_dict, load_weights, save_weights
 
 __version__ = "0.1.0"
@@ -29,4 +30,5 @@ __all__ = [
     "distributed",
     "metrics", "models", "optim",
     "export_onnx", "save_weights", "load_weights", "from_torch_state_dict",
+    "CapturedStep",
 ]

@@ -28,6 +28,7 @@ implementation (cuda_emu.h).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from importlib import resources
 from pathlib import Path
@@ -494,19 +495,29 @@ class CupyBackend(Backend):
         lc = self._glue_input(logits)
         if lc is None or lc.ndim != 2 or 0 in lc.shape:
             return super().cross_entropy(logits, labels, label_smoothing)
-        logits = lc
-        n, k = logits.shape
+        n, k = lc.shape
         labels = check_labels(labels, n, k)  # a label out of range would match no class
+        loss, dlogits = self.cross_entropy_device(lc, self.xp.asarray(labels), label_smoothing)
+        return float(self.to_numpy(loss)[0]), dlogits
+
+    def cross_entropy_device(self, logits, labels, label_smoothing: float = 0.0):
+        """cross_entropy with the labels already on the device (int64, (N,), each in [0, K):
+        the caller checks them on the host) and the loss left there, a (1,) float64 array: no
+        copy either way, so a CUDA graph can hold it (graph_step.CapturedStep)."""
+        n, k = logits.shape
         dtype = np.dtype(logits.dtype)
-        labels_dev = self.xp.asarray(labels)
         dlogits = self.xp.empty((n, k), dtype=dtype)
         loss = self.xp.empty((1,), dtype=np.float64)
         self._launch("cross_entropy", dtype, (1,), (GLUE_THREADS,),
-                     [logits, labels_dev, dlogits, loss, np.int32(n), np.int32(k),
+                     [logits, labels, dlogits, loss, np.int32(n), np.int32(k),
                       dtype.type(label_smoothing)],
                      [(n, k), (n,), (n, k), (1,), None, None, None],
                      shared_mem=GLUE_THREADS * 8)
-        return float(self.to_numpy(loss)[0]), dlogits
+        return loss, dlogits
+
+    def capture_session(self) -> "CaptureSession":
+        """A stream and a private memory pool for capturing CUDA graphs (graph_step)."""
+        return CaptureSession(self.xp)
 
     # ---- pooling ------------------------------------------------------------------------
     def _maxpool2d_forward(self, x, g: PoolGeometry):
@@ -536,6 +547,59 @@ class CupyBackend(Backend):
         self._launch_flat("avgpool2d_bwd", dy.dtype, dx.size, [dy, dx, self._pool_shape(g)],
                           [g.y_shape, g.x_shape, None])
         return dx
+
+
+class CaptureSession:
+    """One stream and one private memory pool, for the CUDA graphs of one captured training
+    step (graph_step.CapturedStep): work runs on the stream, allocating from the pool, so the
+    memory a graph's kernels use is never handed to other arrays while the graph lives; host
+    batches reach static device buffers through pinned memory, copied on the stream.
+
+    NOTE: cudaMalloc is not allowed while a stream captures: run the step once eagerly in
+    ``session.running()`` first (the pool then holds every block the capture asks for again)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        self.pool = xp.cuda.MemoryPool()
+
+    @contextlib.contextmanager
+    def running(self):
+        """Work on the session's stream, allocating from its pool."""
+        with self.xp.cuda.using_allocator(self.pool.malloc), self.stream:
+            yield
+
+    def capture(self, fn):
+        """The CUDA graph of ``fn()``'s work (nothing runs now). CuPy's default capture mode is
+        kept: relaxed where its version has one."""
+        with self.running():
+            self.stream.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = self.stream.end_capture()
+        return graph
+
+    def launch(self, graph) -> None:
+        graph.launch(self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def pinned(self, shape, dtype) -> np.ndarray:
+        """A host array in page-locked memory (copies from it to the device are asynchronous)."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        memory = self.xp.cuda.alloc_pinned_memory(max(1, count * dtype.itemsize))
+        return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
+
+    def upload(self, device_array, host_array):
+        """Copy a (pinned) host array into ``device_array`` on the stream; an event marks its
+        end (wait on it before writing the host array again)."""
+        device_array.set(host_array, stream=self.stream)
+        event = self.xp.cuda.Event(disable_timing=True)
+        event.record(self.stream)
+        return event
 
 
 def create() -> CupyBackend:
