@@ -69,6 +69,21 @@ def test_splits_carve_a_seeded_validation_set(tmp_path):
     assert a["classes"] == [str(i) for i in range(10)]
 
 
+def test_a_small_training_file_keeps_a_training_set(tmp_path):
+    """The default 5,000 validation images of a 1,400-image MNIST file: it was cut to 1,399,
+    leaving one image to train on, silently; now 10% of such a file, and an n_val given that
+    leaves fewer training than validation images raises, naming the sizes."""
+    write_mnist(tmp_path, n_train=1400, n_test=10)
+    s = dr.load_splits("mnist", tmp_path, seed=0)
+    assert [s[k][0].shape[0] for k in ("train", "val", "test")] == [1260, 140, 10]
+    with pytest.raises(ValueError, match=r"mnist: n_val 5,000 would leave 0 of its 1,400 training"
+                                         r" images .* n_val <= 700"):
+        dr.load_splits("mnist", tmp_path, n_val=5000)
+    with pytest.raises(ValueError, match=r"n_val 701 would leave 699 of its 1,400"):
+        dr.load_splits("mnist", tmp_path, n_val=701)
+    assert dr.load_splits("mnist", tmp_path, n_val=700)["train"][0].shape[0] == 700
+
+
 def test_missing_files_are_listed_with_the_folder(tmp_path):
     write_mnist(tmp_path)
     os.unlink(tmp_path / "t10k-labels-idx1-ubyte.gz")

@@ -419,7 +419,8 @@ def load_splits(name: str, data_dir=None, *, n_val: int | None = None, seed: int
                 channels: int = 3) -> dict:
     """``{"train", "val", "test": (x, y), "classes": names, "normalize": (mean, std) or None}``
     for one of :data:`NAMES`. The validation split is ``n_val`` training images chosen by
-    ``seed`` (default: 5,000 for MNIST, Fashion-MNIST and CIFAR-10, 10% otherwise). ``digits``
+    ``seed`` (default: 5,000 for MNIST, Fashion-MNIST and CIFAR-10, or 10% of a smaller training
+    file, 10% otherwise; at most half the training images when given). ``digits``
     and a single image folder also hold out a seeded 20% as the test split."""
     if name not in NAMES:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
@@ -444,9 +445,15 @@ def load_splits(name: str, data_dir=None, *, n_val: int | None = None, seed: int
         train = loader(data_dir, "train", download=download, mirrors=mirrors)
         test = loader(data_dir, "test", download=download, mirrors=mirrors)
         classes = CLASSES[name]
+    n = len(train[1])
     if n_val is None:
-        n_val = DEFAULT_VAL.get(name, len(train[1]) // 10)
-    n_val = min(n_val, len(train[1]) - 1)
+        # NOTE: 10% of a training file too small for the default: a 1,400-image MNIST file gave
+        # 5,000 cut to 1,399 validation images, leaving 1 to train on
+        n_val = min(DEFAULT_VAL.get(name, n // 10), n // 10)
+    elif isinstance(n_val, (int, np.integer)) and not isinstance(n_val, bool) and n_val > n - n_val:
+        raise ValueError(f"{name}: n_val {n_val:,} would leave {max(0, n - n_val):,} of its {n:,}"
+                         f" training images to train on (fewer than it validates on); give n_val"
+                         f" <= {n // 2:,}")
     train, val = _carve(*train, n_val, seed)
     return {"train": train, "val": val, "test": test, "classes": list(classes),
             "normalize": normalize}
