@@ -189,3 +189,40 @@ def test_tf32_rounding_on_the_gpu_is_round_to_nearest_ties_away(gpu):
     assert gpu.to_numpy(dx).ravel().tolist() == _tf32_rna(dy.ravel()).tolist()
     assert gpu.to_numpy(dw).reshape(8, 8).tolist() == np.outer(
         _tf32_rna(dy.ravel()), _tf32_rna(values)).astype(np.float32).tolist()
+
+
+@pytest.mark.gpu
+def test_captured_training_steps_on_the_gpu_equal_eager_steps(gpu):
+    """pc.CapturedStep on the real device: CUDA graphs (one per batch shape) give the
+    parameters, optimiser state and mean loss of the eager loop bit for bit."""
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((32, 3, 32, 32)).astype(np.float32), rng.integers(0, 3, 32))
+            for _ in range(5)]
+    data += [(rng.standard_normal((8, 3, 32, 32)).astype(np.float32), rng.integers(0, 3, 8))] * 3
+
+    def make():
+        model = pc.Sequential(
+            pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+            pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.BatchNorm2d(32), pc.ReLU(),
+            pc.MaxPool2d(2), pc.Flatten(), pc.Linear(32 * 8 * 8, 3), backend=gpu, seed=0)
+        return model, pc.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    model, opt = make()
+    losses = []
+    for x, y in data:
+        opt.zero_grad()
+        loss, dlogits = pc.losses.cross_entropy(gpu, model(x), y)
+        model.backward(dlogits, input_grad=False)
+        opt.step()
+        losses.append(loss)
+    model2, opt2 = make()
+    step = pc.CapturedStep(model2, opt2)
+    for x, y in data:
+        step(x, y)
+    assert step.graphs() == 2
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert np.array_equal(gpu.to_numpy(p.data), gpu.to_numpy(q.data)), p.name
+    for (k, a), (_, b) in zip(sorted(opt.state_arrays().items()), sorted(opt2.state_arrays().items())):
+        assert np.array_equal(gpu.to_numpy(a), gpu.to_numpy(b)), k
+    sizes = [len(y) for _, y in data]
+    assert step.read()["loss"] == pytest.approx(np.dot(losses, sizes) / sum(sizes), rel=1e-12)
