@@ -84,6 +84,11 @@ CASES = {
     "unknown-command": (["trian"], ["trian"]),
     # the other commands
     "evaluate-backend-unknown": (["evaluate", "run.npz", "--backend", "gpu"], ["--backend", "'gpu'"]),
+    # an empty name said "checkpoint not found: " with nothing after it
+    "evaluate-empty-checkpoint": (["evaluate", "", "--backend", "numpy"], ["checkpoint name is empty ('')"]),
+    "predict-empty-input": (["predict", "run.npz", "", "--backend", "numpy"], ["input name is empty ('')"]),
+    "visualize-empty-checkpoint": (["visualize", "", "--backend", "numpy"],
+                                   ["checkpoint name is empty ('')"]),
     "demo-out-without-plot": (["demo", "--out", "w.png", "--backend", "numpy"], ["--out", "--plot"]),
     "demo-plot-out-under-a-file": (["demo", "--plot", "--out", "notes.txt/w.png", "--backend", "numpy"],
                                    ["--out", "not a folder"]),

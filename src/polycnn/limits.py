@@ -96,6 +96,8 @@ def regular_file(path, what: str = "file") -> int:
     ``FileNotFoundError``; a directory, FIFO, device or socket ``ValueError`` (opening a FIFO
     would wait forever for a writer)."""
     path = os.fspath(path)
+    if not path:
+        raise ValueError(f"the {what} name is empty (''): give the path of a file")
     try:
         st = os.stat(path)
     except FileNotFoundError:
