@@ -549,3 +549,12 @@ def test_memory_limit_variable(monkeypatch):
     with pytest.raises(ValueError, match=r"x: 1,000 images would need about 11.4 MiB of memory, over"
                        r" the limit of 10.0 MiB \(set POLYCNN_MEMORY_LIMIT"):
         limits.check_memory("x", "1,000 images", 12_000_000)
+
+
+def test_readme_documents_the_memory_limit():
+    """The limit and how to raise it are where the README talks about errors."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(path, encoding="utf-8") as f:
+        readme = f.read()
+    assert f"`{limits.MEMORY_LIMIT_ENV}`" in readme
+    assert f"over {limits.DEFAULT_MEMORY_LIMIT >> 30} GiB" in readme
