@@ -2,14 +2,16 @@
 # GPU check for the `cupy` backend, for a machine with an NVIDIA GPU and NO network:
 #   1. the GPU tests (`pytest -m gpu`: every op test on real CuPy, large convs, training steps);
 #   2. a benchmark of the cupy backend against PyTorch + cuDNN on the same GPU: conv forward and
-#      forward+backward on the layers (a)-(e) of notes/perf-baseline.md, and training images/s
-#      of the shapes CNN (3x64x64, batch 128);
+#      forward+backward on the layers (a)-(e) of notes/perf-baseline.md, in fp32 and with
+#      precision="tf32" (tensor cores) against cuDNN's TF32, and training images/s of the shapes
+#      CNN (3x64x64, batch 128), eager and as a CUDA graph (pc.CapturedStep, without dropout);
 #   3. `polycnn bench --backends cupy --quick` (the CPU-side benchmark, for the record).
 # Needs: Python >= 3.10 with numpy, cupy (cupy-cuda12x or -13x), torch with CUDA, pytest, click,
 # numba. Installs nothing: polycnn runs from this checkout through PYTHONPATH (a folder of links
 # that mirrors the installed layout, polycnn.kernels and polycnn.cli included).
-# Usage: bash benchmarks/gpu_check.sh   (53 s on an H100 with POLYCNN_BENCH_TIMEOUT=0; each step has
-#        its own timeout, so the whole script ends within 8 minutes whatever happens)
+# Usage: bash benchmarks/gpu_check.sh   (53 s on an H100 with POLYCNN_BENCH_TIMEOUT=0 before the TF32
+#        and graph rows were added, not timed since; each step has its own timeout, so the whole
+#        script ends within 8 minutes whatever happens)
 # Environment: PYTHON (default python3), PYTEST_TIMEOUT (200 s), BENCH_TIMEOUT (150 s),
 #              POLYCNN_BENCH_TIMEOUT (90 s; 0 skips step 3),
 #              GPU_CHECK_DRY=1 (no GPU needed: step 2 on cupy-emu and PyTorch's CPU at tiny sizes,
@@ -137,6 +139,13 @@ for name, (xs, ws, stride, pad) in LAYERS.items():
         y, ctx = be.conv2d_forward(cx, cw, cb, stride=stride, padding=pad)
         return be.conv2d_backward(cdy, ctx)
 
+    def c_fwd_tf32():
+        return be.conv2d_forward(cx, cw, cb, stride=stride, padding=pad, precision="tf32")
+
+    def c_fwdbwd_tf32():
+        y, ctx = be.conv2d_forward(cx, cw, cb, stride=stride, padding=pad, precision="tf32")
+        return be.conv2d_backward(cdy, ctx)
+
     tx = torch.from_numpy(x).to(dev).requires_grad_(True)
     tw = torch.from_numpy(w).to(dev).requires_grad_(True)
     tb = torch.from_numpy(b).to(dev).requires_grad_(True)
@@ -154,8 +163,12 @@ for name, (xs, ws, stride, pad) in LAYERS.items():
     set_tf32(False)
     y, ctx = c_fwd()
     err = float(np.abs(be.to_numpy(y) - t_fwd().cpu().numpy()).max())
-    r = {"layer": name, "gflop": flops / 1e9, "max_err_vs_torch": err,
-         "cupy_fwd": timed(c_fwd, cupy_sync), "cupy_fb": timed(c_fwdbwd, cupy_sync)}
+    y32, _ = c_fwd_tf32()
+    ref = t_fwd().cpu().numpy()
+    err_tf32 = float(np.abs(be.to_numpy(y32) - ref).max() / max(1e-30, np.abs(ref).max()))
+    r = {"layer": name, "gflop": flops / 1e9, "max_err_vs_torch": err, "tf32_rel_err": err_tf32,
+         "cupy_fwd": timed(c_fwd, cupy_sync), "cupy_fb": timed(c_fwdbwd, cupy_sync),
+         "cupy_tf32_fwd": timed(c_fwd_tf32, cupy_sync), "cupy_tf32_fb": timed(c_fwdbwd_tf32, cupy_sync)}
     for flag, tag in ((False, "fp32"), (True, "tf32")):
         set_tf32(flag)
         r[f"torch_{tag}_fwd"] = timed(t_fwd, torch_sync)
@@ -172,6 +185,16 @@ for r in rows:
           f" {r['torch_tf32_fwd']*1e3:10.3f} {r['torch_tf32_fwd']/r['cupy_fwd']:6.2f} |"
           f" {r['cupy_fb']*1e3:9.3f} {r['torch_fp32_fb']*1e3:10.3f} {r['torch_fp32_fb']/r['cupy_fb']:6.2f}"
           f" {r['torch_tf32_fb']*1e3:10.3f} {r['torch_tf32_fb']/r['cupy_fb']:6.2f} {r['max_err_vs_torch']:8.1e}")
+print("\nconv2d, precision='tf32' (tensor cores, 64x64 WMMA tile) against cuDNN with allow_tf32, ms per"
+      " call; ratio = cuDNN tf32 time / cupy tf32 time; rel err = max |cupy tf32 - cuDNN fp32| / max |y|")
+print(f"{'layer':5} {'tf32 fwd':>9} {'GFLOP/s':>8} {'cuDNN tf32':>10} {'ratio':>6} {'vs fp32':>7} |"
+      f" {'tf32 f+b':>9} {'cuDNN tf32':>10} {'ratio':>6} {'vs fp32':>7} {'rel err':>8}")
+for r in rows:
+    print(f"{r['layer']:5} {r['cupy_tf32_fwd']*1e3:9.3f} {r['gflop']/r['cupy_tf32_fwd']:8.0f}"
+          f" {r['torch_tf32_fwd']*1e3:10.3f} {r['torch_tf32_fwd']/r['cupy_tf32_fwd']:6.2f}"
+          f" {r['cupy_fwd']/r['cupy_tf32_fwd']:7.2f} | {r['cupy_tf32_fb']*1e3:9.3f}"
+          f" {r['torch_tf32_fb']*1e3:10.3f} {r['torch_tf32_fb']/r['cupy_tf32_fb']:6.2f}"
+          f" {r['cupy_fb']/r['cupy_tf32_fb']:7.2f} {r['tf32_rel_err']:8.1e}")
 sys.stdout.flush()
 
 # where the time of cupy's fwd+bwd goes, pass by pass (layers b to e)
@@ -296,6 +319,45 @@ for flag, tag in ((False, "fp32"), (True, "tf32")):
     tips = images_per_s(torch_epoch)
     print(f"  PyTorch + cuDNN {tag}   {tips:10.0f} images/s   cupy/torch = {cupy_ips / tips:.2f}"
           " (target >= 0.7)" + ("  [tf32: PyTorch's default for cuDNN convolutions]" if flag else ""))
+sys.stdout.flush()
+
+# ---- the same CNN without dropout (a graph cannot draw new mask keys): eager, as a CUDA graph
+# (pc.CapturedStep: batches through pinned buffers, loss read back once an epoch), PyTorch eager
+def no_dropout_model():
+    m = pc.Sequential(
+        pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+        pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+        pc.Flatten(), pc.Linear(32 * 16 * 16, 3), backend=be, seed=0)
+    return m, pc.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+
+model, opt = no_dropout_model()  # pc_epoch and breakdown use these names
+eager_ips = images_per_s(pc_epoch)
+gmodel, gopt = no_dropout_model()
+gstep = pc.CapturedStep(gmodel, gopt)
+
+
+def graph_epoch(steps=STEPS):
+    for i in range(steps):
+        sl = slice(i * BATCH, (i + 1) * BATCH)
+        gstep(xh[sl], yh[sl])
+    return gstep.read()
+
+
+graph_ips = images_per_s(graph_epoch)
+net = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    torch.nn.Flatten(), torch.nn.Linear(32 * 16 * 16, 3)).to(dev)
+topt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+print(f"\nshapes CNN without dropout, batch {BATCH}: graphs held {gstep.graphs()}")
+print(f"  cupy eager             {eager_ips:10.0f} images/s")
+print(f"  cupy CapturedStep      {graph_ips:10.0f} images/s   graph/eager = {graph_ips / eager_ips:.2f}")
+for flag, tag in ((False, "fp32"), (True, "tf32")):
+    set_tf32(flag)
+    tips = images_per_s(torch_epoch)
+    print(f"  PyTorch + cuDNN {tag}   {tips:10.0f} images/s   graph/torch = {graph_ips / tips:.2f}"
+          " (target >= 1.0)")
 PY
 rc=$?
 echo "benchmark exit status: $rc"
