@@ -22,19 +22,22 @@ time, and from then on only copies the batch in and launches the graph::
   capture; tests/test_gpu_cupy.py on a GPU).
 
 What a graph cannot hold is refused when the step is made, with the reason: anything a step
-computes on the host. So: SGD with a constant learning rate (no schedule; momentum, Nesterov and
-weight decay are fine), no Dropout in training mode (each step draws a new mask key on the
-host). Adam's bias correction and schedules change a kernel's scalar arguments every step; they
-would need those scalars in device memory (not done).
+computes on the host. So: SGD, Adam or AdamW with a constant learning rate (no schedule), no
+Dropout in training mode (each step draws a new mask key on the host). Adam's two bias
+corrections change every step: they live in device memory, copied in with the batch, and the
+step applies Adam's update (optim.Adam._update) with them in place of its host scalars; the
+tests hold the two to the same bits.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+import math
+
 from .layers import Dropout, Sequential
 from .losses import check_labels
-from .optim import SGD
+from .optim import SGD, Adam
 
 
 class _ShapeState:
@@ -45,6 +48,8 @@ class _ShapeState:
         self.y = backend.xp.empty((n,), dtype=np.int64)
         self.pinned = [(session.pinned(x_shape, dtype), session.pinned((n,), np.int64))
                        for _ in range(2)]
+        #: Adam's bias corrections, [lr / (1 - b1^t), 1 / sqrt(1 - b2^t)], per dtype and slot
+        self.pinned_scalars = [{} for _ in range(2)]
         self.events = [None, None]
         self.turn = 0
         self.graph = None
@@ -63,9 +68,9 @@ class CapturedStep:
         if not hasattr(backend, "capture_session") or not hasattr(backend, "cross_entropy_device"):
             raise ValueError(f"CapturedStep: capturing a step needs a CUDA backend ('cupy' or"
                              f" 'cupy-emu'); the model runs on {backend.name!r}")
-        if not isinstance(optimizer, SGD):
-            raise TypeError(f"CapturedStep: the optimiser must be pc.SGD (its update has no"
-                            f" per-step scalar), got {type(optimizer).__name__}")
+        if not isinstance(optimizer, (SGD, Adam)):
+            raise TypeError(f"CapturedStep: the optimiser must be pc.SGD, pc.Adam or pc.AdamW,"
+                            f" got {type(optimizer).__name__}")
         if optimizer.schedule is not None:
             raise ValueError(f"CapturedStep: the optimiser's schedule ({optimizer.schedule!r})"
                              " changes the learning rate every step, which a graph would replay"
@@ -93,6 +98,9 @@ class CapturedStep:
         with self.session.running():
             self._loss_sum = xp.zeros((1,), dtype=np.float64)
             self._correct = xp.zeros((1,), dtype=np.int64)
+            # Adam's per-step scalars on the device, one pair per parameter dtype
+            self._scalars = {np.dtype(p.data.dtype): xp.zeros((2,), dtype=p.data.dtype)
+                             for p in params} if isinstance(optimizer, Adam) else {}
         self._since = {"steps": 0, "samples": 0}
 
     # ---- one step -------------------------------------------------------------------------
@@ -116,10 +124,56 @@ class CapturedStep:
         logits = model(state.x)
         loss, dlogits = be.cross_entropy_device(logits, state.y, self.label_smoothing)
         model.backward(dlogits, input_grad=False)
-        opt.step()
+        if self._scalars:
+            self._adam_step()
+        else:
+            opt.step()
         n = np.float64(state.y.shape[0])
         self._loss_sum += loss * n
         self._correct += (be.xp.argmax(logits, axis=1) == state.y).sum()
+
+    def _adam_step(self) -> None:
+        """optim.Adam's step with its two per-step scalars read from the device."""
+        opt = self.optimizer
+        lr = opt.current_lr
+        opt.t += 1
+        b1, b2 = opt.betas
+        for i, p in enumerate(opt.params):
+            if p.grad is None:
+                continue
+            xp_t = p.data.dtype.type
+            scalars = self._scalars[np.dtype(p.data.dtype)]
+            step, denom_scale = scalars[0:1], scalars[1:2]
+            g = p.grad
+            if opt.weight_decay and not opt._decoupled:
+                g = g + xp_t(opt.weight_decay) * p.data
+            m = opt._buffer(opt.state[i], "m", p)
+            v = opt._buffer(opt.state[i], "v", p)
+            m *= xp_t(b1)
+            m += xp_t(1 - b1) * g
+            v *= xp_t(b2)
+            v += xp_t(1 - b2) * (g * g)
+            if opt.weight_decay and opt._decoupled:
+                p.data *= xp_t(1 - lr * opt.weight_decay)
+            denom = (v ** xp_t(0.5)) * denom_scale
+            denom += xp_t(opt.eps)
+            p.data -= step * (m / denom)
+
+    def _upload_scalars(self, state: _ShapeState, slot: int) -> None:
+        """Adam's bias corrections for the coming step (t = optimizer.t + 1), as Adam computes
+        them in float64 then rounds them to each parameter dtype."""
+        if not self._scalars:
+            return
+        opt = self.optimizer
+        t = opt.t + 1
+        b1, b2 = opt.betas
+        values = (opt.current_lr / (1 - b1 ** t), 1.0 / math.sqrt(1 - b2 ** t))
+        for dtype, device in self._scalars.items():
+            pinned = state.pinned_scalars[slot].get(dtype)
+            if pinned is None:
+                pinned = state.pinned_scalars[slot][dtype] = self.session.pinned((2,), dtype)
+            pinned[0], pinned[1] = dtype.type(values[0]), dtype.type(values[1])
+            self.session.upload(device, pinned)
 
     def __call__(self, x, y) -> None:
         """One training step on the host batch ``x`` (N, C, H, W) with labels ``y`` (N,)."""
@@ -139,6 +193,7 @@ class CapturedStep:
         np.copyto(px, x)
         np.copyto(py, labels)
         with self.session.running():
+            self._upload_scalars(state, slot)
             self.session.upload(state.x, px)
             state.events[slot] = self.session.upload(state.y, py)
         if state.runs == 0:
