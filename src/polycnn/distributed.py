@@ -173,14 +173,17 @@ def _pick_gpu(local_rank: int) -> None:
 
 def _watch_launcher() -> None:
     """MPICH's mpiexec with ``-disable-auto-cleanup`` tells the surviving processes that one
-    died with SIGUSR1 (whose default action ends a process silently): raise PeerLost instead,
-    so each says so. (Without that option mpiexec kills them at once, printing which died.)"""
+    died with SIGUSR1 (whose default action ends a process silently), then kills them soon
+    after: say so at once and leave. (Without that option it kills them straight away, printing
+    which process died; launchers that do neither are caught by the peer watch of _wait.)"""
     if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL \
             and threading.current_thread() is threading.main_thread():
         def lost(signum, frame):
-            _STATE["broken"] = True
-            raise PeerLost(f"rank {_STATE['rank']} of {_STATE['size']}: another process of the"
-                           " job has died (mpiexec signalled SIGUSR1)")
+            message = (f"error: rank {_STATE['rank']} of {_STATE['size']}: another process of the"
+                       " job has died (mpiexec signalled SIGUSR1); stopping (a checkpoint on disk"
+                       " holds the last finished epoch)\n")
+            os.write(2, message.encode())
+            os._exit(1)
         signal.signal(signal.SIGUSR1, lost)
 
 
