@@ -4,7 +4,7 @@
 #   2. a benchmark of the cupy backend against PyTorch + cuDNN on the same GPU: conv forward and
 #      forward+backward on the layers (a)-(e) of notes/perf-baseline.md, in fp32 and with
 #      precision="tf32" (tensor cores) against cuDNN's TF32, and training images/s of the shapes
-#      CNN (3x64x64, batch 128), eager and as a CUDA graph (pc.CapturedStep, without dropout);
+#      CNN (3x64x64, batch 128), eager and as a CUDA graph (pc.CapturedStep);
 #   3. `polycnn bench --backends cupy --quick` (the CPU-side benchmark, for the record).
 # Needs: Python >= 3.10 with numpy, cupy (cupy-cuda12x or -13x), torch with CUDA, pytest, click,
 # numba. Installs nothing: polycnn runs from this checkout through PYTHONPATH (a folder of links
@@ -312,29 +312,14 @@ def breakdown():
 
 
 cupy_ips = images_per_s(pc_epoch)
-print(f"\nshapes CNN training, batch {BATCH}, 3x64x64, SGD momentum 0.9, host batches copied each step")
-print(f"  cupy backend           {cupy_ips:10.0f} images/s   step breakdown (ms): {breakdown()}")
-for flag, tag in ((False, "fp32"), (True, "tf32")):
-    set_tf32(flag)
-    tips = images_per_s(torch_epoch)
-    print(f"  PyTorch + cuDNN {tag}   {tips:10.0f} images/s   cupy/torch = {cupy_ips / tips:.2f}"
-          " (target >= 0.7)" + ("  [tf32: PyTorch's default for cuDNN convolutions]" if flag else ""))
-sys.stdout.flush()
-
-# ---- the same CNN without dropout (a graph cannot draw new mask keys): eager, as a CUDA graph
-# (pc.CapturedStep: batches through pinned buffers, loss read back once an epoch), PyTorch eager
-def no_dropout_model():
-    m = pc.Sequential(
-        pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
-        pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
-        pc.Flatten(), pc.Linear(32 * 16 * 16, 3), backend=be, seed=0)
-    return m, pc.SGD(m.parameters(), lr=0.01, momentum=0.9)
-
-
-model, opt = no_dropout_model()  # pc_epoch and breakdown use these names
-eager_ips = images_per_s(pc_epoch)
-gmodel, gopt = no_dropout_model()
-gstep = pc.CapturedStep(gmodel, gopt)
+breakdown_ms = breakdown()
+# the same model and optimiser as a CUDA graph (pc.CapturedStep: batches through pinned buffers,
+# dropout keys and the loss on the device, the loss read back once an epoch)
+gmodel = pc.Sequential(
+    pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+    pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+    pc.Dropout(0.5), pc.Flatten(), pc.Linear(32 * 16 * 16, 3), backend=be, seed=0)
+gstep = pc.CapturedStep(gmodel, pc.SGD(gmodel.parameters(), lr=0.01, momentum=0.9))
 
 
 def graph_epoch(steps=STEPS):
@@ -345,19 +330,16 @@ def graph_epoch(steps=STEPS):
 
 
 graph_ips = images_per_s(graph_epoch)
-net = torch.nn.Sequential(
-    torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-    torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-    torch.nn.Flatten(), torch.nn.Linear(32 * 16 * 16, 3)).to(dev)
-topt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-print(f"\nshapes CNN without dropout, batch {BATCH}: graphs held {gstep.graphs()}")
-print(f"  cupy eager             {eager_ips:10.0f} images/s")
-print(f"  cupy CapturedStep      {graph_ips:10.0f} images/s   graph/eager = {graph_ips / eager_ips:.2f}")
+print(f"\nshapes CNN training, batch {BATCH}, 3x64x64, SGD momentum 0.9, host batches copied each step")
+print(f"  cupy backend, eager    {cupy_ips:10.0f} images/s   step breakdown (ms): {breakdown_ms}")
+print(f"  cupy CapturedStep      {graph_ips:10.0f} images/s   graph/eager = {graph_ips / cupy_ips:.2f}"
+      f" ({gstep.graphs()} graph)")
 for flag, tag in ((False, "fp32"), (True, "tf32")):
     set_tf32(flag)
     tips = images_per_s(torch_epoch)
-    print(f"  PyTorch + cuDNN {tag}   {tips:10.0f} images/s   graph/torch = {graph_ips / tips:.2f}"
-          " (target >= 1.0)")
+    print(f"  PyTorch + cuDNN {tag}   {tips:10.0f} images/s   eager/torch = {cupy_ips / tips:.2f},"
+          f" graph/torch = {graph_ips / tips:.2f} (target >= 1.0)"
+          + ("  [tf32: PyTorch's default for cuDNN convolutions]" if flag else ""))
 PY
 rc=$?
 echo "benchmark exit status: $rc"

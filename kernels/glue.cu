@@ -127,6 +127,13 @@ extern "C" __global__ void dropout_mask_bool(bool* keep, long long count, unsign
                                              unsigned long long threshold) {
     dropout_mask(keep, count, key, threshold);
 }
+// The same mask with the key read from device memory (keys[0]): a CUDA graph replays a launch with
+// the arguments it was captured with, so a key that changes every step must live on the device.
+extern "C" __global__ void dropout_mask_keyed_bool(bool* keep, long long count,
+                                                   const unsigned long long* keys,
+                                                   unsigned long long threshold) {
+    dropout_mask(keep, count, keys[0], threshold);
+}
 extern "C" __global__ void dropout_apply_float(const float* x, const bool* keep, float* y,
                                                long long count, float scale) {
     dropout_apply<float>(x, keep, y, count, scale);

@@ -193,8 +193,9 @@ def test_tf32_rounding_on_the_gpu_is_round_to_nearest_ties_away(gpu):
 
 @pytest.mark.gpu
 def test_captured_training_steps_on_the_gpu_equal_eager_steps(gpu):
-    """pc.CapturedStep on the real device: CUDA graphs (one per batch shape) give the
-    parameters, optimiser state and mean loss of the eager loop bit for bit."""
+    """pc.CapturedStep on the real device: CUDA graphs (one per batch shape; BatchNorm, dropout
+    keys read from the device) give the parameters, optimiser state and mean loss of the eager
+    loop bit for bit."""
     rng = np.random.default_rng(0)
     data = [(rng.standard_normal((32, 3, 32, 32)).astype(np.float32), rng.integers(0, 3, 32))
             for _ in range(5)]
@@ -204,7 +205,8 @@ def test_captured_training_steps_on_the_gpu_equal_eager_steps(gpu):
         model = pc.Sequential(
             pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
             pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.BatchNorm2d(32), pc.ReLU(),
-            pc.MaxPool2d(2), pc.Flatten(), pc.Linear(32 * 8 * 8, 3), backend=gpu, seed=0)
+            pc.MaxPool2d(2), pc.Flatten(), pc.Dropout(0.25), pc.Linear(32 * 8 * 8, 3),
+            backend=gpu, seed=0)
         return model, pc.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     model, opt = make()

@@ -42,14 +42,20 @@ OPTIMIZERS = {
 }
 
 
-def small_model(backend, batchnorm=False, optimizer="sgd"):
-    """Conv, ReLU, max-pool, conv (+ BatchNorm), ReLU, average pool, linear: every kind of op
-    a step launches (kernels and CuPy array functions)."""
-    layers = [pc.Conv2d(3, 8, 3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
-              pc.Conv2d(8, 8, 3, padding=1)]
+def small_model(backend, batchnorm=False, optimizer="sgd", dropout=False, sample_offset=0):
+    """Conv, ReLU, max-pool, (Dropout2d,) conv (+ BatchNorm), ReLU, average pool, (Dropout,)
+    linear: every kind of op a step launches (kernels and CuPy array functions)."""
+    layers = [pc.Conv2d(3, 8, 3, padding=1), pc.ReLU(), pc.MaxPool2d(2)]
+    layers += [pc.Dropout2d(0.25)] if dropout else []
+    layers += [pc.Conv2d(8, 8, 3, padding=1)]
     layers += [pc.BatchNorm2d(8)] if batchnorm else []
-    layers += [pc.ReLU(), pc.AvgPool2d(2), pc.Flatten(), pc.Linear(8 * 2 * 2, 3)]
+    layers += [pc.ReLU(), pc.AvgPool2d(2), pc.Flatten()]
+    layers += [pc.Dropout(0.5)] if dropout else []
+    layers += [pc.Linear(8 * 2 * 2, 3)]
     model = pc.Sequential(*layers, backend=backend, seed=0)
+    for layer in model.layers:
+        if isinstance(layer, pc.Dropout):
+            layer.sample_offset = sample_offset  # as a data-parallel shard's
     return model, OPTIMIZERS[optimizer](model.parameters())
 
 
@@ -69,13 +75,15 @@ def state(model, opt, backend):
     return out
 
 
-@pytest.mark.parametrize("batchnorm, optimizer", [(False, "sgd"), (True, "sgd"), (True, "adam"),
-                                                  (False, "adamw")],
-                         ids=["sgd", "batchnorm-sgd", "batchnorm-adam", "adamw"])
-def test_captured_steps_equal_eager_steps_bit_for_bit(emu, batchnorm, optimizer):
-    """Adam's bias corrections change every step: the graph reads them from the device."""
+@pytest.mark.parametrize("batchnorm, optimizer, dropout, offset", [
+    (False, "sgd", False, 0), (True, "sgd", False, 0), (True, "adam", False, 0),
+    (False, "adamw", True, 0), (False, "sgd", True, 5)],
+    ids=["sgd", "batchnorm-sgd", "batchnorm-adam", "adamw-dropout", "sgd-dropout-offset"])
+def test_captured_steps_equal_eager_steps_bit_for_bit(emu, batchnorm, optimizer, dropout, offset):
+    """Adam's bias corrections and the dropout keys (with a data-parallel shard's sample offset)
+    change every step: the graph reads them from the device."""
     data = batches()
-    model, opt = small_model(emu, batchnorm, optimizer)
+    model, opt = small_model(emu, batchnorm, optimizer, dropout, offset)
     losses = []
     for x, y in data:  # the eager step, as pc.fit runs it
         opt.zero_grad()
@@ -85,7 +93,7 @@ def test_captured_steps_equal_eager_steps_bit_for_bit(emu, batchnorm, optimizer)
         losses.append(loss)
     expected = state(model, opt, emu)
 
-    model2, opt2 = small_model(emu, batchnorm, optimizer)
+    model2, opt2 = small_model(emu, batchnorm, optimizer, dropout, offset)
     step = CapturedStep(model2, opt2)
     for x, y in data:
         step(x, y)
@@ -97,6 +105,7 @@ def test_captured_steps_equal_eager_steps_bit_for_bit(emu, batchnorm, optimizer)
             f"{name} differs after {len(data)} captured steps (batchnorm={batchnorm}): max"
             f" difference {np.abs(got[name] - expected[name]).max():.3g}")
     assert opt2.t == opt.t == len(data)
+    assert model2.rng.bit_generator.state == model.rng.bit_generator.state, "keys drawn"
     metrics = step.read()
     sizes = [len(y) for _, y in data]
     assert metrics["steps"] == len(data) and metrics["samples"] == sum(sizes)
@@ -210,9 +219,6 @@ CASES = [
      ValueError, ["schedule", "StepLR"]),
     ("adam-schedule", "pc.CapturedStep(m, pc.Adam(m.parameters(),"
                       " schedule=pc.optim.WarmupLR(5)))", ValueError, ["schedule", "WarmupLR"]),
-    ("dropout", 'm = pc.Sequential(pc.Flatten(), pc.Dropout(0.5), pc.Linear(25, 3),'
-                ' backend="cupy-emu")\npc.CapturedStep(m, pc.SGD(m.parameters()))', ValueError,
-     ["layer 1", "Dropout", "mask"]),
     ("other-params", "m2 = pc.Sequential(pc.Flatten(), pc.Linear(25, 3), backend='cupy-emu')\n"
                      "pc.CapturedStep(m, pc.SGD(m2.parameters()))", ValueError,
      ["this model's parameters"]),

@@ -22,11 +22,14 @@ time, and from then on only copies the batch in and launches the graph::
   capture; tests/test_gpu_cupy.py on a GPU).
 
 What a graph cannot hold is refused when the step is made, with the reason: anything a step
-computes on the host. So: SGD, Adam or AdamW with a constant learning rate (no schedule), no
-Dropout in training mode (each step draws a new mask key on the host). Adam's two bias
-corrections change every step: they live in device memory, copied in with the batch, and the
-step applies Adam's update (optim.Adam._update) with them in place of its host scalars; the
-tests hold the two to the same bits.
+computes on the host. So: SGD, Adam or AdamW with a constant learning rate (no schedule).
+Values that change every step live in device memory and are copied in with the batch:
+- Adam's two bias corrections: the step applies Adam's update (optim.Adam._update) with them in
+  place of its host scalars;
+- each dropout layer's mask key: drawn on the host from the model's generator as
+  ``Dropout.forward`` draws it (same order, same sample offset), and read by the mask kernel
+  from the device (``backend.dropout_keys``).
+The tests hold both to the eager step's bits.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from __future__ import annotations
 import numpy as np
 
 import math
+from types import SimpleNamespace
 
+from .hashing import GAMMA
 from .layers import Dropout, Sequential
 from .losses import check_labels
 from .optim import SGD, Adam
@@ -50,6 +55,10 @@ class _ShapeState:
                        for _ in range(2)]
         #: Adam's bias corrections, [lr / (1 - b1^t), 1 / sqrt(1 - b2^t)], per dtype and slot
         self.pinned_scalars = [{} for _ in range(2)]
+        #: the dropout layers' mask keys, per slot
+        self.pinned_keys = [None, None]
+        #: the mask shape of each dropout layer at this batch shape
+        self.mask_shapes = None
         self.events = [None, None]
         self.turn = 0
         self.graph = None
@@ -79,11 +88,9 @@ class CapturedStep:
         if [id(p) for p in optimizer.params] != [id(p) for p in params]:
             raise ValueError("CapturedStep: the optimiser must update this model's parameters"
                              " (pc.SGD(model.parameters(), ...))")
-        for i, layer in enumerate(model.layers):
-            if isinstance(layer, Dropout) and layer.p > 0:
-                raise ValueError(f"CapturedStep: layer {i} ({layer!r}) draws a new dropout mask"
-                                 " key on the host every step, which a graph would replay"
-                                 " unchanged; remove it or train without capture")
+        #: the layers that draw a mask key each step (in forward order)
+        self._dropouts = [(i, layer) for i, layer in enumerate(model.layers)
+                          if isinstance(layer, Dropout) and layer.p > 0]
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"CapturedStep: label_smoothing must be in [0, 1), got"
                              f" {label_smoothing!r}")
@@ -101,6 +108,8 @@ class CapturedStep:
             # Adam's per-step scalars on the device, one pair per parameter dtype
             self._scalars = {np.dtype(p.data.dtype): xp.zeros((2,), dtype=p.data.dtype)
                              for p in params} if isinstance(optimizer, Adam) else {}
+            self._keys = xp.zeros((max(1, len(self._dropouts)),), dtype=np.uint64)
+        self._key_slots = [self._keys[j:j + 1] for j in range(len(self._dropouts))]
         self._since = {"steps": 0, "samples": 0}
 
     # ---- one step -------------------------------------------------------------------------
@@ -175,6 +184,48 @@ class CapturedStep:
             pinned[0], pinned[1] = dtype.type(values[0]), dtype.type(values[1])
             self.session.upload(device, pinned)
 
+    def _mask_shapes(self, x_shape) -> list:
+        """Each dropout layer's mask shape for a batch of ``x_shape``."""
+        shapes, sample, done = [], tuple(x_shape[1:]), 0
+        for i, layer in self._dropouts:
+            for inner in self.model.layers[done:i]:  # one sample's shape at layer i's input
+                sample = inner.output_shape(sample)
+            done = i
+            shapes.append(layer._mask_shape(SimpleNamespace(shape=(x_shape[0],) + tuple(sample))))
+        return shapes
+
+    def _upload_keys(self, state: _ShapeState, slot: int):
+        """Draw each dropout layer's key for the coming step as Dropout.forward does, and copy
+        them to the device; the upload's event, or None without dropout."""
+        if not self._dropouts:
+            return None
+        if state.mask_shapes is None:
+            state.mask_shapes = self._mask_shapes(state.x.shape)
+        pinned = state.pinned_keys[slot]
+        if pinned is None:
+            pinned = state.pinned_keys[slot] = self.session.pinned((len(self._dropouts),),
+                                                                    np.uint64)
+        for j, ((_, layer), shape) in enumerate(zip(self._dropouts, state.mask_shapes)):
+            key = int(layer._rng.integers(0, 1 << 64, dtype=np.uint64))
+            if layer.sample_offset:
+                key = (key + layer.sample_offset * math.prod(shape[1:]) * GAMMA) % (1 << 64)
+            pinned[j] = key
+        return self.session.upload(self._keys[:len(self._dropouts)], pinned)
+
+    def _capture(self, state: _ShapeState):
+        """The graph of one step; nothing runs, and the host state the capture touched (the
+        optimiser's step count, the generators the dropout layers drew from) is put back."""
+        t = self.optimizer.t
+        rngs = {id(layer._rng): layer._rng for _, layer in self._dropouts}
+        saved = {k: r.bit_generator.state for k, r in rngs.items()}
+        try:
+            with self.backend.dropout_keys(self._key_slots, write=False):
+                return self.session.capture(lambda: self._body(state))
+        finally:
+            self.optimizer.t = t
+            for k, r in rngs.items():
+                r.bit_generator.state = saved[k]
+
     def __call__(self, x, y) -> None:
         """One training step on the host batch ``x`` (N, C, H, W) with labels ``y`` (N,)."""
         labels = self._check_batch(x, y)
@@ -197,13 +248,16 @@ class CapturedStep:
             self.session.upload(state.x, px)
             state.events[slot] = self.session.upload(state.y, py)
         if state.runs == 0:
-            with self.session.running():  # eager: compiles kernels, fills the pool
+            # eager: compiles kernels, fills the pool; the layers draw their own keys
+            with self.session.running(), self.backend.dropout_keys(self._key_slots, write=True):
                 self._body(state)
         else:
             if state.graph is None:
-                t = self.optimizer.t
-                state.graph = self.session.capture(lambda: self._body(state))
-                self.optimizer.t = t  # nothing ran
+                state.graph = self._capture(state)
+            with self.session.running():
+                event = self._upload_keys(state, slot)
+            if event is not None:
+                state.events[slot] = event
             self.session.launch(state.graph)
             self.optimizer.t += 1
         state.runs += 1

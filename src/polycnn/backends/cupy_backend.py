@@ -124,6 +124,8 @@ KERNELS = {
     "relu_bwd": ("glue.cu", ("dy: const T*", "x: const T*", "dx: T*", "count: int64")),
     "dropout_mask": ("glue.cu", ("keep: bool*", "count: int64", "key: uint64",
                                  "threshold: uint64")),
+    "dropout_mask_keyed": ("glue.cu", ("keep: bool*", "count: int64", "keys: const uint64*",
+                                       "threshold: uint64")),
     "dropout_apply": ("glue.cu", ("x: const T*", "keep: const bool*", "y: T*", "count: int64",
                                   "scale: T")),
     "sgd_step": ("glue.cu", ("p: T*", "grad: const T*", "v: T*", "count: int64", "lr: T",
@@ -183,7 +185,7 @@ class _Param:
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: the dtypes a kernel is compiled for, when not float32 and float64
-KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),),
+KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),), "dropout_mask_keyed": (np.dtype(np.bool_),),
                  **{op + "_tf32": (np.dtype(np.float32),)
                     for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")}}
 
@@ -229,6 +231,7 @@ class CupyBackend(Backend):
         self.compile_options = tuple(compile_options)
         self._modules = {}
         self._functions = {}
+        self._key_slots = None  # see dropout_keys
         props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
         # enough blocks to fill the device several times over, for the split weight pass
         self.target_blocks = 4 * int(props.get("multiProcessorCount", 1))
@@ -454,9 +457,34 @@ class CupyBackend(Backend):
             return None
         return self.xp.ascontiguousarray(x)
 
+    @contextlib.contextmanager
+    def dropout_keys(self, slots, write: bool):
+        """Inside, each dropout mask takes its key from the next of ``slots`` ((1,) uint64 device
+        arrays, one a mask, in the order the masks are made), so that a CUDA graph reads a new
+        key each step (graph_step.CapturedStep). ``write``: first copy the key the layer drew
+        into its slot (an eager run); else the slot already holds it (a capture: the host fills
+        the slots before each launch)."""
+        self._key_slots = (iter(slots), bool(write))
+        try:
+            yield
+        finally:
+            self._key_slots = None
+
     def _dropout_mask(self, shape: tuple, threshold: int, key: int):
-        """See base; one kernel."""
+        """See base; one kernel (with its key from device memory inside dropout_keys)."""
         keep = self.xp.empty(shape, dtype=np.bool_)
+        if self._key_slots is not None:
+            slots, write = self._key_slots
+            slot = next(slots, None)
+            if slot is None:
+                raise RuntimeError("dropout_keys: more dropout masks than key slots")
+            if write:
+                slot.set(np.array([key], dtype=np.uint64))
+            if keep.size:
+                self._launch_flat("dropout_mask_keyed", np.bool_, keep.size,
+                                  [keep, np.int64(keep.size), slot, np.uint64(threshold)],
+                                  [shape, None, (1,), None])
+            return keep
         if keep.size:
             self._launch_flat("dropout_mask", np.bool_, keep.size,
                               [keep, np.int64(keep.size), np.uint64(key), np.uint64(threshold)],
