@@ -598,10 +598,15 @@ class CaptureSession:
             yield
 
     def capture(self, fn):
-        """The CUDA graph of ``fn()``'s work (nothing runs now). CuPy's default capture mode is
-        kept: relaxed where its version has one."""
+        """The CUDA graph of ``fn()``'s work (nothing runs now), captured in relaxed mode where
+        CuPy names it (the pool may still call cudaMalloc for a block the eager run did not
+        leave in its cache)."""
+        mode = getattr(self.xp.cuda.runtime, "streamCaptureModeRelaxed", None)
         with self.running():
-            self.stream.begin_capture()
+            if mode is None:
+                self.stream.begin_capture()
+            else:
+                self.stream.begin_capture(mode)
             try:
                 fn()
             finally:
