@@ -35,6 +35,9 @@
 // nearest, ties away from zero) as they enter shared memory; each warp multiplies 16×16×8 WMMA
 // fragments and accumulates in fp32; the accumulators go through shared memory (a 64×68 staging
 // tile after A and B, GEMM_TC_SMEM_BYTES) so the epilogue writes each output as the fp32 tile does.
+//
+// conv2d_fwd_relu_* (each tile, and _tf32): the forward with the ReLU that follows it in the
+// epilogue (a training step's conv + bias + ReLU, one kernel and one write of y).
 
 // NVRTC has no <mma.h> built in (and CuPy may find no CUDA headers on the machine): the few WMMA
 // operations used here, as inline PTX. The emulator (cuda_emu.h) supplies the same names.
@@ -313,7 +316,9 @@ struct FwdB {  // x gathered as im2col columns
     }
 };
 
-template <typename T>
+// RELU: the ReLU layer that follows, fused (conv2d_fwd_relu_*): glue.cu's relu_fwd of the biased
+// sum, so the bits are those of the two kernels (a NaN passes, -0 becomes +0).
+template <typename T, bool RELU = false>
 struct FwdOut {
     T* y;
     const T* b;  // may be null
@@ -321,14 +326,16 @@ struct FwdOut {
     __device__ void operator()(int k, int n, T v) const {
         const int pq = s.P * s.Q;
         const int nb = n / pq, rem = n % pq;
-        y[((long long)nb * s.K + k) * pq + rem] = b ? v + b[k] : v;
+        const T o = b ? v + b[k] : v;
+        y[((long long)nb * s.K + k) * pq + rem] = (!RELU || o > T(0) || o != o) ? o : T(0);
     }
 };
 
-template <typename T, int BM, int BN, bool TC = false>
+template <typename T, int BM, int BN, bool TC = false, bool RELU = false>
 __device__ void conv2d_fwd(const T* x, const T* w, const T* b, T* y, ConvShape s) {
     const int crs = s.C * s.R * s.S;
-    gemm_tile<T, BM, BN, false, TC>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T>{y, b, s}, s.K, s.N * s.P * s.Q, 0, crs);
+    gemm_tile<T, BM, BN, false, TC>(FwdA<T>{w, crs}, FwdB<T>{x, s}, FwdOut<T, RELU>{y, b, s}, s.K,
+                                    s.N * s.P * s.Q, 0, crs);
 }
 
 // ---- backward-data: rows c, columns (n, i, j), reduction (k, u, v), one stride phase a block ----
@@ -726,6 +733,44 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) conv2d_bwd_data_tf
 extern "C" __global__ void conv2d_bwd_weight_tf32_float(
         const float* dy, const float* x, float* partial, ConvShape s) {
     TF32_BODY(conv2d_bwd_weight<float, 64, 64, true>(dy, x, partial, s);)
+}
+
+// conv + bias + ReLU in one kernel: the forward entry points above with the ReLU in the epilogue
+extern "C" __global__ void conv2d_fwd_relu_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 64, 64, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 64, 64, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_mid_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 32, 128, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_mid_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 32, 128, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_narrow_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 16, 256, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_narrow_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 16, 256, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_small_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    conv2d_fwd<float, 16, 64, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_small_double(
+        const double* x, const double* w, const double* b, double* y, ConvShape s) {
+    conv2d_fwd<double, 16, 64, false, true>(x, w, b, y, s);
+}
+extern "C" __global__ void conv2d_fwd_relu_tf32_float(
+        const float* x, const float* w, const float* b, float* y, ConvShape s) {
+    TF32_BODY(conv2d_fwd<float, 64, 64, true, true>(x, w, b, y, s);)
 }
 
 extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out, long long count,

@@ -114,6 +114,60 @@ def test_captured_steps_equal_eager_steps_bit_for_bit(emu, batchnorm, optimizer,
     assert step.read()["steps"] == 0, "read() starts counting again"
 
 
+def _run(emu, data, **options):
+    model, opt = small_model(emu, dropout=True)
+    step = CapturedStep(model, opt, **options)
+    for x, y in data:
+        step(x, y)
+    return step, state(model, opt, emu)
+
+
+def test_fused_and_tf32_steps_equal_their_eager_runs(emu):
+    """A Conv2d and its ReLU as one kernel give the two kernels' bits, in fp32 and TF32; the
+    graphs give the eager runs' bits; TF32 really changes the training; fusing saves a
+    launch per pair (two here)."""
+    data = batches(5)
+    runs = {(fuse, precision, graph): _run(emu, data, fuse=fuse, precision=precision, graph=graph)
+            for fuse in (True, False) for precision in ("float32", "tf32")
+            for graph in (True, False)}
+    for precision in ("float32", "tf32"):
+        reference = runs[(False, precision, False)][1]
+        for fuse, graph in ((True, True), (True, False), (False, True)):
+            got = runs[(fuse, precision, graph)][1]
+            for name in reference:
+                assert np.array_equal(got[name], reference[name]), (
+                    f"{name}: fuse={fuse} graph={graph} {precision} differs from the unfused"
+                    " eager run")
+    fp32, tf32 = runs[(True, "float32", True)][1], runs[(True, "tf32", True)][1]
+    assert any(not np.array_equal(fp32[k], tf32[k]) for k in fp32), "tf32 changed nothing"
+    fused = runs[(True, "float32", True)][0]._shapes[(4, 3, 8, 8)].graph
+    unfused = runs[(False, "float32", True)][0]._shapes[(4, 3, 8, 8)].graph
+    assert len(fused) == len(unfused) - 2, (len(fused), len(unfused))
+    assert runs[(True, "float32", False)][0].graphs() == 0
+
+
+def test_conv2d_relu_forward_gives_the_two_kernels_bits(emu):
+    """NaN passes the fused ReLU as it passes relu_forward, -0 and negatives become +0, and the
+    ReLU context from the fused op gives relu_backward's result."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
+    x[0, 0, 3, 3] = np.nan
+    w = rng.standard_normal((9, 5, 3, 3)).astype(np.float32)
+    b = np.zeros(9, np.float32)
+    b[0] = -0.0
+    args = (emu.asarray(x), emu.asarray(w), emu.asarray(b), 1, 1)
+    y, _ = emu.conv2d_forward(*args)
+    want, relu_ctx = emu.relu_forward(y)
+    got, ctx, fused_ctx = emu.conv2d_relu_forward(*args)
+    want, got = emu.to_numpy(want), emu.to_numpy(got)
+    assert np.isnan(got).any() and np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+    dy = emu.asarray(rng.standard_normal(got.shape).astype(np.float32))
+    assert np.array_equal(emu.to_numpy(emu.relu_backward(dy, fused_ctx)),
+                          emu.to_numpy(emu.relu_backward(dy, relu_ctx)), equal_nan=True)
+    assert ctx.op == "conv2d" and ctx.inputs["precision"] == "float32"
+
+
 def test_accuracy_count_is_read_from_the_device(emu):
     """The accuracy over the steps since the last read: the eager model's predictions before
     each update, counted on the host, give the same number."""
@@ -222,6 +276,10 @@ CASES = [
     ("other-params", "m2 = pc.Sequential(pc.Flatten(), pc.Linear(25, 3), backend='cupy-emu')\n"
                      "pc.CapturedStep(m, pc.SGD(m2.parameters()))", ValueError,
      ["this model's parameters"]),
+    ("precision-unknown", "pc.CapturedStep(m, pc.SGD(m.parameters()), precision='half')",
+     ValueError, ["CapturedStep", "precision", "'half'"]),
+    ("fuse-not-bool", "pc.CapturedStep(m, pc.SGD(m.parameters()), fuse='yes')", TypeError,
+     ["CapturedStep", "fuse", "'yes'"]),
     ("float64-batch", "s = pc.CapturedStep(m, pc.SGD(m.parameters()))\n"
                       "s(np.zeros((2, 1, 5, 5)), np.array([0, 1]))", TypeError,
      ["float64", "float32"]),

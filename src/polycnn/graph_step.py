@@ -17,9 +17,13 @@ time, and from then on only copies the batch in and launches the graph::
   device buffers that the graph reads: the host fills one buffer while the other is copied.
 - The loss and the count of correct predictions stay on the device, summed over steps;
   :meth:`CapturedStep.read` copies them back (one synchronisation) when asked, not every step.
+- A Conv2d that a ReLU follows runs as one kernel, the ReLU in the convolution's epilogue
+  (``backend.conv2d_relu_forward``; ``fuse=False`` runs the two kernels); ``precision`` goes to
+  every convolution (``"tf32"``: the tensor cores, see the backend contract).
+- ``graph=False`` runs every step eagerly (the same work, for comparison).
 - The result is the eager step's, bit for bit: the graph holds the same kernels with the same
-  arguments (tests/test_graph_step.py shows it on cupy-emu, whose stand-in records and replays a
-  capture; tests/test_gpu_cupy.py on a GPU).
+  arguments, and the fused kernel gives the two kernels' bits (tests/test_graph_step.py shows it
+  on cupy-emu, whose stand-in records and replays a capture; tests/test_gpu_cupy.py on a GPU).
 
 What a graph cannot hold is refused when the step is made, with the reason: anything a step
 computes on the host. So: SGD, Adam or AdamW with a constant learning rate (no schedule).
@@ -40,7 +44,7 @@ import math
 from types import SimpleNamespace
 
 from .hashing import GAMMA
-from .layers import Dropout, Sequential
+from .layers import Conv2d, Dropout, ReLU, Sequential
 from .losses import check_labels
 from .optim import SGD, Adam
 
@@ -67,9 +71,12 @@ class _ShapeState:
 
 class CapturedStep:
     """One training step of ``model`` with ``optimizer``, captured into a CUDA graph once per
-    batch shape (see the module docstring). ``label_smoothing`` as in ``pc.losses``."""
+    batch shape (see the module docstring). ``label_smoothing`` as in ``pc.losses``;
+    ``precision`` of every convolution ("float32" or "tf32"); ``fuse``: a Conv2d and the ReLU
+    after it as one kernel; ``graph=False``: no capture, every step eager."""
 
-    def __init__(self, model, optimizer, label_smoothing: float = 0.0):
+    def __init__(self, model, optimizer, label_smoothing: float = 0.0,
+                 precision: str = "float32", fuse: bool = True, graph: bool = True):
         if not isinstance(model, Sequential):
             raise TypeError(f"CapturedStep: model must be a pc.Sequential, got"
                             f" {type(model).__name__}")
@@ -94,6 +101,16 @@ class CapturedStep:
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"CapturedStep: label_smoothing must be in [0, 1), got"
                              f" {label_smoothing!r}")
+        for name, flag in (("fuse", fuse), ("graph", graph)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"CapturedStep: {name} must be True or False, got {flag!r}")
+        try:
+            backend._check_precision(precision, model.dtype)
+        except ValueError as exc:
+            raise ValueError(f"CapturedStep: {exc}") from None
+        self.precision = precision
+        self.fuse = fuse
+        self.graph = graph
         self.model = model
         self.optimizer = optimizer
         self.label_smoothing = float(label_smoothing)
@@ -130,7 +147,7 @@ class CapturedStep:
         """The step itself: device work only, nothing read back (what the graph holds)."""
         be, model, opt = self.backend, self.model, self.optimizer
         opt.zero_grad()
-        logits = model(state.x)
+        logits = self._forward(state.x)
         loss, dlogits = be.cross_entropy_device(logits, state.y, self.label_smoothing)
         model.backward(dlogits, input_grad=False)
         if self._scalars:
@@ -140,6 +157,28 @@ class CapturedStep:
         n = np.float64(state.y.shape[0])
         self._loss_sum += loss * n
         self._correct += (be.xp.argmax(logits, axis=1) == state.y).sum()
+
+    def _forward(self, x):
+        """model(x), the convolutions at ``precision``, each Conv2d that a ReLU follows fused
+        with it; every layer keeps the context its backward pass reads."""
+        be, layers = self.backend, self.model.layers
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if not isinstance(layer, Conv2d):
+                x = layer.forward(x)
+                i += 1
+                continue
+            w = layer._params["weight"].data
+            b = layer._params["bias"].data if layer.bias else None
+            args = (x, w, b, layer.stride, layer.padding, layer.dilation, self.precision)
+            if self.fuse and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+                x, layer._ctx, layers[i + 1]._ctx = be.conv2d_relu_forward(*args)
+                i += 2
+            else:
+                x, layer._ctx = be.conv2d_forward(*args)
+                i += 1
+        return x
 
     def _adam_step(self) -> None:
         """optim.Adam's step with its two per-step scalars read from the device."""
@@ -247,7 +286,7 @@ class CapturedStep:
             self._upload_scalars(state, slot)
             self.session.upload(state.x, px)
             state.events[slot] = self.session.upload(state.y, py)
-        if state.runs == 0:
+        if state.runs == 0 or not self.graph:
             # eager: compiles kernels, fills the pool; the layers draw their own keys
             with self.session.running(), self.backend.dropout_keys(self._key_slots, write=True):
                 self._body(state)

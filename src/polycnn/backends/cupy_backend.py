@@ -24,6 +24,11 @@ their 64×64 tile on the tensor cores (WMMA m16n16k8, operands rounded to TF32 a
 shared memory, fp32 sums); backward-data for at most four input channels and the bias gradient
 stay fp32 (no GEMM to speak of there). The emulator runs the same kernels through its WMMA
 implementation (cuda_emu.h).
+
+For a training step captured into a CUDA graph (graph_step.CapturedStep): ``conv2d_relu_forward``
+(conv + bias + ReLU in one kernel), ``cross_entropy_device`` (labels and loss stay on the
+device), ``dropout_keys`` (mask keys read from device memory) and ``CaptureSession`` (stream,
+private memory pool, capture, pinned uploads).
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ KERNELS = {
                                   "loss: float64*", "n: int32", "k: int32", "smoothing: T")),
 }
 KERNELS["conv2d_bwd_data_fewc"] = KERNELS["conv2d_bwd_data"]
-for _op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
+KERNELS["conv2d_fwd_relu"] = KERNELS["conv2d_fwd"]  # the ReLU fused into the epilogue
+for _op in ("conv2d_fwd", "conv2d_fwd_relu", "conv2d_bwd_data", "conv2d_bwd_weight"):
     for _tile in TILES:
         KERNELS[_op + _tile] = KERNELS[_op]
     KERNELS[_op + "_tf32"] = KERNELS[_op]
@@ -187,7 +193,8 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: the dtypes a kernel is compiled for, when not float32 and float64
 KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),), "dropout_mask_keyed": (np.dtype(np.bool_),),
                  **{op + "_tf32": (np.dtype(np.float32),)
-                    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")}}
+                    for op in ("conv2d_fwd", "conv2d_fwd_relu", "conv2d_bwd_data",
+                               "conv2d_bwd_weight")}}
 
 
 def entry_points(name: str) -> list[tuple[str, np.dtype]]:
@@ -232,6 +239,7 @@ class CupyBackend(Backend):
         self._modules = {}
         self._functions = {}
         self._key_slots = None  # see dropout_keys
+        self._fused_relu = False  # see conv2d_relu_forward
         props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
         # enough blocks to fill the device several times over, for the split weight pass
         self.target_blocks = 4 * int(props.get("multiProcessorCount", 1))
@@ -342,9 +350,23 @@ class CupyBackend(Backend):
     def _conv2d_forward(self, x, w, b, g: ConvGeometry, precision: str = "float32"):
         s = self._conv_shape(g)
         y = self.xp.empty(g.y_shape, dtype=x.dtype)
-        self._gemm("conv2d_fwd", x.dtype, g.K, g.N * g.P * g.Q, 1, [x, w, b, y, s],
+        self._gemm("conv2d_fwd_relu" if self._fused_relu else "conv2d_fwd", x.dtype, g.K,
+                   g.N * g.P * g.Q, 1, [x, w, b, y, s],
                    [g.x_shape, g.w_shape, (g.K,), g.y_shape, None], self._tf32(precision))
         return y, None
+
+    def conv2d_relu_forward(self, x, w, b=None, stride=1, padding=0, dilation=1,
+                            precision="float32"):
+        """conv2d_forward and the ReLU after it in one kernel (the ReLU in the GEMM's epilogue):
+        -> (y, ctx, relu_ctx) with y = relu(conv), the bits of conv2d_forward then
+        relu_forward; ``ctx`` is conv2d_forward's, ``relu_ctx`` relu_forward's (its mask is
+        y > 0, the same as conv > 0), so the two backward passes run as before."""
+        self._fused_relu = True
+        try:
+            y, ctx = self.conv2d_forward(x, w, b, stride, padding, dilation, precision)
+        finally:
+            self._fused_relu = False
+        return y, ctx, OpContext("relu", None, np.dtype(y.dtype), {"x": y})
 
     def _weight_splits(self, g: ConvGeometry, itemsize: int, tf32: bool = False) -> tuple[int, int]:
         """(splits, chunk) of the weight pass's (n, p, q) reduction."""
