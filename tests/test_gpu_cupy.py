@@ -228,3 +228,30 @@ def test_captured_training_steps_on_the_gpu_equal_eager_steps(gpu):
         assert np.array_equal(gpu.to_numpy(a), gpu.to_numpy(b)), k
     sizes = [len(y) for _, y in data]
     assert step.read()["loss"] == pytest.approx(np.dot(losses, sizes) / sum(sizes), rel=1e-12)
+
+
+@pytest.mark.gpu
+def test_fused_and_tf32_captured_steps_on_the_gpu_equal_their_eager_runs(gpu):
+    """On the device: conv + bias + ReLU as one kernel gives the two kernels' bits, in fp32 and
+    on the tensor cores, and each graph gives its eager run's bits."""
+    rng = np.random.default_rng(1)
+    data = [(rng.standard_normal((32, 3, 32, 32)).astype(np.float32), rng.integers(0, 3, 32))
+            for _ in range(4)]
+
+    def run(**options):
+        model = pc.Sequential(
+            pc.Conv2d(3, 16, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+            pc.Conv2d(16, 32, kernel_size=3, padding=1), pc.ReLU(), pc.MaxPool2d(2),
+            pc.Flatten(), pc.Dropout(0.25), pc.Linear(32 * 8 * 8, 3), backend=gpu, seed=0)
+        opt = pc.Adam(model.parameters(), lr=1e-3)
+        step = pc.CapturedStep(model, opt, **options)
+        for x, y in data:
+            step(x, y)
+        return [gpu.to_numpy(p.data) for p in model.parameters()]
+
+    for precision in ("float32", "tf32"):
+        reference = run(precision=precision, fuse=False, graph=False)
+        for fuse, graph in ((True, True), (True, False), (False, True)):
+            got = run(precision=precision, fuse=fuse, graph=graph)
+            for i, (a, b) in enumerate(zip(got, reference)):
+                assert np.array_equal(a, b), f"parameter {i}: {precision} fuse={fuse} graph={graph}"
