@@ -610,7 +610,10 @@ class CaptureSession:
 
     def __init__(self, xp):
         self.xp = xp
-        self.stream = xp.cuda.Stream(non_blocking=True)
+        # NOTE: a blocking stream, so the legacy default stream (where the rest of the backend's
+        # work and CuPy's copies to the host run) waits for it and it for them: a parameter read
+        # after a step sees the step's result without an explicit synchronisation
+        self.stream = xp.cuda.Stream(non_blocking=False)
         self.pool = xp.cuda.MemoryPool()
 
     @contextlib.contextmanager
