@@ -39,9 +39,9 @@ import time
 
 import numpy as np
 
-#: environment variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, PMIx, Slurm)
+#: environment variables that MPI launchers (MPICH/Hydra, Intel MPI, Open MPI, PMIx)
 #: set in each process they start, with the job's size where the variable holds it
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 INSTALL_HINT = "pip install 'polycnn[mpi]'"
@@ -101,8 +101,11 @@ _STATE = {"comm": None, "rank": 0, "size": 1, "broken": False, "threads": None}
 
 
 def _mpi():
-    """The mpi4py.MPI module, or None without mpi4py (an error when a launcher started a job of
-    several processes: each would otherwise train alone and write the same files)."""
+    """The mpi4py.MPI module, or None: without a launcher's job of several processes (MPI is
+    then not even started), or without mpi4py (an error under such a launcher: each process
+    would otherwise train alone and write the same files)."""
+    if launched_size() <= 1:
+        return None
     try:
         from mpi4py import MPI
     except ImportError as exc:
