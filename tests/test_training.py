@@ -103,6 +103,29 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_p
     assert isinstance(pc.TrainingDiverged("x"), ValueError)   # the CLI reports it in one line
 
 
+def test_non_finite_weights_after_the_last_step_never_replace_the_checkpoint(data, tmp_path):
+    """Every loss of epoch 2 is finite but its last update makes a weight infinite: the epoch-1
+    checkpoint stays, and the run stops with TrainingDiverged naming the parameter."""
+    train, _, _ = data
+    model = _model("numpy")
+    opt = _opt(model)
+    path = tmp_path / "run.npz"
+    step, steps = opt.step, []
+
+    def poisoned_step():
+        step()
+        steps.append(1)
+        if len(steps) == 6:  # 3 batches an epoch: epoch 2's last update
+            model.parameters()[0].data[0] = np.inf
+
+    opt.step = poisoned_step
+    name = model.parameters()[0].name
+    with pytest.raises(pc.TrainingDiverged, match=rf"parameters {name} became NaN or infinite"):
+        pc.fit(model, train, epochs=3, batch_size=32, optimizer=opt, checkpoint=path, seed=0)
+    kept = pc.load(path)
+    assert kept.training_state["epoch"] == 1
+
+
 def test_evaluate_and_predict(backend, data):
     train, _, test = data
     model = _model(backend)

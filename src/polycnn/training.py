@@ -460,6 +460,13 @@ def fit(model, data, *, epochs: int = 1, batch_size: int = 64, optimizer: Optimi
         callback = None
 
     def save(path, **kw):
+        # NOTE: the loss is checked before each update, so the last update of an epoch can make
+        # the weights non-finite with every loss finite: such a state never replaces a checkpoint
+        bad = [p.name for p in model.parameters() if not bool(be.xp.isfinite(p.data).all())]
+        if bad:
+            raise TrainingDiverged(
+                f"the parameters {', '.join(bad)} became NaN or infinite (learning rate"
+                f" {optimizer.current_lr:g}); {path} was not overwritten: lower the learning rate")
         if comm is None:
             _checkpoint.save(path, model, **kw)
             return
