@@ -194,3 +194,15 @@ def save_shapes_checkpoint(path) -> None:
 
     model = pc.models.tutorial((3, 16, 16), 3, backend="numpy")
     checkpoint.save(path, model, epoch=1, run=SHAPES_RUN, classes=["triangle", "square", "circle"])
+
+
+def raises_naming(error, statement: str, namespace: dict, *needles: str) -> None:
+    """The in-process twin of a child case: ``exec(statement)`` raises ``error`` whose message
+    (whitespace folded) names every needle, case-insensitively."""
+    import pytest
+
+    with pytest.raises(error) as info:
+        exec(statement, namespace)
+    message = " ".join(str(info.value).split())
+    for needle in needles:
+        assert needle.lower() in message.lower(), f"{message!r} does not name {needle!r}"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import api_case, run_cli, run_python, snapshot
+from hostile import api_case, raises_naming, run_cli, run_python, snapshot
 
 #: a small model, images and labels for the cases that need them (numpy backend: no JIT wait);
 #: ``ck`` is the checkpoint a fit case would write: its folder must stay as it was
@@ -107,11 +107,7 @@ def _statement(code: str) -> str:
 @pytest.mark.parametrize("code, error, needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_api_case_in_process(tmp_path, monkeypatch, code, error, needles):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(error) as info:
-        exec(_statement(code), {"pc": pc, "np": np})
-    message = " ".join(str(info.value).split())
-    for needle in needles:
-        assert needle.lower() in message.lower(), f"{message!r} does not name {needle!r}"
+    raises_naming(error, _statement(code), {"pc": pc, "np": np}, *needles)
     assert list(tmp_path.iterdir()) == []
 
 

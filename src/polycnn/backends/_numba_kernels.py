@@ -820,7 +820,7 @@ def _make_pool2x2_blocks(width: int):
 
         return fwd_py, bwd_py
 
-    i32, i64 = ir.IntType(32), ir.IntType(64)
+    i32 = ir.IntType(32)
     even = [2 * i for i in range(width)]
     odd = [2 * i + 1 for i in range(width)]
     zipped = [j for i in range(width) for j in (i, width + i)]  # a0 b0 a1 b1 ...
