@@ -29,8 +29,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import json
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -216,6 +216,18 @@ def _host_dtype(a) -> np.dtype:
     return np.dtype(a.dtype)
 
 
+def _allgather_json(comm, obj, wait, what: str) -> list:
+    """Every rank's JSON-ready ``obj``, in rank order: sizes, then the bytes. JSON, not pickle:
+    what another process sends is data, never code to run."""
+    data = np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8)
+    sizes = np.zeros(comm.Get_size(), dtype=np.int64)
+    wait(comm.Iallgather(np.array([data.size], dtype=np.int64), sizes), what)
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    wait(comm.Iallgatherv(data, (out, sizes)), what)
+    ends = np.cumsum(sizes)
+    return [json.loads(out[e - n:e].tobytes().decode("utf-8")) for n, e in zip(sizes, ends)]
+
+
 class Communicator:
     """Collectives for data-parallel training over an ``mpi4py`` communicator (None: one
     process, every operation the identity)."""
@@ -230,7 +242,11 @@ class Communicator:
         #: seconds spent waiting for collectives, and in gradient reductions (benchmarks read them)
         self.wait_seconds = self.reduce_seconds = 0.0
         me = (socket.gethostname(), os.getpid())
-        self.peers = [me] if comm is None else comm.allgather(me)
+        # NOTE: mpi4py's lowercase allgather would pickle: JSON, waited for plainly (the
+        # peer watch of _wait needs this very list)
+        self.peers = [me] if comm is None else [
+            tuple(p) for p in _allgather_json(comm, me, lambda request, what: request.Wait(),
+                                             "start-up")]
         self.local_size = sum(1 for host, _ in self.peers if host == me[0])
         self.local_rank = sum(1 for host, _ in self.peers[:self.rank] if host == me[0])
         try:
@@ -274,16 +290,10 @@ class Communicator:
 
     # ---- host collectives ---------------------------------------------------------------------
     def allgather_objects(self, obj, what: str = "exchange") -> list:
-        """Every rank's picklable ``obj``, in rank order."""
+        """Every rank's JSON-ready ``obj``, in rank order (tuples come back as lists)."""
         if self.comm is None:
             return [obj]
-        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
-        sizes = np.zeros(self.size, dtype=np.int64)
-        self._wait(self.comm.Iallgather(np.array([data.size], dtype=np.int64), sizes), what)
-        out = np.empty(int(sizes.sum()), dtype=np.uint8)
-        self._wait(self.comm.Iallgatherv(data, (out, sizes)), what)
-        ends = np.cumsum(sizes)
-        return [pickle.loads(out[e - s:e].tobytes()) for s, e in zip(sizes, ends)]
+        return _allgather_json(self.comm, obj, self._wait, what)
 
     def bcast_object(self, obj, what: str = "broadcast"):
         """Rank 0's ``obj`` on every rank."""
@@ -515,7 +525,7 @@ class _NcclEngine:
         from cupy.cuda import nccl
 
         self.c, self.nccl = comm, nccl
-        uid = comm.bcast_object(nccl.get_unique_id() if comm.rank == 0 else None, "NCCL id")
+        uid = tuple(comm.bcast_object(nccl.get_unique_id() if comm.rank == 0 else None, "NCCL id"))
         self.nc = nccl.NcclCommunicator(comm.size, uid, comm.rank)
 
     def _type(self, a):

@@ -692,11 +692,12 @@ def _same_run(comm, setup) -> None:
     """Every rank must train the same run: same data size, batch, epochs, starting point and
     generator state; else each raises, naming what differs."""
     x, y, optimizer, history, start, position, rng, n, n_batches, batch_size, epochs = setup[:11]
-    mine = {"images": n, "image shape": tuple(x.shape[1:]), "batch_size": batch_size,
-            "epochs": epochs, "first epoch": start,
-            "step": position["step"] if position else 0,
+    # NOTE: plain ints: the ranks exchange this as JSON
+    mine = {"images": int(n), "image shape": [int(d) for d in x.shape[1:]],
+            "batch_size": int(batch_size), "epochs": int(epochs), "first epoch": int(start),
+            "step": int(position["step"]) if position else 0,
             "generator": hashlib.sha256(str(rng.bit_generator.state).encode()).hexdigest()[:16],
-            "parameters": [tuple(p.shape) for p in optimizer.params]}
+            "parameters": [[int(d) for d in p.shape] for p in optimizer.params]}
     every = comm.allgather_objects(mine, "comparing the ranks' runs")
     for key in mine:
         values = [m[key] for m in every]
