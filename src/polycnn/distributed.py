@@ -453,17 +453,8 @@ def sync_batchnorm(layer, comm: Communicator | None) -> None:
         squares = (centred * centred).sum(axis=(0, 2, 3))
         comm.allreduce_mean(be, [squares], "BatchNorm variance", key="bn")
         var = squares * t(comm.size / m)
-        rm, rv = layer._buffers["running_mean"], layer._buffers["running_var"]
-        mom = t(layer.momentum)
-        rm *= t(1) - mom
-        rm += mom * mean
-        rv *= t(1) - mom
-        rv += mom * var * t(m / (m - 1))
-        inv_std = (t(1) / be.xp.sqrt(var + t(layer.eps)))[None, :, None, None]
-        xhat = centred * inv_std
-        layer._ctx = (xhat, inv_std, m)
-        gamma = layer._params["weight"].data[None, :, None, None]
-        return xhat * gamma + layer._params["bias"].data[None, :, None, None]
+        layer._update_running(mean, var, m)
+        return layer._scale_shift(centred, var, m)
 
     def backward(dy):
         xhat, inv_std, m = layer._saved()

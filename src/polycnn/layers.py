@@ -460,10 +460,6 @@ class BatchNorm2d(Layer):
     def forward(self, x):
         self._check_input(x, 4, "(N, C, H, W)")
         self._check_channels(x.shape[1], x.shape)
-        xp = self.backend.xp
-        t = x.dtype.type
-        gamma = self._params["weight"].data[None, :, None, None]
-        beta = self._params["bias"].data[None, :, None, None]
         if self.training:
             m = x.shape[0] * x.shape[2] * x.shape[3]
             if m < 2:
@@ -472,19 +468,31 @@ class BatchNorm2d(Layer):
             mean = x.mean(axis=(0, 2, 3))
             centred = x - mean[None, :, None, None]
             var = (centred * centred).mean(axis=(0, 2, 3))
-            rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
-            mom = t(self.momentum)
-            rm *= t(1) - mom
-            rm += mom * mean
-            rv *= t(1) - mom
-            rv += mom * var * t(m / (m - 1))
+            self._update_running(mean, var, m)
         else:
             centred = x - self._buffers["running_mean"][None, :, None, None]
             var = self._buffers["running_var"]
-        inv_std = (t(1) / xp.sqrt(var + t(self.eps)))[None, :, None, None]
+        return self._scale_shift(centred, var, self.training)
+
+    def _update_running(self, mean, var, m: int) -> None:
+        """Running statistics from a batch's ``mean`` and biased ``var`` over ``m`` values."""
+        t = mean.dtype.type
+        rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
+        mom = t(self.momentum)
+        rm *= t(1) - mom
+        rm += mom * mean
+        rv *= t(1) - mom
+        rv += mom * var * t(m / (m - 1))
+
+    def _scale_shift(self, centred, var, tag):
+        """``gamma * centred / sqrt(var + eps) + beta``; the context keeps ``tag`` (the
+        training flag here; the synchronised form keeps its global count)."""
+        t = centred.dtype.type
+        inv_std = (t(1) / self.backend.xp.sqrt(var + t(self.eps)))[None, :, None, None]
         xhat = centred * inv_std
-        self._ctx = (xhat, inv_std, self.training)
-        return xhat * gamma + beta
+        self._ctx = (xhat, inv_std, tag)
+        gamma = self._params["weight"].data[None, :, None, None]
+        return xhat * gamma + self._params["bias"].data[None, :, None, None]
 
     def backward(self, dy):
         xhat, inv_std, training = self._saved()
