@@ -22,8 +22,8 @@ time, and from then on only copies the batch in and launches the graph::
   every convolution (``"tf32"``: the tensor cores, see the backend contract).
 - ``graph=False`` runs every step eagerly (the same work, for comparison).
 - The result is the eager step's, bit for bit: the graph holds the same kernels with the same
-  arguments, and the fused kernel gives the two kernels' bits (tests/test_graph_step.py shows it
-  on cupy-emu, whose stand-in records and replays a capture; tests/test_gpu_cupy.py on a GPU).
+  arguments, and the fused kernel gives the two kernels' bits (tests/backends/test_graph_step.py shows it
+  on cupy-emu, whose stand-in records and replays a capture; tests/backends/test_gpu_cupy.py on a GPU).
 
 What a graph cannot hold is refused when the step is made, with the reason: anything a step
 computes on the host. So: SGD, Adam or AdamW with a constant learning rate (no schedule).

@@ -8,7 +8,7 @@ NOTE: the oracle works out its own sizes and padding (:func:`conv_sizes`, :func:
 few lines from the definitions) and does not import :mod:`polycnn.geometry`, the backends' one
 source of truth: a wrong rule there (the odd "same" pixel put before instead of after, say)
 then shows up as a parity failure instead of being shared by the oracle and every backend.
-``tests/test_fuzz.py`` checks that the two agree on random arguments. The oracle validates
+``tests/ops/test_fuzz.py`` checks that the two agree on random arguments. The oracle validates
 little: its arguments are assumed valid (the backends' public checks are tested elsewhere).
 
 Inputs are NumPy arrays of any float dtype; outputs are new float64 arrays. Only for small

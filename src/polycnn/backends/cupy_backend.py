@@ -106,7 +106,7 @@ PARTIAL_BYTES = 64 * 2**20
 _INT32_MAX = 2**31 - 1
 
 #: NVRTC options given to ``cupy.RawModule`` (CuPy adds the device's ``-arch``); the compile
-#: gate in tests/test_cuda_compile.py uses the same.
+#: gate in tests/backends/test_cuda_compile.py uses the same.
 COMPILE_OPTIONS = ("--std=c++17",)
 
 #: Kernel name (without the dtype suffix) -> its source file and parameters. ``T`` is the op's

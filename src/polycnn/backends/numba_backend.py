@@ -337,7 +337,7 @@ class NumbaBackend(Backend):
         # NOTE: the fast passes multiply zeros that are no term (dy's padding, its widened rows'
         # columns past Q) with w and x: a non-finite w or x gives NaN (inf * 0) in gradients
         # that do not depend on it. Then plain loops over the real terms only; a leak is a NaN,
-        # so a dw without one is right, and dx can leak only through w (tests/test_fuzz.py).
+        # so a dw without one is right, and dx can leak only through w (tests/ops/test_fuzz.py).
         # The tests are sums (no temporary arrays): an overflow only takes the slow path.
         geo = np.array([g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_h, g.pad_w],
                        dtype=np.int64)

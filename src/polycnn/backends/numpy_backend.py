@@ -202,7 +202,7 @@ class NumpyBackend(Backend):
             cols = self._columns(x[n0:n1], g, buf).reshape(crs, n * L)
             # NOTE: the garbage columns pair pixels with the zeros of dyw (and w with them, for
             # dx): zeroed, so that an inf or NaN there cannot make a NaN (inf * 0) that leaks
-            # into dw or, through col2im, into dx at pixels it never touched (tests/test_fuzz.py)
+            # into dw or, through col2im, into dx at pixels it never touched (tests/ops/test_fuzz.py)
             garbage = cols.reshape(crs, n, g.P, row)[..., g.Q:]
             garbage.fill(0)
             # NOTE: OpenBLAS threads a GEMM with few output rows and a long inner dimension

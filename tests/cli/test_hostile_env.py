@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from hostile import run_cli, run_python, snapshot
+from support.hostile import run_cli, run_python, snapshot
 
 #: a small kernel on the emulator: builds in about a second
 EMU_TINY = """

@@ -15,7 +15,7 @@ from PIL import Image  # NOTE: in the test extra: a missing Pillow fails the run
 import polycnn as pc
 from polycnn.cli.main import main
 
-from test_data_real import write_mnist
+from support.datafiles import write_mnist
 
 
 def _run(args):

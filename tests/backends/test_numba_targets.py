@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hostile import run_cli, snapshot
+from support.hostile import run_cli, snapshot
 
 from polycnn import bench as B
 from polycnn.cli.bench import render, render_targets

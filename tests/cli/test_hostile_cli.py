@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from hostile import run_cli, save_shapes_checkpoint, snapshot
+from support.hostile import run_cli, save_shapes_checkpoint, snapshot
 
 #: a tiny shapes run: every case that got past the checks would train in about a second
 T = ["--backend", "numpy", "--epochs", "1", "--n-train", "32", "--image-size", "16"]

@@ -5,7 +5,7 @@ child) measured, and the files under the output name compared before and after.
 Used by the ``test_hostile_*.py`` files; a helper module, not a conftest, so that it is imported
 by name::
 
-    from hostile import PEAK_LIMIT, Outcome, run_cli, run_python, snapshot
+    from support.hostile import PEAK_LIMIT, Outcome, run_cli, run_python, snapshot
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import assert_matches, check_case
+from support.oracle import assert_matches, check_case
 
 from polycnn import parity, reference
 from polycnn.parity import Case

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import tar_gz
+from support.hostile import tar_gz
 from polycnn import datasets_real as dr
 
-from test_data_real import idx_bytes
+from support.datafiles import idx_bytes
 
 
 def _files(seed=0) -> dict:

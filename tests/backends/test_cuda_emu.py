@@ -17,7 +17,7 @@ from polycnn.backends import cupy_backend
 from polycnn.backends.numpy_backend import NumpyBackend
 from polycnn.errors import BackendUnavailable
 
-KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
 
 try:
     from polycnn.backends._cuda_emu import build, runtime, standin

@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from hostile import run_python
+from support.hostile import run_python
 
 from polycnn import _cache
 

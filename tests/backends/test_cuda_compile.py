@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import required_backends
+from support.oracle import required_backends
 from polycnn.backends import cupy_backend
 from polycnn.backends.cupy_backend import COMPILE_OPTIONS, KERNELS, kernel_source
 from polycnn.errors import BackendUnavailable
 
-KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
 SOURCES = sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
 ARCHS = ["sm_80", "sm_90"]
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import api_case, raises_naming, run_cli, run_python, snapshot
+from support.hostile import api_case, raises_naming, run_cli, run_python, snapshot
 
 #: a small model, images and labels for the cases that need them (numpy backend: no JIT wait);
 #: ``ck`` is the checkpoint a fit case would write: its folder must stay as it was

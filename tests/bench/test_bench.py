@@ -272,7 +272,7 @@ def test_benchmark_script_prints_the_same_table():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "conv_layers.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "conv_layers.py"
     proc = subprocess.run([sys.executable, str(script), "--quick", "--rounds", "1", "--layers", "a",
                            "--backends", "numpy", "--no-torch", "--matmul-size", "256"],
                           capture_output=True, text=True, timeout=120)
@@ -297,7 +297,7 @@ def test_step_share_script_times_conv_and_pool_apart(capsys):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_share.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "step_share.py"
     spec = importlib.util.spec_from_file_location("step_share", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 import pytest
-from hostile import Outcome, api_case, run_cli, run_python, snapshot
+from support.hostile import Outcome, api_case, run_cli, run_python, snapshot
 
 import polycnn as pc
 from polycnn import models

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import api_case, run, run_cli, run_python, snapshot
+from support.hostile import api_case, run, run_cli, run_python, snapshot
 
 import distributed_child as child
 

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import assert_matches
+from support.oracle import assert_matches
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install polycnn[torch])")
 F = torch.nn.functional

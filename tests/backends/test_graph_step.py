@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import api_case, raises_naming, run_python, snapshot
+from support.hostile import api_case, raises_naming, run_python, snapshot
 from polycnn.errors import BackendUnavailable
 from polycnn.graph_step import CapturedStep
 

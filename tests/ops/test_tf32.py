@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import api_case, raises_naming, run_python, snapshot
+from support.hostile import api_case, raises_naming, run_python, snapshot
 from polycnn.backends import cupy_backend
 from polycnn.backends.numpy_backend import NumpyBackend
 from polycnn.errors import BackendUnavailable

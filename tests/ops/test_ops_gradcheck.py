@@ -6,7 +6,7 @@ return dL/dx; central differences of L along a random direction check it."""
 
 import numpy as np
 import pytest
-from conftest import check_gradient
+from support.oracle import check_gradient
 
 from polycnn import reference
 

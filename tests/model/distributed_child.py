@@ -1,4 +1,4 @@
-"""The program each rank runs in tests/test_distributed.py (``mpiexec -n 2 python
+"""The program each rank runs in tests/model/test_distributed.py (``mpiexec -n 2 python
 distributed_child.py MODE OUT``), and the runs the tests repeat in one process to compare.
 
 Modes: ``equivalence`` (every run of :data:`RUNS`, parameters of each rank saved to

@@ -243,7 +243,7 @@ def test_visualize_hostile_input(name, grey_checkpoint, tmp_path):
     """The --input file is read as `polycnn predict` reads its inputs (a regular file, the
     header checked first, uint8 converted, other integers and NaN refused) and the stored run
     is checked (`_stored_run`), all before the first picture is written."""
-    from hostile import run_cli, snapshot
+    from support.hostile import run_cli, snapshot
 
     shutil.copy(grey_checkpoint, tmp_path / "ck.npz")
     if not (tmp_path / "x.npy").exists():

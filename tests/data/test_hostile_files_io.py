@@ -14,7 +14,7 @@ import hashlib
 
 import pytest
 
-from hostile import api_case, run_cli, run_python, snapshot, tar_gz
+from support.hostile import api_case, run_cli, run_python, snapshot, tar_gz
 from polycnn import datasets_real as dr
 
 #: train MNIST from data/, fetching what is missing

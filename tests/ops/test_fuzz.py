@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, Phase, assume, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from conftest import FUZZ_CASES
+from support.oracle import FUZZ_CASES
 from polycnn import geometry, parity, reference
 from polycnn.backends import base as backend_base
 from polycnn.backends import get_backend
@@ -373,7 +373,7 @@ def _odd_same_pixel_before(monkeypatch):
 def test_a_wrong_same_rule_in_geometry_fails_the_parity_comparison(monkeypatch):
     """What ``polycnn parity`` and the op tests run (run_parity / check_case): fine with the
     right rule, failing with the odd pixel before, since the oracle no longer shares it."""
-    from conftest import check_case as op_test_check
+    from support.oracle import check_case as op_test_check
 
     be = get_backend("numpy")
     case = parity.Case("conv2d", (1, 2, 5, 6), {"padding": "same"}, w_shape=(2, 2, 2, 4), seed=3)
@@ -451,7 +451,7 @@ SEEDED = {"numpy": _seed_numpy, "numba": _seed_numba, "cupy-emu": _seed_cupy_emu
 
 @pytest.mark.parametrize("name", list(SEEDED))
 def test_a_bug_seeded_in_the_backend_is_found(name, monkeypatch, capsys):
-    from conftest import required_backends
+    from support.oracle import required_backends
     from polycnn.errors import BackendUnavailable
 
     try:

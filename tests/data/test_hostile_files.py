@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from hostile import SHAPES_RUN, run_cli, save_shapes_checkpoint, snapshot
+from support.hostile import SHAPES_RUN, run_cli, save_shapes_checkpoint, snapshot
 from polycnn import checkpoint, limits
 
 #: hostile.SHAPES_RUN's MNIST twin, trained from a folder that the case removes
@@ -553,7 +553,7 @@ def test_memory_limit_variable(monkeypatch):
 
 def test_readme_documents_the_memory_limit():
     """The limit and how to raise it are where the README talks about errors."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
     with open(path, encoding="utf-8") as f:
         readme = f.read()
     assert f"`{limits.MEMORY_LIMIT_ENV}`" in readme
