@@ -3,6 +3,7 @@ the shipped UCI digits; validation errors name the file and what was expected.""
 
 from __future__ import annotations
 
+import gzip
 import os
 
 import numpy as np
