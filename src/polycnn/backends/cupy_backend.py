@@ -43,6 +43,8 @@ import numpy as np
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
 from ..losses import check_labels
+from ._tiles import (  # noqa: F401  (re-exported: the tile table is part of this module's API)
+    TF32_TILE, TILE_K, TILES, gemm_smem_bytes, gemm_tc_smem_bytes, gemm_threads, gemm_tile)
 from .base import Backend, OpContext
 
 CONV_SHAPE = np.dtype([(f, np.int32) for f in (
@@ -51,7 +53,6 @@ POOL_SHAPE = np.dtype([(f, np.int32) for f in (
     "N", "C", "H", "W", "R", "S", "P", "Q", "sh", "sw", "ph", "pw")])
 
 # NOTE: these mirror the #defines of conv2d.cu and glue.cu; the launch shapes depend on them.
-TILE_K = 16
 GEMM_THREADS = 256
 BIAS_THREADS = 256
 #: the fewest dy entries one block of the bias gradient sums (8 a thread)
@@ -62,44 +63,6 @@ ELEMENTWISE_THREADS = 256
 GLUE_THREADS = 256
 #: backward-data of at most this many input channels runs the one-pixel-a-thread kernel
 FEWC_MAX = 4
-#: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, in order of preference
-#: (the bigger and squarer, the fewer loads per multiply; see gemm_tile)
-TILES = {"": (64, 64), "_mid": (32, 128), "_narrow": (16, 256), "_small": (16, 64)}
-
-
-def gemm_threads(tile: str) -> int:
-    """Threads of a GEMM block: one 4×4 register tile each."""
-    bm, bn = TILES[tile]
-    return bm * bn // 16
-
-
-def gemm_smem_bytes(tile: str, itemsize: int) -> int:
-    """GEMM_SMEM_BYTES of conv2d.cu: the row table, then the A and B tiles."""
-    bm, bn = TILES[tile]
-    return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn + 4) * itemsize
-
-
-#: the tile of the TF32 (tensor-core) GEMM kernels, ``<op>_tf32``: 64×64, float32 only
-TF32_TILE = ""
-
-
-def gemm_tc_smem_bytes() -> int:
-    """GEMM_TC_SMEM_BYTES(64, 64) of conv2d.cu: the fp32 tile's, then the accumulators'
-    64 × 68 staging tile."""
-    bm, bn = TILES[TF32_TILE]
-    return gemm_smem_bytes(TF32_TILE, 4) + bm * (bn + 4) * 4
-
-
-@functools.lru_cache(maxsize=4096)
-def gemm_tile(rows: int, cols: int) -> str:
-    """The first tile shape of TILES (squarest first) that pads a rows × cols output at most 5%
-    more than the one that pads it least: a smaller tile only where it saves real work."""
-    def padded(tile):
-        bm, bn = TILES[tile]
-        return ceil_div(rows, bm) * bm * ceil_div(cols, bn) * bn
-    least = min(padded(tile) for tile in TILES)
-    return next(tile for tile in TILES if padded(tile) <= 1.05 * least)
-
 
 #: Upper bound on the backward-weight partial sums, in bytes.
 PARTIAL_BYTES = 64 * 2**20
