@@ -111,7 +111,7 @@ def compute_everything() -> dict:
 _CHILD = """
 import sys
 import numpy as np
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], str(__import__("pathlib").Path(sys.argv[1]).parent)]  # this folder, tests/
 from numba.core import config
 from test_numba_targets import compute_everything
 assert config.CPU_NAME == sys.argv[3], config.CPU_NAME
