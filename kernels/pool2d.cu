@@ -39,6 +39,20 @@ __device__ Window window_of(long long i, const PoolShape& s) {
     return Window{(i / ((long long)s.P * s.Q)) * s.H * s.W, p * s.sh - s.ph, q * s.sw - s.pw};
 }
 
+// f(r * S + c, offset in x) for each tap (r, c) of window `win` inside the input, in row-major
+// window order (padding is skipped).
+template <class F>
+__device__ void for_each_tap(const Window& win, const PoolShape& s, F&& f) {
+    for (int r = 0; r < s.R; ++r) {
+        const int h = win.h0 + r;
+        if (h < 0 || h >= s.H) continue;
+        for (int c = 0; c < s.S; ++c) {
+            const int w = win.w0 + c;
+            if (w >= 0 && w < s.W) f(r * s.S + c, win.plane + (long long)h * s.W + w);
+        }
+    }
+}
+
 // Input i (flat over N, C, H, W): the offset of its plane of outputs dy[n, c], its position, and
 // the outputs [p0, p1] × [q0, q1] whose windows contain it.
 struct Covering { long long plane; int h, w, p0, p1, q0, q1; };
@@ -57,24 +71,17 @@ __device__ void maxpool2d_fwd(const T* x, T* y, int* argmax, PoolShape s) {
     const long long total = (long long)s.N * s.C * s.P * s.Q;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const Window win = window_of(i, s);
         T best = T(0);
         int arg = 0;
         bool first = true;
-        for (int r = 0; r < s.R; ++r) {
-            const int h = win.h0 + r;
-            if (h < 0 || h >= s.H) continue;
-            for (int c = 0; c < s.S; ++c) {
-                const int w = win.w0 + c;
-                if (w < 0 || w >= s.W) continue;
-                const T v = x[win.plane + (long long)h * s.W + w];
-                if (first || v > best || (is_nan(v) && !is_nan(best))) {
-                    best = v;
-                    arg = r * s.S + c;
-                    first = false;
-                }
+        for_each_tap(window_of(i, s), s, [&](int tap, long long at) {
+            const T v = x[at];
+            if (first || v > best || (is_nan(v) && !is_nan(best))) {
+                best = v;
+                arg = tap;
+                first = false;
             }
-        }
+        });
         y[i] = best;
         argmax[i] = arg;
     }
@@ -104,16 +111,8 @@ __device__ void avgpool2d_fwd(const T* x, T* y, PoolShape s) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     const T scale = T(1) / T(s.R * s.S);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const Window win = window_of(i, s);
         T sum = T(0);
-        for (int r = 0; r < s.R; ++r) {
-            const int h = win.h0 + r;
-            if (h < 0 || h >= s.H) continue;
-            for (int c = 0; c < s.S; ++c) {
-                const int w = win.w0 + c;
-                if (w >= 0 && w < s.W) sum += x[win.plane + (long long)h * s.W + w];
-            }
-        }
+        for_each_tap(window_of(i, s), s, [&](int, long long at) { sum += x[at]; });
         y[i] = sum * scale;
     }
 }
