@@ -100,6 +100,16 @@ emu_switch:
 #define EMU_ASM_SWITCH 0
 #endif
 
+// A suspended execution context (a fiber's, or the scheduler's while a fiber runs), and the one
+// switch between two: save the running context into *from, resume *to.
+#if EMU_ASM_SWITCH
+using Context = void*;  // the saved stack pointer
+inline void switch_context(Context* from, Context* to) { emu_switch(from, *to); }
+#else
+using Context = ucontext_t;
+inline void switch_context(Context* from, Context* to) { swapcontext(from, to); }
+#endif
+
 enum : int { RUNNABLE = 0, AT_BARRIER = 1, DONE = 2 };
 enum : int { FLAG_REVERSE = 1 };
 
@@ -107,11 +117,7 @@ constexpr std::size_t kFiberStack = 128 * 1024;
 constexpr std::size_t kMaxSharedBytes = 48 * 1024;  // CUDA's default limit without opt-in
 
 struct Fiber {
-#if EMU_ASM_SWITCH
-    void* sp = nullptr;  // saved stack pointer while switched out
-#else
-    ucontext_t ctx;
-#endif
+    Context ctx{};  // saved while switched out
     int state = RUNNABLE;
     uint3 tid{0, 0, 0};
 };
@@ -120,11 +126,7 @@ using Invoker = void (*)(void* fn, void** args);
 
 // One per OS thread that runs blocks: its fibers, its dynamic shared memory, its scheduler context.
 struct Worker {
-#if EMU_ASM_SWITCH
-    void* sched_sp = nullptr;
-#else
-    ucontext_t sched;
-#endif
+    Context sched{};
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
     std::vector<unsigned char> shared;
@@ -157,21 +159,8 @@ inline void fail(const std::string& msg, unsigned long long block = 0) {
     }
 }
 
-inline void to_scheduler(Worker* w, Fiber* f) {
-#if EMU_ASM_SWITCH
-    emu_switch(&f->sp, w->sched_sp);
-#else
-    swapcontext(&f->ctx, &w->sched);
-#endif
-}
-
-inline void to_fiber(Worker* w, Fiber* f) {
-#if EMU_ASM_SWITCH
-    emu_switch(&w->sched_sp, f->sp);
-#else
-    swapcontext(&w->sched, &f->ctx);
-#endif
-}
+inline void to_scheduler(Worker* w, Fiber* f) { switch_context(&f->ctx, &w->sched); }
+inline void to_fiber(Worker* w, Fiber* f) { switch_context(&w->sched, &f->ctx); }
 
 inline void syncthreads() {
     Worker* w = tls_worker;
@@ -206,7 +195,7 @@ inline void fiber_start(Worker& w, Fiber& f, char* stack) {
     std::memcpy(frame, &mxcsr, 4);
     std::memcpy(reinterpret_cast<char*>(frame) + 4, &fpucw, 2);
     frame[7] = reinterpret_cast<std::uint64_t>(&fiber_main);
-    f.sp = frame;
+    f.ctx = frame;
     (void)w;
 #else
     getcontext(&f.ctx);
