@@ -316,6 +316,18 @@ def test_fuzz_against_the_oracle(backend, op):
 
 # ---- the oracle's sizes are its own, and agree with geometry.py ------------------------------
 
+def _sizes_or_both_refuse(geometry_fn, oracle_fn, args):
+    """(geometry's sizes, the oracle's) for ``args``, or None when geometry refuses them with
+    a ValueError, and then the oracle must refuse them too."""
+    try:
+        g = geometry_fn(*args)
+    except ValueError:
+        with pytest.raises(ValueError):
+            oracle_fn(*args)
+        return None
+    return g, oracle_fn(*args)
+
+
 @given(H=st.integers(1, 40), W=st.integers(1, 40), C=st.integers(1, 3),
        kernel=_int_or_pair(1, 9), stride=_int_or_pair(1, 5), dilation=_int_or_pair(1, 4),
        padding=st.one_of(st.sampled_from(["same", "valid", "SAME"]), _int_or_pair(0, 5)))
@@ -324,13 +336,10 @@ def test_oracle_conv_sizes_agree_with_geometry(H, W, C, kernel, stride, dilation
     right, as PyTorch puts it), or an error from both."""
     R, S = reference._pair(kernel)
     args = ((2, C, H, W), (3, C, R, S), stride, padding, dilation)
-    try:
-        g = geometry.conv_geometry(*args)
-    except ValueError:
-        with pytest.raises(ValueError):
-            reference.conv_sizes(*args)
+    sizes = _sizes_or_both_refuse(geometry.conv_geometry, reference.conv_sizes, args)
+    if sizes is None:
         return
-    o = reference.conv_sizes(*args)
+    g, o = sizes
     sides = ("P", "Q", "pad_h", "pad_bottom", "pad_w", "pad_right")
     assert [getattr(o, k) for k in sides] == [getattr(g, k) for k in sides], args
     if isinstance(padding, str) and padding.lower() == "same":
@@ -345,13 +354,10 @@ def test_oracle_pool_sizes_agree_with_geometry(H, W, kernel, stride, padding):
     ph, pw = reference._pair(padding)
     assume(ph <= R // 2 and pw <= S // 2)  # geometry's rule; the oracle does not check it
     args = ((1, 2, H, W), kernel, stride, padding)
-    try:
-        g = geometry.pool_geometry(*args)
-    except ValueError:
-        with pytest.raises(ValueError):
-            reference.pool_sizes(*args)
+    sizes = _sizes_or_both_refuse(geometry.pool_geometry, reference.pool_sizes, args)
+    if sizes is None:
         return
-    o = reference.pool_sizes(*args)
+    g, o = sizes
     sides = ("P", "Q", "stride_h", "stride_w", "pad_h", "pad_w")
     assert [getattr(o, k) for k in sides] == [getattr(g, k) for k in sides], args
 
