@@ -36,49 +36,51 @@ def _shape(input_shape) -> tuple[int, int, int]:
     return c, h, w
 
 
+def _preset(name: str, input_shape, layers, backend, seed, min_size: int = 1) -> Sequential:
+    """The preset ``name`` for one sample's ``input_shape``: ``layers(c, h, w)`` gives its
+    layers (raising on a size it cannot take) once the shape is checked, here at least
+    ``min_size`` high and wide."""
+    c, h, w = _shape(input_shape)
+    if min(h, w) < min_size:
+        raise ValueError(f"{name} needs images of at least {min_size}x{min_size}, got {h}x{w}")
+    return _sequential(layers(c, h, w), (c, h, w), f"the {name} network for {c}x{h}x{w} images",
+                       backend=backend, seed=seed)
+
+
 def tutorial(input_shape, classes: int, backend=None, seed: int = 0) -> Sequential:
     """See the module doc; height and width must be multiples of 8."""
-    c, h, w = _shape(input_shape)
-    if h % 8 or w % 8:
-        raise ValueError(f"the tutorial network needs a height and width that are multiples of 8"
-                         f" (three 2x2 poolings), got {h}x{w}")
-    return _sequential([
-        Conv2d(c, 16, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
-        Conv2d(16, 32, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
-        Conv2d(32, 64, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
-        Dropout2d(0.1), Flatten(),
-        Linear(64 * (h // 8) * (w // 8), 64), ReLU(), Linear(64, classes),
-    ], (c, h, w), f"the tutorial network for {c}x{h}x{w} images",
-        backend=backend, seed=seed)
+    def layers(c, h, w):
+        if h % 8 or w % 8:
+            raise ValueError(f"the tutorial network needs a height and width that are multiples"
+                             f" of 8 (three 2x2 poolings), got {h}x{w}")
+        return [Conv2d(c, 16, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
+                Conv2d(16, 32, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
+                Conv2d(32, 64, kernel_size=3, padding=1), ReLU(), MaxPool2d(2),
+                Dropout2d(0.1), Flatten(),
+                Linear(64 * (h // 8) * (w // 8), 64), ReLU(), Linear(64, classes)]
+    return _preset("tutorial", input_shape, layers, backend, seed)
 
 
 def lenet5(input_shape, classes: int, backend=None, seed: int = 0) -> Sequential:
-    """See the module doc; needs at least 28x28 input (a 28x28 input is padded by 2)."""
-    c, h, w = _shape(input_shape)
-    if min(h, w) < 28:
-        raise ValueError(f"lenet5 needs images of at least 28x28, got {h}x{w}")
-    pad = 2 if min(h, w) < 32 else 0
-    fh, fw = ((h + 2 * pad - 4) // 2 - 4) // 2, ((w + 2 * pad - 4) // 2 - 4) // 2
-    return _sequential([
-        Conv2d(c, 6, kernel_size=5, padding=pad), ReLU(), MaxPool2d(2),
-        Conv2d(6, 16, kernel_size=5), ReLU(), MaxPool2d(2),
-        Flatten(), Linear(16 * fh * fw, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, classes),
-    ], (c, h, w), f"the lenet5 network for {c}x{h}x{w} images",
-        backend=backend, seed=seed)
+    """See the module doc; needs at least 28x28 input (a 28x28 input is padded by 2). The one
+    LeNet-5 of polycnn: ``polycnn train``, the benchmarks and the tests build it here."""
+    def layers(c, h, w):
+        pad = 2 if min(h, w) < 32 else 0
+        fh, fw = ((h + 2 * pad - 4) // 2 - 4) // 2, ((w + 2 * pad - 4) // 2 - 4) // 2
+        return [Conv2d(c, 6, kernel_size=5, padding=pad), ReLU(), MaxPool2d(2),
+                Conv2d(6, 16, kernel_size=5), ReLU(), MaxPool2d(2), Flatten(),
+                Linear(16 * fh * fw, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, classes)]
+    return _preset("lenet5", input_shape, layers, backend, seed, min_size=28)
 
 
 def shapes_cnn(input_shape, classes: int, backend=None, seed: int = 0) -> Sequential:
     """See the module doc; any input of at least 8x8."""
-    c, h, w = _shape(input_shape)
-    if min(h, w) < 8:
-        raise ValueError(f"shapes-cnn needs images of at least 8x8, got {h}x{w}")
-    return _sequential([
-        Conv2d(c, 16, kernel_size=3, padding=1), BatchNorm2d(16), ReLU(), MaxPool2d(2),
-        Conv2d(16, 32, kernel_size=3, padding=1), BatchNorm2d(32), ReLU(), MaxPool2d(2),
-        Conv2d(32, 64, kernel_size=3, padding=1), BatchNorm2d(64), ReLU(),
-        GlobalAvgPool2d(), Linear(64, classes),
-    ], (c, h, w), f"the shapes-cnn network for {c}x{h}x{w} images",
-        backend=backend, seed=seed)
+    def layers(c, h, w):
+        return [Conv2d(c, 16, kernel_size=3, padding=1), BatchNorm2d(16), ReLU(), MaxPool2d(2),
+                Conv2d(16, 32, kernel_size=3, padding=1), BatchNorm2d(32), ReLU(), MaxPool2d(2),
+                Conv2d(32, 64, kernel_size=3, padding=1), BatchNorm2d(64), ReLU(),
+                GlobalAvgPool2d(), Linear(64, classes)]
+    return _preset("shapes-cnn", input_shape, layers, backend, seed, min_size=8)
 
 
 #: preset name -> builder
