@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from . import limits
-from .datasets_real import read_image
+from .datasets.folders import read_image
 
 #: file types :func:`read_input` takes
 INPUT_EXTENSIONS = (".npy", ".png", ".jpg", ".jpeg")

@@ -21,7 +21,7 @@ import pytest
 import polycnn as pc
 from polycnn import _files
 from polycnn import checkpoint as ckpt
-from polycnn import datasets_real as dr
+from polycnn import datasets as dr
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="fork, SIGKILL and file modes are POSIX")
 

@@ -3,6 +3,7 @@ loads, a wrong checksum or a cut-off transfer raises a clear error and leaves no
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -16,7 +17,8 @@ import pytest
 
 import polycnn as pc
 from support.hostile import tar_gz
-from polycnn import datasets_real as dr
+from polycnn import datasets as dr
+from polycnn.datasets import catalog
 
 from support.datafiles import idx_bytes
 
@@ -53,17 +55,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
-    handler = type("Handler", (_Handler,), {"files": _files(), "cut": set(), "requests": []})
+@contextlib.contextmanager
+def _serving(handler):
+    """``handler`` answering on 127.0.0.1 from a thread, while the block runs: its base URL."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/mnist/"
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    handler = type("Handler", (_Handler,), {"files": _files(), "cut": set(), "requests": []})
+    with _serving(handler) as url:
+        yield handler, url + "mnist/"
 
 
 def _sums(files):
@@ -130,7 +139,7 @@ def test_cifar10_archive_is_verified_and_unpacked(server, tmp_path, monkeypatch)
     import tarfile
 
     handler, url = server
-    monkeypatch.setattr(dr, "CIFAR_BATCH_RECORDS", 2)
+    monkeypatch.setattr(catalog, "CIFAR_BATCH_RECORDS", 2)
     rng = np.random.default_rng(1)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -251,14 +260,8 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hostile_server():
     handler = type("H", (_Hostile,), {})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with _serving(handler) as url:
+        yield handler, url
 
 
 def test_transfer_stops_as_soon_as_it_passes_the_size(hostile_server, tmp_path):
@@ -319,7 +322,7 @@ def _batches(records=2, skip=()):
 ], ids=["dotdot", "absolute", "symlink-out", "symlink-in", "batch-size", "missing", "members"])
 def test_unsafe_or_wrong_archive_unpacks_nothing(members, message, server, tmp_path, monkeypatch):
     handler, url = server
-    monkeypatch.setattr(dr, "CIFAR_BATCH_RECORDS", 2)
+    monkeypatch.setattr(catalog, "CIFAR_BATCH_RECORDS", 2)
     archive = tar_gz(members)
     monkeypatch.setitem(handler.files, dr.CIFAR_ARCHIVE, archive)
     data = tmp_path / "data"

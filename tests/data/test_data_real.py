@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import polycnn as pc
-from polycnn import datasets_real as dr
+from polycnn import datasets as dr
+from polycnn.datasets import catalog
 from support.datafiles import idx_bytes, write_cifar, write_mnist
 
 
@@ -96,7 +97,7 @@ def test_truncated_foreign_and_mismatched_idx_files(tmp_path):
 
 @pytest.mark.parametrize("sub", [False, True])
 def test_cifar10_binary_batches(tmp_path, monkeypatch, sub):
-    monkeypatch.setattr(dr, "CIFAR_BATCH_RECORDS", 4)
+    monkeypatch.setattr(catalog, "CIFAR_BATCH_RECORDS", 4)
     written = write_cifar(tmp_path / dr.CIFAR_SUBDIR if sub else tmp_path, 4)
     x, y = pc.datasets.cifar10(tmp_path, "train")
     assert x.shape == (20, 3, 32, 32) and x.dtype == np.float32 and y.dtype == np.int64
@@ -110,7 +111,7 @@ def test_cifar10_binary_batches(tmp_path, monkeypatch, sub):
 
 
 def test_cifar10_errors_name_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(dr, "CIFAR_BATCH_RECORDS", 4)
+    monkeypatch.setattr(catalog, "CIFAR_BATCH_RECORDS", 4)
     write_cifar(tmp_path, 4)
     (tmp_path / "data_batch_3.bin").write_bytes((tmp_path / "data_batch_3.bin").read_bytes()[:-5])
     with pytest.raises(ValueError, match=r"data_batch_3.bin: 12,287 bytes but a CIFAR-10 binary batch has 12,292"):

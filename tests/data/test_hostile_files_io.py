@@ -15,7 +15,7 @@ import hashlib
 import pytest
 
 from support.hostile import api_case, run_cli, run_python, snapshot, tar_gz
-from polycnn import datasets_real as dr
+from polycnn import datasets as dr
 
 #: train MNIST from data/, fetching what is missing
 TRAIN_MNIST = ["train", "--dataset", "mnist", "--data-dir", "data", "--download", "--epochs", "1",

@@ -16,7 +16,7 @@ from support.hostile import Outcome, api_case, run_cli, run_python, snapshot
 
 import polycnn as pc
 from polycnn import models
-from polycnn.datasets_real import standardize
+from polycnn.datasets import standardize
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'polycnn[onnx]')")
 ort = pytest.importorskip("onnxruntime",

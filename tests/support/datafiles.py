@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from polycnn.datasets_real import CIFAR_FILES
+from polycnn.datasets import CIFAR_FILES
 
 
 def idx_bytes(a: np.ndarray) -> bytes:

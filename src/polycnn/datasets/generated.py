@@ -118,9 +118,4 @@ def shapes_splits(n_train: int = 6000, n_val: int = 1000, n_test: int = 2000, im
     return out
 
 
-# real data sets (polycnn.datasets_real): pc.datasets.mnist(...), pc.datasets.digits(), ...
-from .datasets_real import (cifar10, digits, download, fashion_mnist, image_folder,  # noqa: E402
-                            load_splits, mnist)
-
-__all__ = ["CLASSES", "SPLITS", "shapes", "shapes_splits", "mnist", "fashion_mnist", "cifar10",
-           "image_folder", "digits", "load_splits", "download"]
+__all__ = ["CLASSES", "SPLITS", "shapes", "shapes_splits"]
