@@ -57,7 +57,7 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
     ``metadata``: more string key/value pairs for the model's ``metadata_props``. The graph
     passes ``onnx.checker`` (with shape inference) before the file is written, atomically."""
     onnx = require("onnx", "ONNX export")
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a polycnn Sequential, got {type(model).__name__}")
@@ -74,8 +74,40 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
     names = _class_names(class_names, out_shape)
     mean_std = None if normalize is None else _mean_std(normalize, shape[0])
     elem = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[model.dtype.name]
-    to_numpy = model.backend.to_numpy
 
+    nodes, inits, output = _nodes(helper, model, mean_std, softmax)
+    graph = helper.make_graph(
+        nodes, "polycnn", [helper.make_tensor_value_info(INPUT, elem, ["batch", *shape])],
+        [helper.make_tensor_value_info(output, elem, ["batch", *out_shape])], inits)
+    from .. import __version__
+
+    props = _metadata(model, shape, output, names, mean_std, metadata)
+    onnx_model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="polycnn",
+        producer_version=__version__,
+        doc_string="exported by polycnn: input (batch, C, H, W) images"
+                   + (", normalised inside the graph" if mean_std is not None else "")
+                   + f"; output {output} (batch, {', '.join(map(str, out_shape))})")
+    onnx_model.ir_version = IR_VERSION
+    helper.set_model_props(onnx_model, props)
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ValueError(f"the exported graph fails onnx.checker:"
+                         f" {' '.join(str(exc).split())}") from None
+    data = onnx_model.SerializeToString()
+    path = os.fspath(path)
+    with replaced_atomically(path) as f:
+        f.write(data)
+    return path
+
+
+def _nodes(helper, model, mean_std, softmax: bool) -> tuple[list, list, str]:
+    """The graph's nodes, its initialisers and the name of its output: the normalisation
+    (when ``mean_std`` is given), one converter per layer, then the softmax or the logits."""
+    from onnx import numpy_helper
+
+    to_numpy = model.backend.to_numpy
     nodes, inits = [], []
 
     def init(name, array):
@@ -106,10 +138,11 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
         nodes.append(helper.make_node("Identity", [cur], [output], name="output"))
     else:
         nodes[-1].output[0] = output  # NOTE: the last node's result is read by nothing else
+    return nodes, inits, output
 
-    graph = helper.make_graph(
-        nodes, "polycnn", [helper.make_tensor_value_info(INPUT, elem, ["batch", *shape])],
-        [helper.make_tensor_value_info(output, elem, ["batch", *out_shape])], inits)
+
+def _metadata(model, shape, output: str, names, mean_std, metadata) -> dict:
+    """The model's ``metadata_props``: polycnn's keys, then the caller's ``metadata``."""
     from .. import __version__
 
     props = {
@@ -126,24 +159,7 @@ def export_onnx(model, path, input_shape, *, class_names=None, normalize=None,
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata must map strings to strings, got {key!r}: {value!r:.60}")
         props[key] = value
-    onnx_model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="polycnn",
-        producer_version=__version__,
-        doc_string="exported by polycnn: input (batch, C, H, W) images"
-                   + (", normalised inside the graph" if mean_std is not None else "")
-                   + f"; output {output} (batch, {', '.join(map(str, out_shape))})")
-    onnx_model.ir_version = IR_VERSION
-    helper.set_model_props(onnx_model, props)
-    try:
-        onnx.checker.check_model(onnx_model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ValueError(f"the exported graph fails onnx.checker:"
-                         f" {' '.join(str(exc).split())}") from None
-    data = onnx_model.SerializeToString()
-    path = os.fspath(path)
-    with replaced_atomically(path) as f:
-        f.write(data)
-    return path
+    return props
 
 
 def _sample_shape(input_shape) -> tuple[int, int, int]:
