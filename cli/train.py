@@ -1,9 +1,9 @@
-"""``polycnn train``, ``polycnn evaluate`` and ``polycnn predict``: the shapes classifier by default,
-or any data set of :mod:`polycnn.datasets_real` (``--dataset``) with a preset or JSON model
-(``--model``, :mod:`polycnn.models`)."""
+"""``polycnn train``, ``polycnn evaluate`` and ``polycnn predict``: option parsing and printing
+around :mod:`polycnn.recipes` (the runs, their defaults and checkpoints' run settings)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -11,204 +11,24 @@ import sys
 import time
 
 import click
-import numpy as np
 
 import polycnn as pc
-from polycnn import datasets_real, limits, models
-from polycnn.datasets import CLASSES
+from polycnn import limits, models, recipes
 from polycnn.inputs import read_input
 
 from ._common import backend_option, check_output_file, echo_json, fail, format_table, json_option
 
-#: what `polycnn train` does with no options. Measured on the numpy backend, 2 cores: 99.95% test
-#: accuracy in 48-59 s wall (~1,000 training images/s); the history is the same on every machine
-DEFAULTS = {
-    "epochs": 8, "batch_size": 64, "optimizer": "sgd", "seed": 0, "augment": True,
-    "image_size": 32, "channels": 3, "n_train": 6000, "n_val": 1000, "n_test": 2000,
-}
-DEFAULT_OUT = "shapes.npz"
-#: peak learning rate of each optimiser when --lr is not given
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.002, "adamw": 0.002}
+DEFAULTS = recipes.DEFAULTS
 
 
-#: per data set: default model and epochs (augmentation: default_augment). MNIST with lenet5:
-#: 20 epochs of 55,000 images at about 5,200 augmented img/s (numba, 2 cores, measured on
-#: MNIST-shaped data) take about 3.5 minutes
-DATASET_DEFAULTS = {
-    "shapes": {"model": "tutorial", "epochs": DEFAULTS["epochs"]},
-    "digits": {"model": "shapes-cnn", "epochs": 30},
-    "mnist": {"model": "lenet5", "epochs": 20},
-    "fashion-mnist": {"model": "lenet5", "epochs": 20},
-    "cifar10": {"model": "tutorial", "epochs": 20},
-    "folder": {"model": "tutorial", "epochs": 10},
-}
-DATASET_CHOICES = ["shapes", *datasets_real.NAMES]
-
-
-def tutorial_network(image_size: int, channels: int = 3, classes: int = 3, backend=None,
-                     seed: int = 0) -> pc.Sequential:
-    """Three blocks of 3x3 convolution (padding 1), ReLU and 2x2 max pooling, whole-map dropout,
-    then two fully connected layers (:func:`polycnn.models.tutorial`)."""
-    if image_size % 8:
-        raise ValueError(f"--image-size must be a multiple of 8 (three 2x2 poolings), got {image_size}")
-    return models.tutorial((channels, image_size, image_size), classes, backend=backend, seed=seed)
-
-
-def default_augment(dataset: str = "shapes") -> pc.Augment:
-    """Random changes that keep the class: digits must not be flipped, clothes and CIFAR-10's
-    pictures only left-right."""
-    if dataset in ("digits", "mnist"):
-        return pc.Augment(hflip=0.0, vflip=0.0, rotate=10.0, translate=0.08)
-    if dataset in ("fashion-mnist", "cifar10"):
-        return pc.Augment(hflip=0.5, vflip=0.0, translate=0.08)
-    if dataset == "folder":
-        return pc.Augment(hflip=0.0, vflip=0.0, rotate=5.0, translate=0.05)
-    return pc.Augment(hflip=0.5, vflip=0.5, shear=0.15, rotate=10.0, translate=0.05)
-
-
-#: learning-rate schedules of --schedule
-SCHEDULES = ("cosine", "step", "constant")
-
-
-def make_schedule(kind: str, total_steps: int, warmup: int | None):
-    """cosine: warm-up then a half cosine down to 1% of the peak; step: the rate divided by 10
-    after each third of the run; constant: the peak rate after the warm-up. ``warmup`` in
-    optimiser steps (None: a tenth of the run, at most 100 steps, for cosine; none otherwise)."""
-    if warmup is not None and warmup >= total_steps:
-        raise click.BadParameter(f"must be smaller than the {total_steps} steps of the run, got {warmup}",
-                                 param_hint="--warmup")
-    if kind == "cosine":
-        warmup = min(100, total_steps // 10) if warmup is None else warmup
-        return pc.optim.CosineLR(total_steps, warmup_steps=warmup, min_factor=0.01)
-    if kind == "step":
-        if warmup:
-            raise click.BadParameter("works with --schedule cosine or constant, not step",
-                                     param_hint="--warmup")
-        return pc.optim.StepLR(max(1, math.ceil(total_steps / 3)), gamma=0.1)
-    return pc.optim.WarmupLR(warmup) if warmup else None
-
-
-def make_optimizer(name: str, params, lr: float, total_steps: int, schedule: str = "cosine",
-                   warmup: int | None = None):
-    schedule = make_schedule(schedule, total_steps, warmup)
-    if name == "sgd":
-        return pc.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule=schedule)
-    if name == "adam":
-        return pc.Adam(params, lr=lr, schedule=schedule)
-    return pc.AdamW(params, lr=lr, weight_decay=1e-4, schedule=schedule)
-
-
-def _splits(run: dict, source: str = "the run settings", download: bool = False) -> dict:
-    """The run's train / val / test splits (and, for real data sets, "classes"); generated
-    images are counted against the memory limit first (``source`` says whose sizes they are).
-    Missing files are downloaded only with ``download``, which only the command line's
-    --download sets: never a checkpoint's stored settings."""
-    dataset = run.get("dataset", "shapes")
-    if dataset == "shapes":
-        c, s = run["channels"], run["image_size"]
-        n = run["n_train"] + run["n_val"] + run["n_test"]
-        _check_images(source, f"{run['n_train']:,} training, {run['n_val']:,} validation and"
-                      f" {run['n_test']:,} test images of {c}x{s}x{s}", n, c, s)
-        return pc.datasets.shapes_splits(run["n_train"], run["n_val"], run["n_test"], run["image_size"],
-                                         run["channels"], run["seed"])
-    data = datasets_real.load_splits(dataset, run.get("data_dir"), seed=run["seed"],
-                                     download=download, image_size=run["image_size"],
-                                     channels=run["channels"])
-    if run.get("n_train") is not None:
-        data["train"] = tuple(a[:run["n_train"]] for a in data["train"])
-    return data
-
-
-def _normalize(x: np.ndarray, run: dict) -> np.ndarray:
-    """Inputs in 0..1 scale as the data set's loader scales them."""
-    if not run.get("normalize"):
-        return x
-    return datasets_real.standardize(x, *run["normalize"])
-
-
-#: what a checkpoint's stored "run" may hold: key -> (accepted types, check of the value, what
-#: is expected); read by _stored_run before any value is used
-_RUN_FIELDS = {
-    "dataset": (str, lambda v: v in DATASET_CHOICES, f"one of {', '.join(DATASET_CHOICES)}"),
-    "model": (str, lambda v: True, "a model name"),
-    "epochs": (int, lambda v: v >= 1, "an int >= 1"),
-    "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
-    "lr": ((int, float), lambda v: math.isfinite(v) and v > 0, "a positive number"),
-    "optimizer": (str, lambda v: v in DEFAULT_LR, f"one of {', '.join(DEFAULT_LR)}"),
-    "seed": (int, lambda v: v >= 0, "an int >= 0"),
-    "augment": (bool, lambda v: True, "true or false"),
-    "image_size": (int, lambda v: v >= 1, "an int >= 1"),
-    "channels": (int, lambda v: v in (1, 3), "1 or 3"),
-    "n_train": ((int, type(None)), lambda v: v is None or v >= 1, "an int >= 1"),
-    "n_val": (int, lambda v: v >= 0, "an int >= 0"),
-    "n_test": (int, lambda v: v >= 1, "an int >= 1"),
-    "schedule": (str, lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    "warmup": ((int, type(None)), lambda v: v is None or v >= 0, "an int >= 0 or null"),
-    "patience": ((int, type(None)), lambda v: v is None or v >= 1, "an int >= 1 or null"),
-    "data_dir": ((str, type(None)), lambda v: True, "a folder name"),
-    "download": (bool, lambda v: True, "true or false"),
-    "classes": (list, lambda v: all(isinstance(c, str) for c in v), "a list of names"),
-    "normalize": ((list, type(None)), lambda v: v is None or (
-        len(v) == 2 and all(isinstance(p, list) and p and all(
-            isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
-            for c in p) for p in v) and all(c > 0 for c in v[1])), "[means, stds] or null"),
-}
-_RUN_NEEDED = ("epochs", "batch_size", "lr", "optimizer", "seed", "augment", "image_size",
-               "channels", "n_val", "n_test")
-
-
-def _stored_run(run, path: str, model=None, data_dir=None, needs_data: bool = False) -> dict:
-    """A checkpoint's stored run settings, checked (types, bounds, the classes against the
-    model's output) before any is used. They are data, never instructions: ``download`` is
-    dropped (only the command line's --download fetches files), and with ``needs_data`` the
-    stored ``data_dir`` is only a default that must exist (``data_dir`` replaces it)."""
-    if run is None:
-        raise ValueError(f"{path} holds no run settings (not written by `polycnn train`)")
-    if not isinstance(run, dict):
-        raise ValueError(f"{path}: the checkpoint's run settings are not a JSON object")
-    for key in _RUN_NEEDED:
-        if key not in run:
-            raise ValueError(f"{path}: the checkpoint's run settings lack {key!r}")
-    for key, value in run.items():
-        if key not in _RUN_FIELDS:
-            continue
-        types, ok, expected = _RUN_FIELDS[key]
-        wrong_type = not isinstance(value, types) or (isinstance(value, bool) and types is not bool)
-        if wrong_type or not ok(value):
-            raise ValueError(f"{path}: the checkpoint's run setting {key} is {value!r:.80},"
-                             f" expected {expected}")
-    if run.get("dataset", "shapes") == "shapes" and run.get("n_train") is None:
-        raise ValueError(f"{path}: the checkpoint's run settings lack n_train for shapes")
-    run = dict(run, download=False)
-    image = (run["channels"], run["image_size"], run["image_size"])
-    if run.get("normalize") is not None and any(len(p) != run["channels"] for p in run["normalize"]):
-        raise ValueError(f"{path}: the checkpoint's run setting normalize {run['normalize']!r:.80}"
-                         f" does not have {run['channels']} channels")
-    if model is not None and "classes" in run:
-        try:
-            out = tuple(model.output_shape(image))
-        except ValueError as exc:
-            raise ValueError(f"{path}: the checkpoint's model does not take its run's"
-                             f" {'x'.join(map(str, image))} images: {exc}") from None
-        if out != (len(run["classes"]),):
-            raise ValueError(f"{path}: the checkpoint's run names {len(run['classes'])} classes but"
-                             f" its model outputs {out}")
-    limits.check_memory(path, f"its run's batch_size {run['batch_size']:,} of"
-                        f" {'x'.join(map(str, image))} images",
-                        _BATCH_FACTOR * limits.images_bytes(run["batch_size"], image))
-    if needs_data and run.get("dataset", "shapes") not in ("shapes", "digits"):
-        if data_dir is not None:
-            run["data_dir"] = os.path.abspath(data_dir)
-        elif run.get("data_dir") is None or not os.path.isdir(run["data_dir"]):
-            raise ValueError(f"{path} was trained on {run['dataset']} files in {run.get('data_dir')},"
-                             " which does not exist here; pass --data-dir with the folder that"
-                             " holds them now")
-    return run
-
-
-def _check_images(what: str, claim: str, n: int, channels: int, size: int) -> None:
-    """Generated images, as float32 with one working copy, against the memory limit."""
-    limits.check_memory(what, claim, 2 * limits.images_bytes(n, (channels, size, size)))
+@contextlib.contextmanager
+def _as_options():
+    """A bad run setting (:class:`polycnn.recipes.OptionError`) as the option that gave it."""
+    try:
+        yield
+    except recipes.OptionError as exc:
+        flags = "/".join("--" + name.replace("_", "-") for name in exc.option.split("/"))
+        raise click.BadParameter(exc.reason, param_hint=flags) from None
 
 
 def _clock(seconds: float) -> str:
@@ -229,9 +49,15 @@ class _Progress:
         self.lines = not quiet and not as_json and not json_lines
         self.json_lines = json_lines
         self.last_epoch = None
+        self.started = False   # NOTE: set when the data is ready and training begins
         self._width = 0
 
     def __call__(self, e: dict) -> None:
+        if e["kind"] == "start":
+            self.started = True
+            if self.lines:
+                click.echo(_announcement(e))
+            return
         if e["kind"] == "batch":
             if self.bar and (e["batch"] % 5 == 0 or e["batch"] == e["batches"]):
                 done = e["batch"] / e["batches"]
@@ -257,15 +83,17 @@ class _Progress:
                        f"{val}  {e['images_per_s']:,.0f} img/s  {e['seconds']:.1f} s")
 
 
-def _check_choice_int(value, name, lo, hi=None):
-    if value is not None and value < lo:
-        raise click.BadParameter(f"must be >= {lo}, got {value}", param_hint=name)
-    if value is not None and hi is not None and value > hi:
-        raise click.BadParameter(f"must be at most {hi:,}, got {value:,}", param_hint=name)
-
-
-#: --epochs above this is a typo, not a run (a day at 1 s an epoch)
-MAX_EPOCHS = 100_000
+def _announcement(e: dict) -> str:
+    """The line printed when training begins (fit's "start" event)."""
+    c, classes = e["config"], e["classes"]
+    names = ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
+    return (f"{'resuming' if e['resume'] else 'training'} {c.model} on the {c.dataset} data set"
+            f" ({names}): {e['n_train']:,} training, {e['n_val']:,} validation, {e['n_test']:,} test"
+            f" images of {c.channels}x{c.image_size}x{c.image_size}, backend {e['backend']},"
+            f" {c.optimizer} lr {c.lr:g}, batch {c.batch_size}, {c.epochs} epochs"
+            f"{', augmented' if c.augment else ''}"
+            + (f"; {e['processes']} processes (mpiexec), {c.batch_size // e['processes']} images"
+               f" each per step" if e["processes"] else ""))
 
 
 def _check_out(out: str, resume: bool, force: bool) -> str:
@@ -277,7 +105,7 @@ def _check_out(out: str, resume: bool, force: bool) -> str:
         raise click.UsageError("--force starts a new run over --out; --resume continues the run in"
                                " it: choose one")
     check_output_file(out, "--out")
-    best_out = best_checkpoint_path(out)
+    best_out = recipes.best_checkpoint_path(out)
     check_output_file(best_out, "--out (its best-epoch twin)")
     if resume or force:
         return best_out
@@ -291,44 +119,49 @@ def _check_out(out: str, resume: bool, force: bool) -> str:
     return best_out
 
 
-#: one training sample of each data set with a fixed image size: (channels, height, width)
-_FIXED_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28),
-                 "cifar10": (3, 32, 32)}
-#: a batch's input, activations and gradients, roughly, in multiples of its input's bytes
-_BATCH_FACTOR = 16
+def _checked_out(out: str, resume: bool, force: bool, comm, batch_size: int) -> None:
+    """--out (see _check_out); under mpiexec rank 0 alone probes it, and --batch-size must split
+    evenly between the processes."""
+    if comm is None:
+        _check_out(out, resume, force)
+        return
+    if batch_size % comm.size:
+        raise click.BadParameter(f"must be a multiple of the {comm.size} processes started by"
+                                 f" mpiexec (each takes an equal share), got {batch_size}",
+                                 param_hint="--batch-size")
+    with comm.guard("checking --out"):   # NOTE: rank 0 alone writes: it alone probes --out
+        if comm.rank == 0:
+            _check_out(out, resume, force)
 
 
-def _check_train_sizes(p: dict) -> None:
-    """--batch-size, --n-train and --image-size against the memory limit, before anything is
-    generated or read: the message names the options given, what they ask for and the estimate."""
-    if p["resume"]:
-        return   # NOTE: the checkpoint's own sizes are checked by _stored_run and _splits
-    dataset = p["dataset"]
-    size = p["image_size"] if (p["image_size"] or 0) > 0 else DEFAULTS["image_size"]
-    channels = int(p["channels"] or DEFAULTS["channels"])
-    shape = _FIXED_SHAPES.get(dataset, (channels, size, size))
-    given = " ".join(f"--{k.replace('_', '-')} {p[k]}" for k in ("n_train", "image_size")
-                     if p[k] is not None)
-    if dataset == "shapes":
-        n = p["n_train"] if p["n_train"] is not None and p["n_train"] > 0 else DEFAULTS["n_train"]
-        total = n + DEFAULTS["n_val"] + DEFAULTS["n_test"]
-        _check_images(given or "--dataset shapes", f"{n:,} training, {DEFAULTS['n_val']:,} validation"
-                      f" and {DEFAULTS['n_test']:,} test images of {'x'.join(map(str, shape))}",
-                      total, *shape[:2])
-    batch = p["batch_size"]
-    if batch is not None and batch > 0:
-        need = _BATCH_FACTOR * limits.images_bytes(batch, shape)
-        limits.check_memory(f"--batch-size {batch}", f"a batch of {batch:,} images of"
-                            f" {'x'.join(map(str, shape))} (input, activations and gradients)", need)
+#: options that define a run: --resume continues the stored one and refuses them
+_FIXED = ("batch_size", "lr", "optimizer", "seed", "augment", "image_size", "n_train", "dataset",
+          "download", "model_name", "channels", "schedule", "warmup")
 
 
-def _bounded_sizes(command):
-    """Run :func:`_check_train_sizes` on the parsed options before ``command``."""
-    @functools.wraps(command)
-    def checked(**params):
-        _check_train_sizes(params)
-        return command(**params)
-    return checked
+def _config(params: dict):
+    """The RunConfig of a new run from the options (checked), with its sizes checked against the
+    memory limit before anything is generated or read. With --resume: None (the options that
+    define a run are refused, as it continues with the stored ones)."""
+    if params["resume"]:
+        ctx = click.get_current_context()
+        flags = {param.name: param.opts[0] for param in ctx.command.params}
+        fixed = [flags[name] for name in _FIXED
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            raise ValueError(f"--resume continues the run saved in {params['out']} with its own"
+                             f" settings; drop {', '.join(fixed)} (only --epochs, --patience,"
+                             " --backend and the output options can change, and --data-dir"
+                             " names where a data set's files are now)")
+        recipes.check_counts({k: params[k] for k in ("epochs", "seed", "patience")})
+        return None
+    names = ("epochs", "batch_size", "lr", "optimizer", "seed", "augment", "data_dir",
+             "image_size", "channels", "n_train", "schedule", "warmup", "patience", "sync_bn")
+    given = {k: params[k] for k in names}
+    config = recipes.RunConfig.for_dataset(params["dataset"], model=params["model_name"], **given)
+    recipes.check_sizes(config, " ".join(f"--{k.replace('_', '-')} {params[k]}"
+                                          for k in ("n_train", "image_size") if params[k] is not None))
+    return config
 
 
 def _join_mpi():
@@ -349,7 +182,7 @@ def _distributed_errors(command):
         except pc.distributed.RankFailed as exc:
             fail(str(exc), 2 if exc.user_error else 1)
         except pc.distributed.PeerLost as exc:
-            out = params.get("out") or DEFAULT_OUT
+            out = params.get("out") or recipes.default_out(params.get("dataset") or "shapes")
             fail(f"{exc}; stopping: {out} holds the last finished epoch", 1)
     return checked
 
@@ -372,7 +205,7 @@ def _distributed_errors(command):
               help="random changes of each batch that keep the class: flips, skew, small rotations"
                    " and shifts for shapes; no flips for digits and mnist; left-right flips and"
                    " shifts for fashion-mnist and cifar10")
-@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="shapes", show_default=True,
+@click.option("--dataset", type=click.Choice(recipes.DATASETS), default="shapes", show_default=True,
               help="shapes: generated, no files; digits: the UCI 8x8 digits shipped with polycnn;"
                    " mnist, fashion-mnist (IDX files), cifar10 (binary batches), folder (one"
                    " sub-folder of PNG/JPEG per class): files in --data-dir")
@@ -394,14 +227,14 @@ def _distributed_errors(command):
               help=f"shapes: training images to generate (default {DEFAULTS['n_train']}; validation"
                    " 1000, test 2000); other data sets: use only the first N training images")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help=f"checkpoint written after every epoch (default {DEFAULT_OUT}, or DATASET.npz"
+              help=f"checkpoint written after every epoch (default {recipes.default_out('shapes')}, or DATASET.npz"
                    " for --dataset DATASET), the best epoch beside it in OUT.best.npz; any file"
                    " already at either name needs --force or --resume")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out")
 @click.option("--force", is_flag=True,
               help="replace --out and its .best twin if they exist (without it, train refuses to"
                    " overwrite any existing file there; --resume continues it instead)")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+@click.option("--schedule", type=click.Choice(recipes.SCHEDULES), default="cosine", show_default=True,
               help="learning rate over the run: cosine decay to 1% of --lr, step (divided by 10 after"
                    " each third), or constant")
 @click.option("--warmup", type=int, default=None, metavar="STEPS",
@@ -417,7 +250,6 @@ def _distributed_errors(command):
 @click.option("--sync-bn", is_flag=True,
               help="under mpiexec: BatchNorm statistics over the whole global batch (default: each"
                    " rank normalises with its own shard's)")
-@_bounded_sizes
 @_distributed_errors
 def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, data_dir, download,
           model_name, image_size, channels, n_train, out, resume, force, schedule, warmup, patience,
@@ -431,190 +263,78 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
     Data parallel: `mpiexec -n 2 polycnn train ...` (needs `pip install 'polycnn[mpi]'`) runs
     2 processes, each training on its half of every --batch-size batch (a multiple of the
     number of processes); only the first prints and writes --out."""
+    params = dict(locals())
     rank, comm = _join_mpi()
-    _check_choice_int(epochs, "--epochs", 1, MAX_EPOCHS)
-    _check_choice_int(seed, "--seed", 0)
-    if out is None:
-        out = DEFAULT_OUT if dataset == "shapes" else f"{dataset}.npz"
-    _check_choice_int(batch_size, "--batch-size", 1)
-    _check_choice_int(n_train, "--n-train", 10)
-    _check_choice_int(warmup, "--warmup", 0)
-    _check_choice_int(patience, "--patience", 1)
     if as_json and json_lines:
         raise click.UsageError("choose --json (one summary) or --json-lines (one line per epoch, then"
                                " the summary), not both")
-    if dataset == "shapes":
-        image_size = DEFAULTS["image_size"] if image_size is None else image_size
-        n_train = DEFAULTS["n_train"] if n_train is None else n_train
-        _check_choice_int(image_size, "--image-size", 16)
-        if image_size % 8:
-            raise click.BadParameter(f"must be a multiple of 8 (three 2x2 poolings), got {image_size}",
-                                     param_hint="--image-size")
-    elif dataset == "folder":
-        image_size = DEFAULTS["image_size"] if image_size is None else image_size
-        _check_choice_int(image_size, "--image-size", 4)
-    elif image_size is not None:
-        raise click.BadParameter(f"{dataset} images have a fixed size; --image-size applies to"
-                                 " --dataset shapes or folder", param_hint="--image-size")
-    if channels is not None and dataset != "folder":
-        raise click.BadParameter("applies to --dataset folder only", param_hint="--channels")
-    if dataset not in ("shapes", "digits") and data_dir is None and not resume:
-        raise click.BadParameter(f"--dataset {dataset} needs the folder of its files",
-                                 param_hint="--data-dir")
-    if not resume and dataset in ("shapes", "digits") and (data_dir is not None or download):
-        raise click.BadParameter(f"the {dataset} data set needs no files", param_hint="--data-dir/--download")
-    if lr is not None and not (lr > 0 and math.isfinite(lr)):
-        raise click.BadParameter(f"must be a positive number, got {lr}", param_hint="--lr")
-    if comm is None:
-        best_out = _check_out(out, resume, force)
-    else:
-        if batch_size % comm.size:
-            raise click.BadParameter(f"must be a multiple of the {comm.size} processes started by"
-                                     f" mpiexec (each takes an equal share), got {batch_size}",
-                                     param_hint="--batch-size")
-        best_out = best_checkpoint_path(out)
-        with comm.guard("checking --out"):   # NOTE: rank 0 alone writes: it alone probes --out
-            if rank == 0:
-                _check_out(out, resume, force)
-    be = pc.get_backend(backend)
-    t_start = time.perf_counter()
-    if resume:
-        ctx = click.get_current_context()
-        flags = {param.name: param.opts[0] for param in ctx.command.params}
-        fixed = [flags[name] for name in
-                 ("batch_size", "lr", "optimizer", "seed", "augment", "image_size", "n_train",
-                  "dataset", "download", "model_name", "channels", "schedule", "warmup")
-                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
-        if fixed:
-            raise ValueError(f"--resume continues the run saved in {out} with its own settings;"
-                             f" drop {', '.join(fixed)} (only --epochs, --patience, --backend and"
-                             " the output options can change, and --data-dir names where a"
-                             " data set's files are now)")
-        model = pc.load(out, backend=be)
-        run = model.training_state["metadata"].get("run")
-        if run is None:
-            raise ValueError(f"{out} was not written by `polycnn train`; cannot resume it")
-        if data_dir is not None and run.get("dataset", "shapes") in ("shapes", "digits"):
-            raise click.BadParameter(f"{out} was trained on {run.get('dataset', 'shapes')}, which"
-                                     " needs no files", param_hint="--data-dir")
-        run = _stored_run(run, out, model, data_dir, needs_data=True)
-        done = model.training_state["epoch"] or 0
-        epochs = run["epochs"] if epochs is None else epochs
-        if epochs <= done:
-            raise ValueError(f"{out} already has {done} of {run['epochs']} epochs; pass --epochs N"
-                             f" with N > {done} to train further")
-        run["epochs"] = epochs
-        if patience is not None:
-            run["patience"] = patience
-        data = _splits(run, out)
-        opt = None
-    else:
-        epochs = DATASET_DEFAULTS[dataset]["epochs"] if epochs is None else epochs
-        lr = DEFAULT_LR[optimizer] if lr is None else lr
-        model_name = DATASET_DEFAULTS[dataset]["model"] if model_name is None else model_name
-        run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-               "seed": seed, "augment": augment, "image_size": image_size,
-               "channels": int(channels or DEFAULTS["channels"]), "n_train": n_train,
-               "n_val": DEFAULTS["n_val"], "n_test": DEFAULTS["n_test"]}
-        if dataset != "shapes":
-            run.update(dataset=dataset, model=model_name, download=download,
-                       data_dir=None if data_dir is None else os.path.abspath(data_dir))
-        data = _splits(run, download=download)
-        if dataset == "shapes" and model_name == "tutorial":
-            model = tutorial_network(image_size, run["channels"], len(CLASSES), backend=be, seed=seed)
-        else:
-            sample = data["train"][0].shape[1:]
-            classes = data.get("classes", CLASSES)
-            model = models.build(model_name, sample, len(classes), backend=be, seed=seed,
-                                 batch_size=batch_size)
-            run.update(dataset=dataset, model=model_name, channels=int(sample[0]),
-                       image_size=int(sample[1]), classes=list(classes),
-                       normalize=data.get("normalize"))
-        run.update(schedule=schedule, warmup=warmup, patience=patience)
-        steps = epochs * math.ceil(data["train"][0].shape[0] / batch_size)
-        opt = make_optimizer(optimizer, model.parameters(), lr, steps, schedule, warmup)
-    t_data = time.perf_counter() - t_start
+    out = params["out"] = recipes.default_out(dataset) if out is None else out
+    with _as_options():
+        config = _config(params)
+        _checked_out(out, resume, force, comm, batch_size)
+        progress = _Progress(quiet, as_json, json_lines) if rank == 0 else _Progress(True, False, False)
+        before = _file_stamp(out)
+        try:
+            if resume:
+                result = pc.resume(out, epochs=epochs, patience=patience, data_dir=data_dir,
+                                   backend=backend, callback=progress, distributed=comm or False,
+                                   sync_bn=sync_bn or None)
+            else:
+                result = pc.run(config, out, backend=backend, download=download, callback=progress,
+                                distributed=comm or False, force=True)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, rank, progress, out, resume, before)
+    if rank == 0:
+        _report(result, as_json or json_lines)
 
-    classes = run.get("classes", list(CLASSES))
-    dataset = run.get("dataset", "shapes")
-    progress = _Progress(quiet, as_json, json_lines) if rank == 0 else _Progress(True, False, False)
-    if progress.lines:
-        what = "resuming" if resume else "training"
-        names = ", ".join(classes) if len(classes) <= 5 else f"{len(classes)} classes"
-        click.echo(f"{what} {run.get('model', 'tutorial')} on the {dataset} data set ({names}):"
-                   f" {data['train'][0].shape[0]:,}"
-                   f" training, {data['val'][0].shape[0]:,} validation, {data['test'][0].shape[0]:,} test"
-                   f" images of {run['channels']}x{run['image_size']}x{run['image_size']}, backend"
-                   f" {be.name}, {run['optimizer']} lr {run['lr']:g}, batch {run['batch_size']},"
-                   f" {run['epochs']} epochs{', augmented' if run['augment'] else ''}"
-                   + (f"; {comm.size} processes (mpiexec), {run['batch_size'] // comm.size} images"
-                      f" each per step" if comm is not None else ""))
-    before = _file_stamp(out)
-    try:
-        history = pc.fit(model, data["train"], epochs=run["epochs"], batch_size=run["batch_size"],
-                         optimizer=opt, val=data["val"],
-                         augment=default_augment(dataset) if run["augment"] else None,
-                         seed=None if resume else run["seed"], callback=progress, checkpoint=out,
-                         resume=resume, metadata={"run": run, "classes": classes},
-                         best_checkpoint=best_out, early_stopping=run.get("patience"),
-                         distributed=comm is not None, sync_bn=sync_bn)
-    except KeyboardInterrupt as exc:
-        if rank > 0:
-            sys.exit(130)   # NOTE: rank 0 says where the run stopped
-        if progress.bar:
-            click.echo("", err=True)
-        resume_hint = f"continue with `polycnn train --resume --out {out}`"
-        if isinstance(exc, pc.TrainingInterrupted) and (exc.step or exc.epoch > 0):
-            # NOTE: fit stopped between two steps and saved the state after the last one
-            click.echo(f"{exc}; {resume_hint}", err=True)
-        else:
-            # NOTE: a second Ctrl-C (or one before training began): the file, if any, holds the
-            # last finished epoch, possibly written just before the epoch's callback: ask it
-            saved = resume or _file_stamp(out) != before
-            hint = (f"; the last finished epoch is saved in {out}: {resume_hint}" if saved
-                    else "; nothing was saved")
-            click.echo(f"interrupted{hint}", err=True)
-        sys.exit(130)
+
+def _interrupted(exc, rank: int, progress, out: str, resume: bool, before) -> None:
+    """Ctrl-C: where the run stopped and how to continue it, exit 130."""
     if rank > 0:
-        return
-    test = pc.evaluate(model, data["test"])
-    total = time.perf_counter() - t_start
-    train_seconds = float(np.nansum(history["seconds"]))
-    summary = {
-        "checkpoint": os.path.abspath(out), "backend": be.name, "epochs": run["epochs"],
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "per_class_accuracy": dict(zip(classes, test["per_class_accuracy"])),
-        "val_accuracy": history["val_accuracy"][-1], "train_accuracy": history["accuracy"][-1],
-        "images_per_s": float(np.nanmean(history["images_per_s"][-max(1, len(history["epoch"]) - 1):])),
-        "train_seconds": train_seconds, "data_seconds": t_data, "total_seconds": total,
-        "parameters": sum(p.size for p in model.parameters()), "run": run,
-        "history": {k: list(v) for k, v in history.items()},
-        "best_checkpoint": os.path.abspath(best_out), "best_epoch": history.best_epoch(),
-        "stopped_early": history.stopped_early,
-    }
-    if as_json or json_lines:
+        sys.exit(130)   # NOTE: rank 0 says where the run stopped
+    if not progress.started:
+        raise exc   # NOTE: before training began: nothing of this run was saved
+    if progress.bar:
+        click.echo("", err=True)
+    resume_hint = f"continue with `polycnn train --resume --out {out}`"
+    if isinstance(exc, pc.TrainingInterrupted) and (exc.step or exc.epoch > 0):
+        # NOTE: fit stopped between two steps and saved the state after the last one
+        click.echo(f"{exc}; {resume_hint}", err=True)
+    else:
+        # NOTE: a second Ctrl-C (or one before training began): the file, if any, holds the
+        # last finished epoch, possibly written just before the epoch's callback: ask it
+        saved = resume or _file_stamp(out) != before
+        hint = (f"; the last finished epoch is saved in {out}: {resume_hint}" if saved
+                else "; nothing was saved")
+        click.echo(f"interrupted{hint}", err=True)
+    sys.exit(130)
+
+
+def _report(result, as_json: bool) -> None:
+    """The summary (or its JSON), then exit 1 when the run's losses were not finite."""
+    summary = result.summary()
+    history, test, config = result.history, result.test, result.config
+    if as_json:
         echo_json(summary)
     else:
-        _print_summary(summary, history, test, run, be, out, best_out)
-    problem = _non_finite_losses(history, test, best_out)
+        best = history.best_epoch()
+        if history.stopped_early is not None:
+            click.echo(f"stopped early after epoch {history.stopped_early}: the validation loss has"
+                       f" not improved for {config.patience} epochs (best: epoch {best})")
+        per_class = ", ".join(f"{c} {a:.1%}" for c, a in summary["per_class_accuracy"].items())
+        click.echo(f"test accuracy {test['accuracy']:.2%} on {test['n']:,} held-out images"
+                   f" ({per_class}); test loss {test['loss']:.4f}")
+        click.echo(f"trained {config.epochs} epochs in {summary['train_seconds']:.1f} s"
+                   f" ({summary['images_per_s']:,.0f} img/s on {result.backend});"
+                   f" {summary['total_seconds']:.1f} s in all")
+        kept = (f"the epoch with the lowest validation loss ({best}) is in"
+                f" {result.best_checkpoint}" if best is not None
+                else "no epoch had a finite validation loss")
+        click.echo(f"checkpoint saved to {result.checkpoint}  (try: polycnn evaluate"
+                   f" {result.checkpoint}); {kept}")
+    problem = _non_finite_losses(history, test, result.best_checkpoint)
     if problem:
         fail(problem, 1)
-
-
-def _print_summary(summary, history, test, run, be, out, best_out) -> None:
-    best = history.best_epoch()
-    if history.stopped_early is not None:
-        click.echo(f"stopped early after epoch {history.stopped_early}: the validation loss has not"
-                   f" improved for {run['patience']} epochs (best: epoch {best})")
-    per_class = ", ".join(f"{c} {a:.1%}" for c, a in summary["per_class_accuracy"].items())
-    click.echo(f"test accuracy {test['accuracy']:.2%} on {test['n']:,} held-out images ({per_class});"
-               f" test loss {test['loss']:.4f}")
-    click.echo(f"trained {run['epochs']} epochs in {summary['train_seconds']:.1f} s"
-               f" ({summary['images_per_s']:,.0f} img/s on {be.name});"
-               f" {summary['total_seconds']:.1f} s in all")
-    kept = (f"the epoch with the lowest validation loss ({best}) is in {best_out}" if best is not None
-            else "no epoch had a finite validation loss")
-    click.echo(f"checkpoint saved to {out}  (try: polycnn evaluate {out}); {kept}")
 
 
 def _non_finite_losses(history, test: dict, best_out: str) -> str | None:
@@ -647,41 +367,6 @@ def _file_stamp(path: str):
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def best_checkpoint_path(out: str) -> str:
-    """Where the epoch with the lowest validation loss is kept: shapes.npz -> shapes.best.npz."""
-    stem, ext = os.path.splitext(out)
-    return f"{stem}.best{ext or '.npz'}"
-
-
-def _load_for_use(checkpoint, backend, data_dir=None, needs_data=False, run_optional=False):
-    """(model, its checked run settings, class names) from a checkpoint of `polycnn train`;
-    with ``run_optional``, from any checkpoint (run None when it holds no run settings)."""
-    model = pc.load(checkpoint, backend=backend)
-    meta = model.training_state["metadata"]
-    run = None
-    if not run_optional or meta.get("run") is not None:
-        run = _stored_run(meta.get("run"), checkpoint, model, data_dir, needs_data)
-    classes = meta.get("classes") or (run or {}).get("classes")
-    if classes is None:
-        classes = [str(i) for i in range(model.layers[-1].out_features)]
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
-            and len(classes) == model.layers[-1].out_features):
-        raise ValueError(f"{checkpoint}: the checkpoint's class names {classes!r:.80} are not"
-                         f" {model.layers[-1].out_features} names")
-    return model, run, classes
-
-
-#: inputs a step of `polycnn evaluate` and `polycnn predict`
-_EVAL_BATCH = 256
-
-
-def _check_batch(model, run: dict, n: int, checkpoint) -> None:
-    """The activations of one evaluation step of ``n`` inputs (at most :data:`_EVAL_BATCH`)
-    against the memory limit: a checkpoint's model may be huge for its small weights."""
-    image = (run["channels"], run["image_size"], run["image_size"])
-    limits.check_model(model.layers, checkpoint, image, max(1, min(n, _EVAL_BATCH)))
-
-
 @click.command()
 @click.argument("checkpoint", type=click.Path())
 @backend_option
@@ -694,21 +379,18 @@ def _check_batch(model, run: dict, n: int, checkpoint) -> None:
 def evaluate(checkpoint, backend, n_test, data_dir, as_json):
     """Accuracy, per-class accuracy and confusion matrix on the held-out test split of the data
     set the checkpoint was trained on."""
-    _check_choice_int(n_test, "--n-test", 1)
-    model, run, classes = _load_for_use(checkpoint, backend, data_dir, needs_data=True)
-    dataset = run.get("dataset", "shapes")
-    if data_dir is not None and dataset in ("shapes", "digits"):
-        raise click.BadParameter(f"{checkpoint} was trained on {dataset}, which needs no files",
-                                 param_hint="--data-dir")
-    if dataset == "shapes":
-        run = dict(run, n_test=n_test or run["n_test"])
-        x, y = _splits(run, checkpoint if n_test is None else f"--n-test {n_test}")["test"]
-    else:
-        x, y = _splits(dict(run, n_train=None))["test"]
-        x, y = x[:n_test], y[:n_test]
-    _check_batch(model, run, len(y), checkpoint)
+    with _as_options():
+        recipes.check_counts({"n_test": n_test})
+    trained = recipes.load_trained(checkpoint, backend, data_dir, needs_data=True)
+    model, config, classes = trained.model, trained.config, trained.classes
+    if data_dir is not None and config.dataset in ("shapes", "digits"):
+        raise click.BadParameter(f"{checkpoint} was trained on {config.dataset}, which needs no"
+                                 " files", param_hint="--data-dir")
+    source = checkpoint if n_test is None else f"--n-test {n_test}"
+    x, y = recipes.splits(config, source, n_test=n_test, n_train=None)["test"]
+    recipes.check_eval_batch(model, config, len(y), checkpoint)
     t0 = time.perf_counter()
-    r = pc.evaluate(model, (x, y), batch_size=_EVAL_BATCH)
+    r = pc.evaluate(model, (x, y), batch_size=recipes.EVAL_BATCH)
     r.update({"checkpoint": checkpoint, "backend": model.backend.name, "classes": classes,
               "seconds": time.perf_counter() - t0})
     if not math.isfinite(r["loss"]):
@@ -738,17 +420,18 @@ def predict(checkpoint, inputs, backend, as_json):
     trained size)."""
     for path in inputs:
         limits.regular_file(path, "input")
-    model, run, classes = _load_for_use(checkpoint, backend)
+    trained = recipes.load_trained(checkpoint, backend)
+    model, config, classes = trained.model, trained.config, trained.classes
     rows = []
     for path in inputs:
-        x = read_input(path, run["channels"], run["image_size"])
+        x = read_input(path, config.channels, config.image_size)
         if x.dtype.kind == "f":
-            x = _normalize(x, run).astype(model.dtype)
+            x = recipes.normalize(x, trained.normalize).astype(model.dtype)
         # else a .npy of integers, bools or complex numbers: pc.predict converts uint8 pixels
         # as the training images were scaled and refuses the rest
-        _check_batch(model, run, len(x), checkpoint)
+        recipes.check_eval_batch(model, config, len(x), checkpoint)
         try:
-            probs = pc.predict(model, x, batch_size=_EVAL_BATCH)
+            probs = pc.predict(model, x, batch_size=recipes.EVAL_BATCH)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{path}: {exc}") from None
         for i, p in enumerate(probs):

@@ -8,40 +8,35 @@ import click
 import numpy as np
 
 import polycnn as pc
-from polycnn import limits
+from polycnn import limits, recipes
 
 from ._common import backend_option, check_output_folder
 
 
-def _test_split(run: dict, checkpoint: str):
+def _test_split(config, checkpoint: str):
     """The test split of the data set the checkpoint was trained on (as `polycnn evaluate`)."""
-    from . import train as train_cli
-
-    if run.get("dataset", "shapes") == "shapes":
-        return train_cli._splits(run, checkpoint)["test"]
-    return train_cli._splits(dict(run, n_train=None))["test"]
+    return recipes.splits(config, checkpoint, n_train=None)["test"]
 
 
-def _input_image(path: str, model, run) -> np.ndarray:
+def _input_image(path: str, model, trained) -> np.ndarray:
     """One image (C, H, W) from a .npy file, checked and scaled as `polycnn predict` takes it:
     the run's image shape (any, without a run record), floats normalised as the loader did,
     uint8 pixels converted with the stored scaling, other dtypes and NaN / inf refused."""
     from polycnn.inputs import read_npy_images
     from polycnn.training import _check_images
 
-    from . import train as train_cli
-
+    config = trained.config
     if not path.lower().endswith(".npy"):
         raise ValueError(f"--input {path}: expected a .npy array (C, H, W) or (1, C, H, W)")
-    channels, size = (run["channels"], run["image_size"]) if run is not None else (None, None)
+    channels, size = (config.channels, config.image_size) if config is not None else (None, None)
     x = read_npy_images(path, channels, size, what="--input")
     if x.shape[0] != 1:
         raise ValueError(f"--input {path}: {x.shape[0]} images, expected one (C, H, W) or"
                          " (1, C, H, W)")
     if x.dtype.kind == "f":
         x = x.astype(model.dtype)
-        if run is not None:
-            x = train_cli._normalize(x, run).astype(model.dtype)   # as the loader scales
+        if config is not None:
+            x = recipes.normalize(x, trained.normalize).astype(model.dtype)   # as the loader scales
     try:
         return _check_images(model, x, "the --input image", pixels=True)[0]
     except (TypeError, ValueError) as exc:
@@ -65,11 +60,10 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
     matrix on the test split. Writes PNG files and prints their paths."""
     from polycnn import viz
 
-    from . import train as train_cli
-
     viz.pyplot()  # fail first, in one line, when matplotlib is missing
-    model, run, classes = train_cli._load_for_use(checkpoint, backend, data_dir, needs_data=True,
-                                                  run_optional=True)
+    trained = recipes.load_trained(checkpoint, backend, data_dir, needs_data=True,
+                                   run_optional=True)
+    model, config, classes = trained.model, trained.config, trained.classes
     state = model.training_state
     if out_dir is None:
         out_dir = os.path.splitext(checkpoint)[0] + "_viz"
@@ -80,7 +74,7 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
             is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("give --input or --index, not both")
     if data_dir is not None:
-        dataset = None if run is None else run.get("dataset", "shapes")
+        dataset = None if config is None else config.dataset
         if dataset is None:
             raise click.BadParameter(f"{checkpoint} does not name its data set (not written by"
                                      " `polycnn train`)", param_hint="--data-dir")
@@ -88,16 +82,16 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
             raise click.BadParameter(f"{checkpoint} was trained on {dataset}, which needs no files",
                                      param_hint="--data-dir")
     test = None
-    if run is not None:
-        test = _test_split(run, checkpoint)
-        train_cli._check_batch(model, run, len(test[1]), checkpoint)
+    if config is not None:
+        test = _test_split(config, checkpoint)
+        recipes.check_eval_batch(model, config, len(test[1]), checkpoint)
     elif input_path is None:
         raise ValueError(f"{checkpoint} does not say which data it was trained on (not written by"
                          " `polycnn train`); pass --input FILE.npy to choose an image")
 
     # NOTE: every input is checked before the first picture is written
     if input_path is not None:
-        x = _input_image(input_path, model, run)
+        x = _input_image(input_path, model, trained)
         limits.check_model(model.layers, checkpoint, x.shape, 1)
         label = f"input {os.path.basename(input_path)}"
     else:
@@ -120,7 +114,7 @@ def visualize(checkpoint, out_dir, input_path, index, data_dir, backend):
         click.echo(f"note: {checkpoint} has no training history; no training curves", err=True)
     if test is not None:
         r = pc.evaluate(model, (test[0].astype(model.dtype), test[1]),
-                        batch_size=train_cli._EVAL_BATCH)
+                        batch_size=recipes.EVAL_BATCH)
         written.append(viz.plot_confusion(r["confusion_matrix"], classes,
                                           os.path.join(out_dir, "confusion_matrix.png"),
                                           title="test split"))

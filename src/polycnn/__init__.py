@@ -18,6 +18,8 @@ from .optim import SGD, Adam, AdamW
 from .training import TrainingDiverged, TrainingInterrupted, evaluate, fit, predict
 from .graph_step import CapturedStep
 from .interchange import export_onnx, from_torch_state_dict, load_weights, save_weights
+from . import recipes  # noqa: E402  (pc.recipes.RunConfig)
+from .recipes import resume, run  # noqa: E402
 
 __version__ = "0.1.0"
 

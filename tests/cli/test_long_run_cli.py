@@ -47,9 +47,10 @@ def test_progress_bar_shows_eta(capsys):
 
 def test_json_lines_patience_and_best_file(tmp_path, monkeypatch):
     def frozen_optimizer(name, params, lr, steps, schedule="cosine", warmup=None):
-        return Frozen(params, lr=lr, schedule=train_cli.make_schedule(schedule, steps, warmup))
+        return Frozen(params, lr=lr, schedule=pc.recipes.make_schedule(schedule, steps, warmup))
 
-    monkeypatch.setattr(train_cli, "make_optimizer", frozen_optimizer)
+    # NOTE: pc.run makes the optimiser (polycnn.recipes.runner)
+    monkeypatch.setattr(pc.recipes.runner, "make_optimizer", frozen_optimizer)
     out = tmp_path / "run.npz"
     r = CliRunner().invoke(main, ["train", *TINY, "--epochs", "6", "--patience", "1", "--out",
                                   str(out), "--json-lines"], catch_exceptions=False)

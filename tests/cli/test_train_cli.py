@@ -222,9 +222,12 @@ def test_nan_validation_loss_is_not_better_for_patience(tmp_path, monkeypatch):
 
 
 def test_infinite_test_loss_ends_with_exit_1(tmp_path, monkeypatch):
+    from polycnn.recipes import runner
+
     real = pc.evaluate
-    monkeypatch.setattr(pc, "evaluate", lambda model, data, **kw: dict(real(model, data, **kw),
-                                                                       loss=float("inf")))
+    # NOTE: pc.run evaluates the test split (polycnn.recipes.runner)
+    monkeypatch.setattr(runner, "evaluate", lambda model, data, **kw: dict(real(model, data, **kw),
+                                                                           loss=float("inf")))
     r = CliRunner().invoke(main, ["train", *TINY, "--out", str(tmp_path / "t.npz")])
     assert r.exit_code == 1, r.output
     assert r.stderr.count("error: ") == 1 and "the test loss is inf" in r.stderr, r.stderr
