@@ -33,4 +33,5 @@ __all__ = [
     "metrics", "models", "optim",
     "export_onnx", "save_weights", "load_weights", "from_torch_state_dict",
     "CapturedStep",
+    "recipes", "run", "resume",
 ]
