@@ -15,7 +15,7 @@ from PIL import Image  # NOTE: in the test extra: a missing Pillow fails the run
 import polycnn as pc
 from polycnn.cli.main import main
 
-from support.datafiles import write_mnist
+from support.datafiles import write_mnist, write_png_folder
 
 
 def _run(args):
@@ -87,21 +87,9 @@ def test_cli_errors_for_data_options(tmp_path, monkeypatch):
     assert "--data-dir" in msg and "trained on digits, which needs no files" in msg, msg
 
 
-def _png_folder(root, per_class=6, size=12):
-    """Two classes told apart by where the bright half is: left or right."""
-    rng = np.random.default_rng(0)
-    for label, cls in enumerate(["left", "right"]):
-        os.makedirs(root / cls)
-        for i in range(per_class):
-            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-            half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
-            img[:, half] += 150
-            Image.fromarray(img).save(root / cls / f"{i}.png")
-
-
 def test_image_folder_trains_and_predicts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _png_folder(tmp_path / "pics")
+    write_png_folder(tmp_path / "pics")
     r = _run(["train", "--dataset", "folder", "--data-dir", "pics", "--image-size", "16",
               "--channels", "1", "--epochs", "2", "--backend", "numpy", "--out", "f.npz", "--quiet"])
     assert r.exit_code == 0, r.output
@@ -115,18 +103,6 @@ def test_image_folder_trains_and_predicts(tmp_path, monkeypatch):
     assert r.exit_code == 0 and json.loads(r.output)["n"] == 2
 
 
-def test_image_folder_reads_rgb_and_names_a_corrupt_file(tmp_path):
-    _png_folder(tmp_path)
-    x, y, classes = pc.datasets.image_folder(tmp_path, image_size=8, channels=3)
-    assert x.shape == (12, 3, 8, 8) and x.dtype == np.float32 and classes == ("left", "right")
-    assert 0.0 <= x.min() and x.max() <= 1.0 and y.tolist() == [0] * 6 + [1] * 6
-    # the bright half is where the class says
-    assert (x[y == 0][..., :4].mean() > x[y == 0][..., 4:].mean())
-    (tmp_path / "right" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(ValueError, match=r"right[/\\]broken.png: not a readable image"):
-        pc.datasets.image_folder(tmp_path, image_size=8)
-
-
 def test_digits_cnn_beats_chance_by_far(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = _run(["train", "--dataset", "digits", "--epochs", "6", "--backend", "numpy", "--json"])
@@ -134,15 +110,6 @@ def test_digits_cnn_beats_chance_by_far(tmp_path, monkeypatch):
     summary = json.loads(r.output)
     assert summary["test_accuracy"] > 0.8          # chance is 0.1
     assert set(summary["per_class_accuracy"]) == {str(i) for i in range(10)}
-
-
-def test_image_folder_with_train_and_test_folders(tmp_path):
-    _png_folder(tmp_path / "train", per_class=5)
-    _png_folder(tmp_path / "test", per_class=2)
-    s = pc.datasets.load_splits("folder", tmp_path, image_size=8, channels=3, n_val=2, seed=0)
-    assert s["classes"] == ["left", "right"]
-    assert [s[k][0].shape[0] for k in ("train", "val", "test")] == [8, 2, 4]
-    assert s["test"][1].tolist() == [0, 0, 1, 1] and s["normalize"] is None
 
 
 def test_models_are_on_the_package():

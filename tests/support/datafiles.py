@@ -1,4 +1,4 @@
-"""Data files the tests write: IDX (MNIST layout) and CIFAR-10 binary batches."""
+"""Data files the tests write: IDX (MNIST layout), CIFAR-10 binary batches, a folder of PNGs."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def write_cifar(folder, records, seed=0) -> dict:
         (folder / name).write_bytes(rec.tobytes())
         out[name] = (pixels, labels)
     return out
+
+
+def write_png_folder(root, per_class=6, size=12) -> None:
+    """An image folder of two classes told apart by where the bright half is: left or right."""
+    from PIL import Image  # NOTE: in the test extra: a missing Pillow fails the run, never skips it
+
+    rng = np.random.default_rng(0)
+    for label, cls in enumerate(["left", "right"]):
+        os.makedirs(root / cls)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+            img[:, half] += 150
+            Image.fromarray(img).save(root / cls / f"{i}.png")
