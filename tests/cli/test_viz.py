@@ -261,11 +261,12 @@ def test_visualize_hostile_input(name, grey_checkpoint, tmp_path):
 
 def test_visualize_input_uint8_is_scaled_like_the_training_images(grey_checkpoint, tmp_path):
     from polycnn.cli import visualize as viz_cli
-    from polycnn.cli.train import _load_for_use
+    from polycnn.recipes import load_trained
 
-    model, run, _ = _load_for_use(str(grey_checkpoint), "numpy")
+    trained = load_trained(str(grey_checkpoint), "numpy")
+    model = trained.model
     pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 16)).astype(np.uint8)
     np.save(tmp_path / "u8.npy", pixels)
-    got = viz_cli._input_image(str(tmp_path / "u8.npy"), model, run)
+    got = viz_cli._input_image(str(tmp_path / "u8.npy"), model, trained)
     assert got.dtype == model.dtype and got.shape == (1, 16, 16)
     np.testing.assert_allclose(got, pixels / 255, rtol=1e-6)
