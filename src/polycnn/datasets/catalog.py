@@ -1,5 +1,6 @@
 """What polycnn knows of each real data set: its names, files, classes, normalisation, mirrors,
-checksums and sizes, and where its files are found in a data folder.
+checksums and sizes; where its files are found in a data folder; and the steps every real loader
+shares (the split names, the seeded validation carve, the normalisation).
 
 The loaders (:mod:`.idx`, :mod:`.cifar`, :mod:`.folders`, :mod:`.bundled`) and :mod:`.downloads`
 read these tables; nothing here reads a data file. Files on disk (``data_dir``):
@@ -26,11 +27,15 @@ IDX_FILES = {
 CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 CIFAR_SUBDIR = "cifar-10-batches-bin"
 CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
-#: records in each CIFAR-10 batch file (each record: 1 label byte + 3 x 32 x 32 pixel bytes)
+#: records in each CIFAR-10 batch file (each record: 1 label byte + 3 x 32 x 32 pixel bytes).
+#: NOTE: read here at each call (the tests write batches of a few records by changing it);
+#: ``polycnn.datasets.CIFAR_BATCH_RECORDS`` is a copy, changing which changes nothing
 CIFAR_BATCH_RECORDS = 10000
 #: bytes of one CIFAR-10 record
 CIFAR_RECORD = 1 + 3 * 32 * 32
 
+#: class names of each real data set (``polycnn.datasets.CLASS_NAMES``; the package's
+#: ``CLASSES`` are the generated shapes')
 CLASSES = {
     "digits": tuple(str(i) for i in range(10)),
     "mnist": tuple(str(i) for i in range(10)),
@@ -91,6 +96,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def check_split(split: str) -> str:
+    """The file split a real loader reads: "train" or "test" (validation is carved by the splits)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return split
