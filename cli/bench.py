@@ -1,5 +1,6 @@
 """``polycnn bench``: conv and pool timings, training throughput and start-up time, every backend
-side by side with PyTorch CPU, as ratios measured in the same run (see polycnn.bench)."""
+side by side with PyTorch CPU, as ratios measured in the same run. This module parses the
+options and prints; the measuring and the tables are the library's (:mod:`polycnn.bench`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import sys
 import click
 
 from polycnn import bench as B
+from polycnn.bench.report import render, render_targets
 
-from ._common import echo_json, format_table, json_option
+from ._common import echo_json, json_option
+
+__all__ = ["bench", "render", "render_targets", "COMMANDS"]
 
 
 def _names(value, option: str):
@@ -46,48 +50,6 @@ def _check_sizes(threads, matmul_size, rounds=None, repeat=1) -> None:
                             " matrices", 3 * 4 * matmul_size ** 2)
 
 
-def _child_argv(params: dict) -> list[str]:
-    """These options again, for the child process of ``--threads`` / ``--fast-blas`` (the
-    environment does their work there; ``run_in_child`` adds ``--json``)."""
-    argv = ["bench"]
-    for option, key in (("--backends", "backends"), ("--layers", "layers"),
-                        ("--rounds", "rounds"), ("--matmul-size", "matmul_size"),
-                        ("--threads", "threads")):
-        if params[key] is not None:
-            argv += [option, str(params[key])]
-    argv.append("--ops" if params["ops"] else "--no-ops")
-    argv.append("--training" if params["training"] else "--no-training")
-    if params["startup"] is not None:
-        argv.append("--startup" if params["startup"] else "--no-startup")
-    argv += [flag for flag, key in (("--no-torch", "no_torch"), ("--quick", "quick"))
-             if params[key]]
-    return argv
-
-
-def _isolated(params: dict, backend_names, no_torch: bool) -> dict:
-    """``--isolate``: one child process per engine, then the rows merged (see
-    :func:`polycnn.bench.merge_isolated`); start-up is measured here as usual."""
-    names, _ = B.select_backends(backend_names)
-    base = _child_argv({**params, "backends": None, "startup": False})
-    argvs = [base + ["--backends", name, "--no-torch"] for name in names]
-    if not no_torch and B._import_torch() is not None:
-        argvs.append(base + ["--torch-only"])
-    parts = []
-    for _ in range(params["repeat"]):  # engines alternate: A B C A B C ...
-        for argv in argvs:
-            try:
-                parts.append(B.run_in_child(argv, threads=params["threads"]))
-            except RuntimeError as exc:
-                raise click.ClickException(str(exc)) from None
-    result = B.merge_isolated(parts)
-    startup = params["startup"] if params["startup"] is not None else not params["quick"]
-    if startup:
-        rows, notes = B.measure_startup(names, progress=_progress)
-        result["startup"] = rows
-        result["notes"] += notes
-    return result
-
-
 def _check_targets_options(targets: str, backends, layers, isolate: bool, fast_blas: bool):
     """--targets times the Numba kernels alone: the options of the op tables do not apply."""
     for given, option in ((backends, "--backends"), (layers, "--layers"), (isolate, "--isolate"),
@@ -99,6 +61,52 @@ def _check_targets_options(targets: str, backends, layers, isolate: bool, fast_b
 
 def _progress(message: str) -> None:
     click.echo(f"bench: {message}", err=True)
+
+
+def _in_children(call):
+    """``call()``, a measurement in child processes, with a failed child as a one-line error."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _targets(targets: str, quick: bool, rounds, threads) -> dict:
+    argv = ["--kernels-only"] + (["--quick"] if quick else [])
+    return _in_children(lambda: B.run_targets(_names(targets, "--targets"), argv,
+                                              rounds or (3 if quick else 7), threads=threads,
+                                              progress=_progress))
+
+
+def _isolated(params: dict, backend_names, no_torch: bool) -> dict:
+    """``--isolate``: one child process per engine, then the rows merged (see
+    :func:`polycnn.bench.run_isolated`); start-up is measured here as usual."""
+    names, _ = B.select_backends(backend_names)
+    with_torch = not no_torch and B._import_torch() is not None
+    result = _in_children(lambda: B.run_isolated(params, names, with_torch))
+    startup = params["startup"] if params["startup"] is not None else not params["quick"]
+    if startup:
+        rows, notes = B.measure_startup(names, progress=_progress)
+        result["startup"] = rows
+        result["notes"] += notes
+    return result
+
+
+def _measure(params: dict, backend_names, layer_names) -> dict:
+    """The result of ``polycnn bench`` without --targets: here, or in child processes."""
+    if params["isolate"] and not B.in_child():
+        if params["fast_blas"]:
+            raise click.UsageError("--isolate and --fast-blas cannot be combined")
+        return _isolated(params, backend_names, params["no_torch"])
+    if (params["fast_blas"] or params["threads"]) and not B.in_child():
+        return _in_children(lambda: B.run_in_child(
+            B.child_argv(params), unset=B.BLAS_ENV if params["fast_blas"] else (),
+            threads=params["threads"]))
+    keys = ("rounds", "matmul_size", "ops", "no_torch", "training", "startup", "quick",
+            "threads", "torch_only")
+    config = B.config_from_options(backends=backend_names, layers=layer_names,
+                                   **{k: params[k] for k in keys})
+    return B.run(config, progress=_progress)
 
 
 @click.command()
@@ -162,184 +170,13 @@ def bench(backends, layers, rounds, matmul_size, ops, no_torch, training, startu
         return
     if targets is not None:
         _check_targets_options(targets, backends, layers, isolate, fast_blas)
-        argv = ["bench", "--kernels-only"] + (["--quick"] if quick else [])
-        try:
-            result = B.run_targets(_names(targets, "--targets"), argv,
-                                   rounds or (3 if quick else 7), threads=threads,
-                                   progress=_progress)
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
-        if as_json:
-            echo_json(result)
-        else:
-            click.echo(render_targets(result))
-        return
-    if isolate and not B.in_child():
-        if fast_blas:
-            raise click.UsageError("--isolate and --fast-blas cannot be combined")
-        result = _isolated(click.get_current_context().params, backend_names, no_torch)
-    elif (fast_blas or threads) and not B.in_child():
-        try:
-            result = B.run_in_child(_child_argv(click.get_current_context().params),
-                                    unset=B.BLAS_ENV if fast_blas else (), threads=threads)
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
+        result = _targets(targets, quick, rounds, threads)
     else:
-        options = dict(backends=[] if torch_only else backend_names, layers=layer_names,
-                       rounds=rounds, ops=ops,
-                       matmul_n=matmul_size, torch=not no_torch, training=training,
-                       startup=startup, threads=threads)
-        if quick:
-            config = B.BenchConfig.quick_defaults(**options)
-        else:
-            config = B.BenchConfig(**{k: v for k, v in options.items() if v is not None})
-        result = B.run(config, progress=_progress)
+        result = _measure(click.get_current_context().params, backend_names, layer_names)
     if as_json:
         echo_json(result)
     else:
-        click.echo(render(result))
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _num(value) -> str:
-    """Three significant digits or so, at any scale (GFLOP/s run from 0.01 to thousands)."""
-    if value is None:
-        return "-"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
-
-
-def render(result: dict) -> str:
-    """The report of a :func:`polycnn.bench.run` result: environment, op table, training
-    table, start-up table, notes."""
-    env, peak, config = result["environment"], result["matmul"], result["config"]
-    threads = ", ".join(f"{k} {'?' if v is None else v}" for k, v in env["backend_threads"].items())
-    blas_env = ", ".join(f"{k}={v}" for k, v in env["blas_env"].items() if v is not None)
-    out = [
-        f"CPU: {env['cpu']}, {env['cores']} cores ({env['usable_cores']} usable); load average"
-        f" {_fmt(env['load_average'], '.2f')} at start, {_fmt(env.get('load_average_end'), '.2f')}"
-        " at end",
-        f"threads: {threads}",
-        f"versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba'] or '-'},"
-        f" torch {env['torch'] or '-'}",
-        f"ISA: {' '.join(env['isa']) if env.get('isa') is not None else '-'};"
-        f" Numba target: {B.describe_target(env.get('numba_target'))}",
-        f"BLAS: {B.blas_kernel(env['blas'])}" + (f" ({blas_env})" if blas_env else ""),
-        f"heap (every engine): {env.get('heap', '-')}",
-        (f"each engine in a process of its own (--isolate), each time the median of"
-         f" {config['rounds']} rounds"
-         + (f"; {config['repeats']} processes per engine, alternating, the median of them"
-            if config.get("repeats", 1) > 1 else "")
-         if config.get("isolated") else
-         f"each time: median of {config['rounds']} interleaved rounds")
-        + (f"; batch sizes / {config['batch_divisor']} (--quick)"
-           if config["batch_divisor"] > 1 else ""),
-    ]
-    fma = result.get("fma")
-    if fma:
-        out.insert(5, f"FMA peak: {fma['gflops']:.0f} GFLOP/s on {fma['threads']} threads,"
-                      f" {fma['gflops_1_thread']:.0f} on 1 (float32 FMAs on {fma['accumulators']}"
-                      f" independent {fma['lanes']}-float registers, best before and after the"
-                      f" ops); % FMA = GFLOP/s over the {fma['threads']}-thread value")
-    if peak:
-        out.insert(5, f"matmul peak: numpy.matmul {peak['n']}^3 float32 = {peak['gflops']:.0f}"
-                      f" GFLOP/s (best of {peak['repeats']} before the ops and"
-                      f" {peak['repeats']} after: {peak['gflops_before']:.0f},"
-                      f" {peak['gflops_after']:.0f}); % peak = GFLOP/s over it")
-    has_torch = "torch" in result["engines"]
-
-    if result["ops"]:
-        headers = ["layer", "pass", "shape", "engine", "ms", "GFLOP/s", "% peak"]
-        headers += ["% FMA"] if fma else []
-        headers += ["time/torch"] if has_torch else []
-        rows, last = [], None
-        for r in result["ops"]:
-            key = (r["layer"], r["pass"])
-            row = ["", "", ""] if key == last else [r["layer"], r["pass"], r["shape"]]
-            last = key
-            percent = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
-            row += [r["engine"], _ms(r["ms"]), _num(r["gflops"]), _num(percent)]
-            if fma:
-                fraction = r.get("fma_fraction")
-                row += [_num(None if fraction is None else 100 * fraction)]
-            row += [_fmt(r["time_vs_torch"], ".2f")] if has_torch else []
-            rows.append(row)
-        out += ["", "conv and max pool, float32" + (" (time/torch < 1: faster than PyTorch)"
-                                                    if has_torch else ""),
-                format_table(headers, rows)]
-
-    if result["training"]:
-        headers = ["model", "input", "batch", "engine", "images/s", "ms/step"]
-        headers += ["speed/torch"] if has_torch else []
-        rows, last = [], None
-        for r in result["training"]:
-            row = ["", "", ""] if r["model"] == last else [r["model"], r["input"], r["batch"]]
-            last = r["model"]
-            row += [r["engine"], f"{r['images_per_s']:.0f}", _ms(r["ms_per_step"])]
-            row += [_fmt(r["speed_vs_torch"], ".2f")] if has_torch else []
-            rows.append(row)
-        out += ["", "training throughput, SGD momentum 0.9, float32"
-                + (" (speed/torch > 1: faster than PyTorch)" if has_torch else ""),
-                format_table(headers, rows)]
-
-    if result["startup"]:
-        headers = ["backend", "cold s", "cold first call s", "warm s", "warm first call s",
-                   "compile s"]
-        rows = [[r["backend"], f"{r['cold']['process_s']:.2f}",
-                 f"{r['cold']['first_call_s']:.2f}", f"{r['warm']['process_s']:.2f}",
-                 f"{r['warm']['first_call_s']:.2f}", f"{r['compile_s']:.2f}"]
-                for r in result["startup"]]
-        out += ["", "start-up: a fresh process imports polycnn, gets the backend, runs a tiny conv"
-                " and pool fwd+bwd; cold = empty compile caches, warm = the caches cold left",
-                format_table(headers, rows)]
-
-    if result.get("child"):
-        child = result["child"]
-        changes = ", ".join(
-            (f"{k} unset" if v is None else f"{k}={v}") + f" (was {child['was'][k] or 'not set'})"
-            for k, v in child["changed"].items())
-        out += ["", f"measured in a child process with {changes}",
-                f"BLAS kernel in that child: {child['kernel_in_child']};"
-                f" here: {child['kernel_here']}"]
-
-    out += [""] + [f"note: {n}" for n in result["notes"]] if result["notes"] else []
-    return "\n".join(out)
-
-
-def render_targets(result: dict) -> str:
-    """The report of :func:`polycnn.bench.run_targets`: each target, then one row per kernel
-    with its time under every target and the slowest/fastest ratio, flagged above the limit."""
-    env, config = result["environment"], result["config"]
-    names = list(result["targets"])
-    limit = config["ratio_limit"]
-    out = [f"CPU: {env['cpu']}; ISA: {' '.join(env['isa']) if env.get('isa') is not None else '-'};"
-           f" {env['threads']} threads; load average {_fmt(env.get('load_average'), '.2f')}",
-           f"every Numba kernel, float32, batch sizes / {config['divisor']}; each target in a"
-           f" child process of its own with the host's features and an empty compile cache;"
-           f" time per call, median of {config['rounds']} rounds, the targets taking turns"]
-    for name, target in result["targets"].items():
-        out.append(f"target {name}: {B.describe_target(target)}; compiling and first calls"
-                   f" {target['compile_s']:.1f} s")
-    headers = ["kernel", "shape"] + [f"{n} ms" for n in names] + ["slowest/fastest", ""]
-    rows = []
-    for k in result["kernels"]:
-        flag = f"FLAG: {k['slowest']} {k['ratio']:.1f}x {k['fastest']}" if k["flagged"] else ""
-        rows.append([k["kernel"], k["shape"]] + [_ms(k["ms"][n]) for n in names]
-                    + [f"{k['ratio']:.2f}", flag])
-    out += ["", format_table(headers, rows), ""]
-    if result["flagged"]:
-        out.append(f"{len(result['flagged'])} kernel(s) differ by more than {limit:g}x between"
-                   f" targets: {'; '.join(result['flagged'])}")
-    else:
-        out.append(f"no kernel differs by more than {limit:g}x between targets")
-    out += [f"note: {n}" for n in result["notes"]]
-    return "\n".join(out)
+        click.echo(render_targets(result) if targets is not None else render(result))
 
 
 COMMANDS = [bench]

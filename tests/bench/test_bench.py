@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 import polycnn as pc
 from polycnn import bench as B
-from polycnn.cli.bench import render
+from polycnn.bench import core, machine, timing
+from polycnn.bench.report import render
 from polycnn.cli.main import main
 
 TINY = ["bench", "--quick", "--rounds", "1", "--no-training", "--no-startup",
@@ -90,7 +91,7 @@ def test_no_torch_drops_the_torch_column():
 
 
 def test_missing_torch_is_a_note_not_an_error(monkeypatch):
-    monkeypatch.setattr(B, "_import_torch", lambda: None)
+    monkeypatch.setattr(core, "_import_torch", lambda: None)
     result = _invoke(*TINY, "--backends", "numpy", "--layers", "a")
     assert result.exit_code == 0, result.output
     assert "note: PyTorch is not installed: pip install torch" in result.stdout
@@ -125,7 +126,7 @@ def test_rounds_must_be_positive():
 
 def test_emulator_runs_only_when_named(monkeypatch):
     status = {"numpy": True, "cupy-emu": True, "cupy": "no CUDA device"}
-    monkeypatch.setattr(B, "available_backends", lambda: status)
+    monkeypatch.setattr(core, "available_backends", lambda: status)
     chosen, notes = B.select_backends(None)
     assert chosen == ["numpy"]
     assert any(n.startswith("cupy-emu not run") for n in notes)
@@ -136,7 +137,7 @@ def test_emulator_runs_only_when_named(monkeypatch):
 
 
 def test_nothing_to_run_is_an_error(monkeypatch):
-    monkeypatch.setattr(B, "available_backends", lambda: {"numpy": True, "cupy": "no GPU here"})
+    monkeypatch.setattr(core, "available_backends", lambda: {"numpy": True, "cupy": "no GPU here"})
     result = _invoke(*TINY, "--backends", "cupy")
     assert result.exit_code == 2
     assert "no backend to benchmark" in result.stderr and "no GPU here" in result.stderr
@@ -145,7 +146,7 @@ def test_nothing_to_run_is_an_error(monkeypatch):
 def _fake_clock(monkeypatch, durations: dict):
     """Engines whose calls take the given durations on a fake clock, and a log of the calls."""
     clock, log = [0.0], []
-    monkeypatch.setattr(B, "_now", lambda: clock[0])
+    monkeypatch.setattr(timing, "_now", lambda: clock[0])
 
     def engine(name):
         steps = iter(durations[name])
@@ -284,7 +285,8 @@ def test_benchmark_script_prints_the_same_table():
 
 @pytest.mark.parametrize("load, noted", [(3.0, True), (0.2, False), (None, False)])
 def test_a_busy_machine_is_noted(monkeypatch, load, noted):
-    monkeypatch.setattr(B, "load_average", lambda: load)
+    for module in (core, machine):  # the run's notes, and the environment's record
+        monkeypatch.setattr(module, "load_average", lambda: load)
     result = B.run(B.BenchConfig(backends=["numpy"], ops=False, training=False, startup=False,
                                  torch=False))
     busy = [n for n in result["notes"] if n.startswith("the load average was")]
