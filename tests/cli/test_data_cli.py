@@ -4,11 +4,9 @@ and on the shipped digits; evaluate finds the checkpoint's own test split."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image  # NOTE: in the test extra: a missing Pillow fails the run, never skips it
 
