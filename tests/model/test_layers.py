@@ -302,3 +302,24 @@ def test_standalone_layer_builds_on_first_call():
     layer = pc.Conv2d(1, 2, 3)
     y = layer(np.ones((1, 1, 5, 5), np.float32))
     assert y.shape == (1, 2, 3, 3) and isinstance(layer, Layer)
+
+
+def test_every_layer_name_is_where_it_was():
+    """The layers live in submodules; each public name still comes from polycnn.layers (and
+    from polycnn, for those it exported), as the same object."""
+    import polycnn.layers as layers
+
+    assert set(layers.__all__) >= {"Parameter", "Layer", "Sequential", "Summary", "LAYER_TYPES",
+                                   "layer_from_spec", *layers.LAYER_TYPES}
+    for name in layers.__all__:
+        assert hasattr(layers, name), f"polycnn.layers.{name} is missing"
+        if hasattr(pc, name):
+            assert getattr(pc, name) is getattr(layers, name), f"pc.{name} is not polycnn.layers.{name}"
+    for name, cls in layers.LAYER_TYPES.items():
+        assert issubclass(cls, Layer) and cls.__name__ == name
+        assert type(layers.layer_from_spec({"type": name, "config": _SPEC_ARGS.get(name, {})})) is cls
+
+
+#: the arguments a layer needs to be built from a spec
+_SPEC_ARGS = {"Conv2d": {"in_channels": 1, "out_channels": 2},
+              "Linear": {"in_features": 3, "out_features": 2}, "BatchNorm2d": {"num_features": 2}}

@@ -34,11 +34,29 @@ def test_lenet5_is_lecuns_layout():
     assert sum(p.size for p in model.parameters()) == 61706
 
 
+def test_lenet5_is_the_layer_list_the_benchmarks_wrote_out():
+    """The preset is the one LeNet-5: for 1x28x28 and seed 0 it is, weight for weight, the
+    model the benchmarks used to spell out layer by layer."""
+    written = pc.Sequential(
+        pc.Conv2d(1, 6, kernel_size=5, padding=2), pc.ReLU(), pc.MaxPool2d(2),
+        pc.Conv2d(6, 16, kernel_size=5), pc.ReLU(), pc.MaxPool2d(2), pc.Flatten(),
+        pc.Linear(400, 120), pc.ReLU(), pc.Linear(120, 84), pc.ReLU(), pc.Linear(84, 10),
+        backend="numpy", seed=0)
+    preset = models.lenet5((1, 28, 28), 10, backend="numpy", seed=0)
+    assert preset.spec() == written.spec()
+    want, got = written.named_arrays(), preset.named_arrays()
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=f"lenet5 preset, {name}")
+
+
 def test_presets_refuse_inputs_they_cannot_take():
     with pytest.raises(ValueError, match="multiples of 8"):
         models.build("tutorial", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="at least 28x28"):
         models.build("lenet5", (1, 8, 8), 10)
+    with pytest.raises(ValueError, match="shapes-cnn needs images of at least 8x8, got 7x9"):
+        models.build("shapes-cnn", (1, 7, 9), 10)
     with pytest.raises(ValueError, match="unknown model 'resnet'.*lenet5"):
         models.build("resnet", (1, 8, 8), 10)
 
