@@ -27,11 +27,12 @@ def child(args) -> None:
     import numpy as np
 
     import polycnn as pc
-    from polycnn.cli.train import default_augment, tutorial_network
+    from polycnn import models
+    from polycnn.cli.train import default_augment
 
     rank, size = pc.distributed.init()
     x, y = pc.datasets.shapes(n=args.images, image_size=32, seed=0)
-    model = tutorial_network(32, 3, 3, backend=args.backend, seed=0)
+    model = models.tutorial((3, 32, 32), 3, backend=args.backend, seed=0)
     opt = pc.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
     comm = pc.distributed.world()
     marks = []

@@ -15,14 +15,12 @@ import time
 import numpy as np
 
 import polycnn as pc
+from polycnn import models
 
 
 def lenet5(backend):
-    return pc.Sequential(
-        pc.Conv2d(1, 6, kernel_size=5, padding=2), pc.ReLU(), pc.MaxPool2d(2),
-        pc.Conv2d(6, 16, kernel_size=5), pc.ReLU(), pc.MaxPool2d(2), pc.Flatten(),
-        pc.Linear(400, 120), pc.ReLU(), pc.Linear(120, 84), pc.ReLU(), pc.Linear(84, 10),
-        backend=backend, seed=0)
+    """LeNet-5 for 1x28x28 digits and 10 classes (:func:`polycnn.models.lenet5`)."""
+    return models.lenet5((1, 28, 28), 10, backend=backend, seed=0)
 
 
 class OpTimer:

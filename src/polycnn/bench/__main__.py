@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ..errors import BackendUnavailable
 from . import report
 from .cases import BenchConfig
 from .core import config_from_options, run
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config: BenchConfig = config_from_options(**args)
         result = run(config, progress=_progress)
-    except ValueError as exc:  # BackendUnavailable included
+    except (ValueError, BackendUnavailable) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     _write(json.dumps(result) if as_json else report.render(result))
