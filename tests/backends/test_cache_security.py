@@ -50,6 +50,20 @@ def clean_env(tmp_path, **extra) -> dict:
     return env
 
 
+def unsafe_cache(tmp_path, where: str, how: str, name: str):
+    """(folder, the child's environment) for a case: polycnn's default cache folder ``name``
+    under XDG_CACHE_HOME (``where="xdg"``), or a folder named by the variable ``where``; the
+    folder made unsafe ``how`` (see :func:`make_unsafe`)."""
+    if where == "xdg":
+        folder = tmp_path / "xdg" / "polycnn" / name
+        env = clean_env(tmp_path)
+    else:
+        folder = tmp_path / "mine"
+        env = clean_env(tmp_path, **{where: str(folder)})
+    make_unsafe(folder, how)
+    return folder, env
+
+
 def assert_private_fallback(out, folder) -> None:
     """Exit 0, one warning naming the folder and the private temporary folder, no traceback."""
     assert out.rc == 0 and "Traceback" not in out.stderr, str(out)
@@ -78,9 +92,12 @@ def planted_pickle(marker) -> bytes:
 # ---- Numba ------------------------------------------------------------------------------------
 
 _INDEX_PATHS = """
-import json
+import json, sys
+from numba.core import config
 from numba.core.dispatcher import Dispatcher
-import polycnn.backends._numba_kernels as k
+from polycnn.backends.numba import loader
+config.CACHE_DIR = loader.kernel_folder(sys.argv[1])  # where load_kernels points Numba
+from polycnn.backends.numba import kernels as k
 paths = [d._cache._cache_file._index_path for d in vars(k).values()
          if isinstance(d, Dispatcher) and hasattr(d._cache, "_cache_file")]
 print(json.dumps(paths))
@@ -101,11 +118,11 @@ print("cache:", numba_backend.cache_dir())
 
 def numba_index_paths(folder) -> list:
     """Where Numba looks for the index of each of polycnn's kernels when caching in ``folder``
-    (asked of Numba itself, in a child process with ``NUMBA_CACHE_DIR=folder``)."""
+    (asked of Numba itself, in a child process, with the cache folder set as the loader sets
+    it but without the loader's folder check)."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["NUMBA_CACHE_DIR"] = str(folder)
-    proc = subprocess.run([sys.executable, "-c", _INDEX_PATHS], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _INDEX_PATHS, str(folder)], env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     paths = json.loads(proc.stdout)
     assert len(paths) > 5 and all(p.startswith(str(folder)) for p in paths), paths
@@ -127,14 +144,8 @@ def plant_numba_indexes(folder, marker) -> None:
 def test_planted_numba_index_runs_no_code(tmp_path, how, where):
     """A conv on the numba backend, with every kernel's index in the cache folder replaced by a
     pickle whose loading creates a marker: the marker is never created."""
-    if where == "xdg":
-        folder = tmp_path / "xdg" / "polycnn" / "numba"
-        env = clean_env(tmp_path)
-    else:
-        folder = tmp_path / "mine"
-        env = clean_env(tmp_path, NUMBA_CACHE_DIR=str(folder))
+    folder, env = unsafe_cache(tmp_path, where, how, "numba")
     marker = tmp_path / "marker"
-    make_unsafe(folder, how)
     plant_numba_indexes(folder, marker)
     out = run_python(_NUMBA_CONV, env=env)
     assert not marker.exists(), f"the planted pickle ran:\n{out}"
@@ -221,14 +232,8 @@ def plant_library(folder, name, data) -> None:
 def test_planted_emulator_library_runs_no_code(tmp_path, emu, how, where):
     """A ``.so`` whose constructor creates a marker, under the exact name the emulator would
     load, with its hash recorded beside it, in a folder others can write to: never loaded."""
-    if where == "xdg":
-        folder = tmp_path / "xdg" / "polycnn" / "cuda-emu"
-        env = clean_env(tmp_path)
-    else:
-        folder = tmp_path / "emu"
-        env = clean_env(tmp_path, POLYCNN_EMU_CACHE=str(folder))
+    folder, env = unsafe_cache(tmp_path, where, how, "cuda-emu")
     marker = tmp_path / "marker"
-    make_unsafe(folder, how)
     plant_library(folder, emu_library_name(), marker_library(emu, tmp_path, marker))
     out = run_python(_EMU_RUN, env=env)
     assert not marker.exists(), f"the planted library was loaded:\n{out}"

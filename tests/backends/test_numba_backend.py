@@ -144,8 +144,10 @@ def test_kernels_cache_in_the_user_cache_folder(tmp_path):
     folder = tmp_path / "polycnn" / "numba"
     assert out["locator"].startswith(str(folder)), out
     assert out["reported"] == str(folder)
-    written = [p.name for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
-    assert any(name.startswith("_numba_kernels._relu_fwd") for name in written), written
+    written = [p for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert any(p.name.startswith("glue._relu_fwd") for p in written), written
+    # under a folder named by the kernels' sources: a change to any of them compiles afresh
+    assert all(p.relative_to(folder).parts[0].startswith("src-") for p in written), written
 
 
 def test_user_set_numba_cache_dir_wins(tmp_path):

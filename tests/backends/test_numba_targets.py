@@ -156,6 +156,7 @@ def test_every_kernel_gives_the_hosts_results_compiled_for_another_target(tmp_pa
 def test_pool2x2_blocks_match_the_general_kernel(dtype, H, W):
     """Rows of 1 to 40 outputs (scalar remainder, half blocks, whole blocks, an overlapping last
     block) with ties, NaN, -inf and -0.0: the 2x2 kernels give the general kernels' bytes."""
+    from polycnn.backends.numba.args import PoolWindow
     from polycnn.backends.numba_backend import NumbaBackend
 
     k = NumbaBackend()._k
@@ -164,11 +165,11 @@ def test_pool2x2_blocks_match_the_general_kernel(dtype, H, W):
     x[x == 2] = np.nan
     x[1, 2] = -np.inf
     P, Q = H // 2, W // 2
-    geo = np.array([2, 2, 2, 2, 0, 0], dtype=np.int64)
+    window = PoolWindow(R=2, S=2, sh=2, sw=2, ph=0, pw=0)
     y1, y2 = np.empty((2, 3, P, Q), dtype), np.empty((2, 3, P, Q), dtype)
     a1, a2 = np.empty(y1.shape, np.int32), np.empty(y1.shape, np.int32)
     k._maxpool2x2_fwd(x, y1, a1)
-    k._maxpool_fwd(x, geo, y2, a2)
+    k._maxpool_fwd(x, window, y2, a2)
     where = f"2x2 max-pool, dtype={np.dtype(dtype).name}, shape={x.shape}"
     assert y1.tobytes() == y2.tobytes() and np.array_equal(a1, a2), where
     dy = rng.standard_normal(y1.shape).astype(dtype)

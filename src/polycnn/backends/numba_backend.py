@@ -1,6 +1,6 @@
 """The Numba backend: see :mod:`polycnn.backends.base` for the contract.
 
-Optimisations (kernels in :mod:`._numba_kernels`):
+Optimisations (kernels in the package :mod:`.numba`, whose modules say how each works):
 - a convolution pass reads a zero-padded copy of its source that is also split into stride
   phases (space-to-depth), so every pass, whatever its stride, reads with unit stride (for
   stride 2 in float32 the copy is made from column pairs read as 8-byte words);
@@ -26,31 +26,28 @@ Optimisations (kernels in :mod:`._numba_kernels`):
   OpenBLAS's spinning threads would slow the next parallel loop) and the cross-entropy are
   compiled too.
 
-Compiled code is cached in the user's cache folder (``$XDG_CACHE_HOME/polycnn/numba`` or
-``~/.cache/polycnn/numba``) unless ``NUMBA_CACHE_DIR`` is set, so it is reused across processes
-even when the package folder is read-only. Numba unpickles its cache index, so either folder is
-used only when :func:`polycnn._cache.private_dir` finds it private (else a private temporary
-folder). ``NUMBA_DISABLE_JIT=1`` runs the same code as Python (slowly). Unless
-``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set, OpenMP worker threads wait passively between
-parallel loops (see ``_load_kernels``); freed arrays stay in the heap for the next training step
-(:mod:`._heap`).
+Compiled code is cached in a private per-user folder (:mod:`.numba.loader`).
+``NUMBA_DISABLE_JIT=1`` runs the same code as Python (slowly). Unless ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT`` is set, OpenMP worker threads wait passively between parallel loops (see
+``_load_kernels``); freed arrays stay in the heap for the next training step (:mod:`._heap`).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import threading
-from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from .. import _cache, hashing
+from .. import hashing
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
 from . import _heap
+from .numba import plan
+from .numba.args import ConvSteps, DirectRun, GemmRun, PoolWindow, WeightTiles, named
+from .numba.loader import cache_dir, user_cache_dir  # noqa: F401 (the backend's API)
+from .numba.loader import load_kernels as _load_kernels
+from .numba.plan import Source, padded_matrix, round_up
 from .base import Backend, OpContext
 
 #: weight-gradient partial sums: at most this many chunks of samples (fixed: never the
@@ -78,82 +75,6 @@ DIRECT_ROW_ELEMENTS = 2048
 #: dropout masks with fewer elements than this are made with NumPy (measured: a parallel launch
 #: cost about 0.1 ms, NumPy about 0.04 ms for 2,048 elements)
 SMALL_MASK = 1 << 14
-
-_kernels = None
-_kernels_lock = threading.Lock()
-
-
-def user_cache_dir() -> Path | None:
-    """Where polycnn keeps compiled Numba code: ``$XDG_CACHE_HOME/polycnn/numba`` (or
-    ``~/.cache/polycnn/numba``); None when there is no absolute location for it."""
-    root = _cache.user_cache_root()
-    return None if root is None else root / "numba"
-
-
-def cache_dir() -> str | None:
-    """The folder Numba caches polycnn's kernels in (None: not loaded yet, or no JIT)."""
-    return _kernels._polycnn_cache if _kernels is not None else None
-
-
-def _load_kernels():
-    """Import the kernel module with Numba's cache pointed at a private cache folder.
-
-    NOTE: Numba picks a function's cache folder when the ``@njit(cache=True)`` decorator runs,
-    from ``numba.core.config.CACHE_DIR`` (read from ``NUMBA_CACHE_DIR`` when numba is
-    imported), and unpickles the index it finds there on the first call. The folder, a user-set
-    ``NUMBA_CACHE_DIR`` or ours, is checked first (``_cache.private_dir``: owned by this user,
-    not writable by others; else a private temporary folder); the setting is changed only while
-    this module's kernels are decorated, so other Numba code in the process is unaffected."""
-    global _kernels
-    with _kernels_lock:
-        if _kernels is not None:
-            return _kernels
-        from numba.core import config
-
-        folder = None
-        if not config.DISABLE_JIT:
-            wanted = Path(config.CACHE_DIR) if config.CACHE_DIR else user_cache_dir()
-            folder = str(_cache.private_dir(wanted, "numba"))
-        # NOTE: on a shared machine, OpenMP threads that spin while they wait for the next
-        # parallel loop take CPU from the thread that is still working: with libgomp's default
-        # spinning, a training step ran 2x slower on 2 busy cores than with passive waiting.
-        # Unless the user chose a policy, wait passively (read when numba first starts its
-        # OpenMP layer, so this changes nothing for a process that already ran one).
-        if "GOMP_SPINCOUNT" not in os.environ:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        saved = config.CACHE_DIR
-        try:
-            if folder:
-                config.CACHE_DIR = folder
-            module = importlib.import_module("polycnn.backends._numba_kernels")
-        finally:
-            config.CACHE_DIR = saved
-        module._polycnn_cache = folder
-        _kernels = module
-        return module
-
-
-class _Source(NamedTuple):
-    """A convolution pass's source as the kernels read it: ``flat`` (1-D; with slack, zeros
-    after the data), a sample every ``ss`` elements, a plane (channel) every ``ps``, ``Hs``
-    rows of ``Ws``."""
-
-    flat: np.ndarray
-    ss: int
-    ps: int
-    Hs: int
-    Ws: int
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return ceil_div(value, multiple) * multiple
-
-
-def _padded_matrix(m, rows: int, cols: int):
-    """``m`` (a 2-D array) copied into the top-left corner of a zero (rows, cols) array."""
-    out = np.zeros((rows, cols), dtype=m.dtype)
-    out[: m.shape[0], : m.shape[1]] = m
-    return out
 
 
 class NumbaBackend(Backend):
@@ -218,24 +139,17 @@ class NumbaBackend(Backend):
     # ---- convolution --------------------------------------------------------------------
     def _row_tile(self, lp: int, itemsize: int, npix: int) -> int:
         tile = max(4, min(256, ROW_TILE_BYTES // (lp * itemsize)) // 4 * 4)
-        return min(tile, _round_up(npix, 4))
+        return min(tile, round_up(npix, 4))
 
     def _chunks(self, tasks: int) -> int:
         # Any split gives the same result here (each output has one writer); a few chunks per
         # thread balance the load on a busy machine.
         return max(1, min(tasks, 4 * self.threads))
 
-    @staticmethod
-    def _forward_table(g: ConvGeometry, src: _Source):
-        """Flat offset of tap (c, r, s) from a pixel's corner in the space-to-depth input
-        (see ``_pad_planes``), in (c, r, s) order: the weight matrix's column order."""
-        c, r, s = np.meshgrid(np.arange(g.C), np.arange(g.R), np.arange(g.S), indexing="ij")
-        rr, ss = r * g.dil_h, s * g.dil_w
-        plane = (c * g.stride_h + rr % g.stride_h) * g.stride_w + ss % g.stride_w
-        return (plane * src.ps + (rr // g.stride_h) * src.Ws + ss // g.stride_w).ravel()
+    _forward_table = staticmethod(plan.forward_table)
 
     def _padded(self, src, top: int, left: int, Hs: int, Ws: int, slack: bool,
-                stride=(1, 1)) -> _Source:
+                stride=(1, 1)) -> Source:
         """``src`` (N, C, H, W) zero-padded by (top, left) and split into ``stride`` phases
         (space-to-depth, see ``_pad_planes``): (N, C*sh*sw, Hs, Ws). With ``slack``, Ws +
         ZBLOCK zeros follow it (see ``_direct_conv``)."""
@@ -251,17 +165,16 @@ class NumbaBackend(Backend):
         # with pairs, (N, C, H, W/2): two columns an element
         self._k._pad_planes(src.view(np.uint64 if pairs else unit), dst.view(unit), top, left,
                             sh, sw, pairs)
-        return _Source(buf, C * sh * sw * Hs * Ws, Hs * Ws, Hs, Ws)
+        return Source(buf, C * sh * sw * Hs * Ws, Hs * Ws, Hs, Ws)
 
-    def _padded_input(self, x, g: ConvGeometry, slack: bool = False) -> _Source:
+    def _padded_input(self, x, g: ConvGeometry, slack: bool = False) -> Source:
         """x padded and split into stride phases, so that the output grid reads it with unit
-        stride: P + (R-1)*dh//sh rows of Q + (S-1)*dw//sw. Without ``slack``, an input that
-        needs neither is read as it is (NCHW)."""
-        Hs = g.P + (g.R - 1) * g.dil_h // g.stride_h
-        Ws = g.Q + (g.S - 1) * g.dil_w // g.stride_w
+        stride (``plan.input_extent``). Without ``slack``, an input that needs neither is read
+        as it is (NCHW)."""
+        Hs, Ws = plan.input_extent(g)
         if (not slack and (Hs, Ws) == (g.H, g.W) and g.pad_h == g.pad_w == 0
                 and g.stride_h == g.stride_w == 1):
-            return _Source(x.reshape(-1), g.C * g.H * g.W, g.H * g.W, g.H, g.W)
+            return Source(x.reshape(-1), g.C * g.H * g.W, g.H * g.W, g.H, g.W)
         return self._padded(x, g.pad_h, g.pad_w, Hs, Ws, slack, (g.stride_h, g.stride_w))
 
     def _use_direct(self, M: int, C: int) -> bool:
@@ -273,36 +186,33 @@ class NumbaBackend(Backend):
         self._k._pad_nhwc(src, dst, top, left)
         return dst
 
-    def _direct(self, src: _Source, N, a, tab, phases, stride, bias, out):
+    def _direct(self, src: Source, N, a, tab, phases, stride, bias, out):
         """Row-direct passes over a unit-stride source padded with slack, with the weights
         ``a`` (M, L): ``phases`` lists (l0, l1, oh0, ow0, To, Uo): taps [l0, l1) of ``tab``
         and ``a`` make output pixels (t, u) < (To, Uo), which land at (oh0 + t*osh,
         ow0 + u*osw) for ``stride`` = (osh, osw)."""
         M, L = a.shape
-        # the register tile that pads M least (the 4-channel tile only for M <= 4)
-        tiles = self._k.TILES
-        options = [(_round_up(M, tm), i) for i, (tm, _) in enumerate(tiles)
-                   if i < len(tiles) - 1 or M <= tm]
-        Mp, tile = min(options)
-        At = _padded_matrix(a.T, L, Mp)
+        Mp, tile = plan.pick_tile(M, self._k.TILES)
+        At = padded_matrix(a.T, L, Mp)
         phases = np.asarray(phases, dtype=np.int64).reshape(-1, 6)
         To = int(phases[:, 4].max())
         tb = max(1, min(To, DIRECT_ROW_ELEMENTS // src.Ws))
-        ntask = N * ceil_div(To, tb)
-        geo = np.array([src.ss, src.Ws, *stride, M, tb, self._chunks(ntask), N, To, tile],
-                       dtype=np.int64)
-        self._k._direct_conv(src.flat, At, tab, phases, geo, bias, out)
+        chunks = self._chunks(N * ceil_div(To, tb))
+        run = named(DirectRun, ss=src.ss, Ws=src.Ws, osh=stride[0], osw=stride[1], M=M, TB=tb,
+                    chunks=chunks, N=N, To_max=To, tile=tile)
+        self._k._direct_conv(src.flat, At, tab, phases, run, bias, out)
 
     def _gemm(self, src, A, seg, plen, M, grid, place, bias, out):
         """Gather-GEMM pass over a channel-last source (N, Hs, Ws, Cs): ``grid`` = (ish, isw,
         To, Uo); segments of ``plen`` elements at offsets ``seg`` make one row."""
         ish, isw, To, Uo = grid
+        oh0, ow0, osh, osw = place
         Ws, Cs = src.shape[2], src.shape[3]
         tp = self._row_tile(A.shape[1], src.dtype.itemsize, To * Uo)
-        ntask = src.shape[0] * ceil_div(To * Uo, tp)
-        geo = np.array([ish, isw, To, Uo, M, *place, tp, self._chunks(ntask), Ws * Cs, Cs, plen],
-                       dtype=np.int64)
-        self._k._gather_gemm(src, A, seg, geo, bias, out)
+        chunks = self._chunks(src.shape[0] * ceil_div(To * Uo, tp))
+        run = named(GemmRun, ish=ish, isw=isw, To=To, Uo=Uo, M=M, oh0=oh0, ow0=ow0, osh=osh,
+                    osw=osw, TP=tp, chunks=chunks, rs=Ws * Cs, cs=Cs, plen=plen)
+        self._k._gather_gemm(src, A, seg, run, bias, out)
 
     def _conv2d_forward(self, x, w, b, g: ConvGeometry):
         self._set_threads()
@@ -310,17 +220,17 @@ class NumbaBackend(Backend):
         y = np.empty(g.y_shape, dtype=x.dtype)
         bias = b if b is not None else np.zeros(0, dtype=x.dtype)
         if self._use_direct(g.K, g.C):
-            xp = self._padded_input(x, g, slack=True)
-            tab = self._forward_table(g, xp)
-            self._direct(xp, g.N, w.reshape(g.K, L), tab, [(0, L, 0, 0, g.P, g.Q)], (1, 1),
+            xpad = self._padded_input(x, g, slack=True)
+            tab = self._forward_table(g, xpad)
+            self._direct(xpad, g.N, w.reshape(g.K, L), tab, [(0, L, 0, 0, g.P, g.Q)], (1, 1),
                          bias, y)
-            return y, xp  # the weight gradient reads the same padded input
+            return y, xpad  # the weight gradient reads the same padded input
 
         Hp = (g.P - 1) * g.stride_h + (g.R - 1) * g.dil_h + 1
         Wp = (g.Q - 1) * g.stride_w + (g.S - 1) * g.dil_w + 1
         xh = self._padded_nhwc(x, g.pad_h, g.pad_w, Hp, Wp)
-        A = _padded_matrix(w.transpose(0, 2, 3, 1).reshape(g.K, L),  # (r, s, c) order
-                           _round_up(g.K, 4), _round_up(L, 16))
+        A = padded_matrix(w.transpose(0, 2, 3, 1).reshape(g.K, L),  # (r, s, c) order
+                          round_up(g.K, 4), round_up(L, 16))
         r, s = np.meshgrid(np.arange(g.R), np.arange(g.S), indexing="ij")
         if g.dil_w == 1:  # a kernel row is one run of S*C channel-last elements
             seg, plen = np.arange(g.R) * (g.dil_h * Wp * g.C), g.S * g.C
@@ -339,41 +249,41 @@ class NumbaBackend(Backend):
         # that do not depend on it. Then plain loops over the real terms only; a leak is a NaN,
         # so a dw without one is right, and dx can leak only through w (tests/ops/test_fuzz.py).
         # The tests are sums (no temporary arrays): an overflow only takes the slow path.
-        geo = np.array([g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_h, g.pad_w],
-                       dtype=np.int64)
+        steps = named(ConvSteps, sh=g.stride_h, sw=g.stride_w, dh=g.dil_h, dw=g.dil_w,
+                      ph=g.pad_h, pw=g.pad_w)
         dw = self._conv_weight_grad(x, dy, g, ctx.saved)
         if np.isnan(dw.sum()):
             dw = np.zeros(g.w_shape, dtype=dy.dtype)
-            self._k._conv_weight_grad_exact(dy, x, geo, dw)
+            self._k._conv_weight_grad_exact(dy, x, steps, dw)
         dx = None
         if input_grad and np.isfinite(w.sum()):
             dx = self._conv_data_grad(dy, w, g)
         elif input_grad:
             dx = np.zeros(g.x_shape, dtype=dy.dtype)
-            self._k._conv_data_grad_exact(dy, w, geo, dx)
+            self._k._conv_data_grad_exact(dy, w, steps, dx)
         db = None
         if ctx.inputs["has_bias"]:
             db = np.empty(g.K, dtype=dy.dtype)
             self._k._bias_grad(dy, db)
         return dx, dw, db
 
-    def _conv_weight_grad(self, x, dy, g: ConvGeometry, xp=None):
+    def _conv_weight_grad(self, x, dy, g: ConvGeometry, xpad=None):
         """dw with dot-product register tiles along the padded input (``_conv_weight_tiles``):
         dy is first laid out with the padded input's row width."""
-        if xp is None or xp.flat.size == xp.ss * g.N:  # the tiles read past the end: slack
-            xp = self._padded_input(x, g, slack=True)
+        if xpad is None or xpad.flat.size == xpad.ss * g.N:  # the tiles read past the end
+            xpad = self._padded_input(x, g, slack=True)
         L = g.C * g.R * g.S
         tk, tj = self._k.DOT_TILE
-        Kp, Lp = _round_up(g.K, tk), _round_up(L, tj)
+        Kp, Lp = round_up(g.K, tk), round_up(L, tj)
         tab = np.zeros(Lp, dtype=np.int64)  # padding taps read offset 0; their sums are dropped
-        tab[:L] = self._forward_table(g, xp)
-        Pz = _round_up(g.P * xp.Ws, self._k.SIMD_BYTES // dy.itemsize)
+        tab[:L] = self._forward_table(g, xpad)
+        Pz = round_up(g.P * xpad.Ws, self._k.SIMD_BYTES // dy.itemsize)
         dyw = np.empty((g.N, Kp, Pz), dtype=dy.dtype)
-        self._k._widen_rows(dy, dyw, xp.Ws)
+        self._k._widen_rows(dy, dyw, xpad.Ws)
         partial = np.zeros((min(g.N, WEIGHT_GRAD_CHUNKS), Kp, Lp), dtype=dy.dtype)
         spc = max(1, WEIGHT_GRAD_RUN // Pz)  # samples a tile sums before its lanes
-        geo = np.array([xp.ss, Pz, spc], dtype=np.int64)
-        self._k._conv_weight_tiles(xp.flat, dyw, tab, geo, partial)
+        sizes = named(WeightTiles, ss=xpad.ss, Pz=Pz, spc=spc)
+        self._k._conv_weight_tiles(xpad.flat, dyw, tab, sizes, partial)
         dw = np.empty((g.K, L), dtype=dy.dtype)
         self._k._sum_partials(partial, dw)
         return dw.reshape(g.w_shape)
@@ -383,10 +293,10 @@ class NumbaBackend(Backend):
         phase (output rows h ≡ a mod sh, columns ≡ b mod sw)."""
         sh, sw = g.stride_h, g.stride_w
         # per phase: the taps that reach it and their offset into dy (rows: p = t + off)
-        rows = [self._phase_taps(a, g.H, g.pad_h, g.R, g.dil_h, sh) for a in range(sh)]
-        cols = [self._phase_taps(b, g.W, g.pad_w, g.S, g.dil_w, sw) for b in range(sw)]
-        top, Hs = self._source_extent(rows)
-        left, Ws = self._source_extent(cols)
+        rows = [plan.phase_taps(a, g.H, g.pad_h, g.R, g.dil_h, sh) for a in range(sh)]
+        cols = [plan.phase_taps(b, g.W, g.pad_w, g.S, g.dil_w, sw) for b in range(sw)]
+        top, Hs = plan.source_extent(rows)
+        left, Ws = plan.source_extent(cols)
         direct = self._use_direct(g.C, g.K)
         if direct:
             dyp = self._padded(dy, top, left, Hs, Ws, slack=True)
@@ -413,39 +323,18 @@ class NumbaBackend(Backend):
                 else:
                     seg = ((ro[:, None] * Ws + so[None, :]) * g.K).ravel()
                     A = sub.transpose(1, 2, 3, 0).reshape(g.C, -1)  # (c; r, s, k)
-                    A = _padded_matrix(A, _round_up(g.C, 4), _round_up(A.shape[1], 16))
+                    A = padded_matrix(A, round_up(g.C, 4), round_up(A.shape[1], 16))
                     self._gemm(dyh, A, seg, g.K, g.C, (1, 1, Ta, Ub), (a, b, sh, sw), bias, dx)
         if phases:
             self._direct(dyp, g.N, np.concatenate(mats, axis=1), np.concatenate(tabs), phases,
                          (sh, sw), bias, dx)
         return dx
 
-    @staticmethod
-    def _phase_taps(a: int, size: int, pad: int, taps: int, dil: int, stride: int):
-        """For outputs a, a+stride, ...: (count, taps r that reach them, offsets p - t)."""
-        count = max(0, ceil_div(size - a, stride))
-        rs, offs = [], []
-        for r in range(taps):
-            num = a + pad - r * dil
-            if num % stride == 0:
-                rs.append(r)
-                offs.append(num // stride)
-        return count, rs, offs
-
-    @staticmethod
-    def _source_extent(phases):
-        """Padding before dy and the padded length so every (t + off) of every phase fits."""
-        lo, hi = 0, 0
-        for count, _, offs in phases:
-            if count and offs:
-                lo = min(lo, min(offs))
-                hi = max(hi, count - 1 + max(offs))
-        return -lo, hi - lo + 1
-
     # ---- pooling ------------------------------------------------------------------------
     @staticmethod
-    def _pool_geo(g: PoolGeometry):
-        return np.array([g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w], dtype=np.int64)
+    def _pool_window(g: PoolGeometry) -> PoolWindow:
+        return named(PoolWindow, R=g.R, S=g.S, sh=g.stride_h, sw=g.stride_w, ph=g.pad_h,
+                     pw=g.pad_w)
 
     @staticmethod
     def _is_2x2(g: PoolGeometry) -> bool:
@@ -459,7 +348,7 @@ class NumbaBackend(Backend):
         if self._is_2x2(g):
             self._k._maxpool2x2_fwd(x, y, arg)
         else:
-            self._k._maxpool_fwd(x, self._pool_geo(g), y, arg)
+            self._k._maxpool_fwd(x, self._pool_window(g), y, arg)
         return y, arg
 
     def _maxpool2d_backward(self, dy, ctx: OpContext):
@@ -477,7 +366,7 @@ class NumbaBackend(Backend):
         self._set_threads()
         y = np.empty(g.y_shape, dtype=x.dtype)
         scale = np.array([1.0 / (g.R * g.S)], dtype=x.dtype)
-        self._k._avgpool_fwd(x, self._pool_geo(g), scale, y)
+        self._k._avgpool_fwd(x, self._pool_window(g), scale, y)
         return y
 
     def _avgpool2d_backward(self, dy, ctx: OpContext):
@@ -485,15 +374,15 @@ class NumbaBackend(Backend):
         g: PoolGeometry = ctx.geom
         dx = np.zeros(g.x_shape, dtype=dy.dtype)
         scale = np.array([1.0 / (g.R * g.S)], dtype=dy.dtype)
-        self._k._avgpool_bwd(dy, self._pool_geo(g), scale, dx)
+        self._k._avgpool_bwd(dy, self._pool_window(g), scale, dx)
         return dx
 
     # ---- training glue ------------------------------------------------------------------
     def _matmul_nt(self, a, b):
         """a (M, L) · b (T, L)ᵀ with the compiled kernel (operands padded to multiples of 4)."""
         M, T = a.shape[0], b.shape[0]
-        ap = _padded_matrix(a, _round_up(M, 4), a.shape[1]) if M % 4 else np.ascontiguousarray(a)
-        bp = _padded_matrix(b, _round_up(T, 4), b.shape[1]) if T % 4 else np.ascontiguousarray(b)
+        ap = padded_matrix(a, round_up(M, 4), a.shape[1]) if M % 4 else np.ascontiguousarray(a)
+        bp = padded_matrix(b, round_up(T, 4), b.shape[1]) if T % 4 else np.ascontiguousarray(b)
         c = np.empty((ap.shape[0], bp.shape[0]), dtype=a.dtype)
         self._k._matmul_nt(ap, bp, c)
         return c[:M, :T] if (M % 4 or T % 4) else c
