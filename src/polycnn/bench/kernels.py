@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..backends.numba.args import PoolWindow
 from ..geometry import pool_geometry
 from .cases import LAYERS, ConvLayer, PoolLayer, conv_arrays, scaled
 
@@ -77,7 +78,7 @@ def _pool_arrays(layer, kernel, stride, padding, rng):
     g = pool_geometry((layer.N, layer.C, layer.H, layer.W), kernel, stride, padding)
     x = rng.standard_normal(g.x_shape, dtype=np.float32)
     dy = rng.standard_normal(g.y_shape, dtype=np.float32)
-    geo = np.array([g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w], dtype=np.int64)
+    geo = PoolWindow(R=g.R, S=g.S, sh=g.stride_h, sw=g.stride_w, ph=g.pad_h, pw=g.pad_w)
     return g, x, dy, geo
 
 
