@@ -187,7 +187,7 @@ def test_existing_out_needs_force_or_resume(tmp_path, monkeypatch):
 
 def _nan_validation(monkeypatch, losses):
     """The validation loss of each epoch, in turn, instead of the real one."""
-    import polycnn.training as training
+    import polycnn.training._loop as training   # NOTE: where fit evaluates the validation set
 
     real = training.evaluate
     it = iter(losses)

@@ -107,7 +107,7 @@ def test_fit_rejects_bad_long_run_options(kwargs, message):
 ])
 def test_nan_validation_loss_is_not_better(val_losses, stopped, best_flags, best_epoch, tmp_path,
                                            monkeypatch):
-    import polycnn.training as training
+    import polycnn.training._loop as training   # NOTE: where fit evaluates the validation set
 
     real_evaluate = training.evaluate
     losses = iter(val_losses)
