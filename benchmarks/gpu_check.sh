@@ -6,7 +6,8 @@
 #      conv forward and forward+backward on the layers (a)-(e) of notes/perf-baseline.md and the
 #      shapes CNN's training images/s (3x64x64, batch 128), eager and as a CUDA graph
 #      (pc.CapturedStep, engine `cupy+graph`); once in float32 (cuDNN without TF32), once with
-#      --precision tf32 (tensor cores, against cuDNN's allow_tf32);
+#      --precision tf32 (tensor cores, against cuDNN's allow_tf32); --check adds each forward's
+#      relative error against cuDNN's on the very inputs timed;
 #   3. `polycnn bench --backends cupy --quick` (the CPU-side benchmark, for the record).
 # Needs: Python >= 3.10 with numpy, cupy (cupy-cuda12x or -13x), torch with CUDA, pytest, click,
 # numba. Installs nothing: polycnn runs from this checkout through PYTHONPATH (a folder of links
@@ -62,7 +63,7 @@ fi
 for precision in float32 tf32; do
     section "2. cupy vs PyTorch + cuDNN, $precision (timeout ${BENCH_TIMEOUT}s)"
     timeout "$BENCH_TIMEOUT" "$PY" -m polycnn.bench "${BENCH[@]}" --precision "$precision" \
-        --models shapes --graph --no-startup --matmul-size 256
+        --models shapes --graph --check --no-startup --matmul-size 256
     rc=$?
     echo "benchmark exit status: $rc"
     [ "$rc" -eq 0 ] || status=1

@@ -76,12 +76,12 @@ def test_child_argv_is_what_the_module_entry_parses():
     params = dict(backends="numpy,numba", layers="a,b", rounds=3, matmul_size=256, threads=1,
                   ops=False, training=True, startup=False, no_torch=True, quick=True,
                   device="cuda", precision="tf32", models="shapes", train_batch=128,
-                  train_steps=20, graph=True)
+                  train_steps=20, graph=True, check=True)
     args = vars(parser().parse_args(B.child_argv(params)))
     assert args["backends"] == ["numpy", "numba"] and args["layers"] == ["a", "b"]
     assert args["models"] == ["shapes"]
     for key in ("rounds", "matmul_size", "threads", "ops", "training", "startup", "no_torch",
-                "quick", "device", "precision", "train_batch", "train_steps", "graph"):
+                "quick", "device", "precision", "train_batch", "train_steps", "graph", "check"):
         assert args[key] == params[key], key
     # absent options keep the module's defaults
     defaults = vars(parser().parse_args(B.child_argv({})))
@@ -133,14 +133,17 @@ def test_device_options_on_the_cpu_with_the_emulator():
     data = B.run(B.config_from_options(
         backends=["cupy-emu"], layers=["a"], rounds=1, quick=True, matmul_size=64,
         device="cpu", precision="tf32", models=["shapes"], train_batch=16, train_steps=1,
-        graph=True))
+        graph=True, check=True))
     assert data["config"]["precision"] == "tf32" and data["config"]["graph"] is True
+    errors = {(r["engine"], r["pass"]): r.get("rel_err_vs_torch") for r in data["ops"]}
+    assert errors[("cupy-emu", "fwd+bwd")] is None and errors[("torch", "fwd")] is None
+    assert 0.0 < errors[("cupy-emu", "fwd")] < 1e-2  # TF32 rounds x and w: not exact, close
     assert {r["engine"] for r in data["ops"]} == {"cupy-emu", "torch"}
     assert [r["engine"] for r in data["training"]] == ["cupy-emu", "cupy-emu+graph", "torch"]
     assert all(r["model"] == "shapes" and r["batch"] == 2 for r in data["training"])
     table = B.render(data)
     assert "conv and max pool, tf32" in table and "PyTorch on cpu" in table
-    assert "cupy-emu+graph" in table
+    assert "cupy-emu+graph" in table and "rel err" in table
 
 
 def test_graph_is_only_for_backends_that_capture():
@@ -168,6 +171,6 @@ def test_gpu_check_dry_run_reports_every_table():
     out = proc.stdout
     assert "cupy-emu" in out and "yes" in out  # polycnn backends
     assert out.count("benchmark exit status: 0") == 2
-    for title in ("conv and max pool, float32", "conv and max pool, tf32",
+    for title in ("conv and max pool, float32", "conv and max pool, tf32", "rel err",
                   "training throughput", "cupy-emu+graph", "done: overall status 0"):
         assert title in out, title

@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
                    " engine: float32 or tf32 (tensor cores)")
     p.add_argument("--graph", action="store_true", help="also train each CUDA backend's model"
                    " as a captured CUDA graph (pc.CapturedStep)")
+    p.add_argument("--check", action="store_true", help="compare each engine's forward with"
+                   " PyTorch's on the inputs timed (a rel err column)")
     _switch(p, "ops", True, "conv and pool timings")
     _switch(p, "training", True, "training throughput")
     _switch(p, "startup", None, "start-up time (default: on, off with --quick)")

@@ -144,6 +144,8 @@ class BenchConfig:
     train_batch: int | None = None
     #: also train each CUDA backend's model as a captured CUDA graph (pc.CapturedStep)
     graph: bool = False
+    #: compare each engine's forward with PyTorch's on the inputs timed (``rel err`` column)
+    check: bool = False
 
     @classmethod
     def quick_defaults(cls, **overrides):

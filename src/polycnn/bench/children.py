@@ -178,7 +178,8 @@ def child_argv(params: dict) -> list[str]:
     if params.get("startup") is not None:
         argv.append("--startup" if params["startup"] else "--no-startup")
     argv += [flag for flag, key in (("--no-torch", "no_torch"), ("--quick", "quick"),
-                                    ("--graph", "graph")) if params.get(key)]
+                                    ("--graph", "graph"), ("--check", "check"))
+             if params.get(key)]
     return argv
 
 

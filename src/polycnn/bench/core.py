@@ -115,8 +115,9 @@ def _config_record(config: BenchConfig) -> dict:
               "batch_divisor": config.batch_divisor, "min_round_s": config.min_round_s,
               "train_steps": config.train_steps}
     # NOTE: only what differs from a CPU run, so a CPU run's result is as it always was
-    if config.device != "cpu" or config.precision != "float32" or config.graph:
-        record.update(device=config.device, precision=config.precision, graph=config.graph)
+    if config.device != "cpu" or config.precision != "float32" or config.graph or config.check:
+        record.update(device=config.device, precision=config.precision, graph=config.graph,
+                      check=config.check)
     return record
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from .cases import PASSES, BenchConfig, case_data, scaled
 from .timing import interleaved
 
@@ -36,6 +38,10 @@ class BackendEngine:
 
     def sync(self):
         self.backend.synchronize()
+
+    def output(self, result):
+        """A forward's output, as a numpy array (the ``(y, ctx)`` of a backend op)."""
+        return self.backend.to_numpy(result[0])
 
     def op(self, layer, pass_: str, data: dict) -> Callable:
         be = self.backend
@@ -89,6 +95,10 @@ class TorchEngine:
         if self.is_device:
             self.torch.cuda.synchronize(self.device)
 
+    def output(self, result):
+        """A forward's output, as a numpy array."""
+        return result.detach().cpu().numpy()
+
     def tensor(self, array):
         """A numpy array on this engine's device."""
         return self.torch.from_numpy(array).to(self.device)
@@ -131,6 +141,18 @@ def _op_row(layer, pass_: str, engine, seconds: float, calls: int, torch_s, roun
     }
 
 
+def errors_vs_torch(engines: list, fns: dict) -> dict:
+    """name -> max |y - y_torch| / max |y_torch| of each engine's forward (one more call each),
+    so a table of times is a table of right answers too; empty without a PyTorch engine."""
+    torch = next((e for e in engines if e.is_torch), None)
+    if torch is None:
+        return {}
+    reference = torch.output(fns[torch.name]())
+    scale = max(float(np.abs(reference).max()), 1e-30)
+    return {e.name: float(np.abs(e.output(fns[e.name]()) - reference).max()) / scale
+            for e in engines if not e.is_torch}
+
+
 def measure_ops(engines: list, layers: list, config: BenchConfig,
                 progress: Callable = lambda msg: None) -> list[dict]:
     """One row per layer, pass and engine; ``peak_fraction`` is filled in by
@@ -145,9 +167,12 @@ def measure_ops(engines: list, layers: list, config: BenchConfig,
             syncs = {e.name: e.sync for e in engines}
             timed = interleaved(fns, syncs, config.rounds, config.min_round_s)
             torch_s = timed["torch"][0] if "torch" in timed else None
+            errors = errors_vs_torch(engines, fns) if config.check and pass_ == "fwd" else {}
             for e in engines:
                 seconds, calls = timed[e.name]
                 rows.append(_op_row(layer, pass_, e, seconds, calls, torch_s, config.rounds))
+                if e.name in errors:
+                    rows[-1]["rel_err_vs_torch"] = errors[e.name]
             del fns
     return rows
 

@@ -80,7 +80,9 @@ def _environment_lines(result: dict) -> list[str]:
                    + (f" ({env['torch_device']})" if env.get("torch_device") else "")
                    + f"; convolutions in {config['precision']} on every engine"
                    + ("; +graph: the training step as a captured CUDA graph (pc.CapturedStep)"
-                      if config.get("graph") else ""))
+                      if config.get("graph") else "")
+                   + ("; rel err = max |y - y_torch| / max |y_torch| of the forward"
+                      if config.get("check") else ""))
     return out + [_timing_line(config)]
 
 
@@ -89,6 +91,8 @@ def _ops_table(result: dict, has_torch: bool) -> list[str]:
     headers = ["layer", "pass", "shape", "engine", "ms", "GFLOP/s", "% peak"]
     headers += ["% FMA"] if fma else []
     headers += ["time/torch"] if has_torch else []
+    check = has_torch and result["config"].get("check")
+    headers += ["rel err"] if check else []
     rows, last = [], None
     for r in result["ops"]:
         key = (r["layer"], r["pass"])
@@ -97,6 +101,7 @@ def _ops_table(result: dict, has_torch: bool) -> list[str]:
         row += [r["engine"], _ms(r["ms"]), _num(r["gflops"]), _percent(r["peak_fraction"])]
         row += [_percent(r.get("fma_fraction"))] if fma else []
         row += [_fmt(r["time_vs_torch"], ".2f")] if has_torch else []
+        row += [_fmt(r.get("rel_err_vs_torch"), ".1e")] if check else []
         rows.append(row)
     precision = result["config"].get("precision", "float32")
     return ["", f"conv and max pool, {precision}" + (" (time/torch < 1: faster than PyTorch)"
