@@ -232,3 +232,25 @@ def test_old_checkpoint_resumes(name, tmp_path):
     assert meta["epoch"] == 2 and meta["metadata"]["run"]["run_version"] == 1
     again = shutil.copy(FIXTURES / name, tmp_path / f"api_{name}")
     assert pc.resume(again, epochs=2, backend="numpy").config.epochs == 2
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("batch_size", -4, ["run setting batch_size is -4", "an int >= 1"]),
+    ("optimizer", "__import__('os')", ["run setting optimizer", "one of sgd"]),
+    ("run_version", "1", ["run_version '1'"]),
+    ("epochs", [1], ["run setting epochs is [1]"]),
+])
+def test_a_tampered_stored_run_is_one_line_naming_file_and_field(field, value, words, tmp_path,
+                                                                small_splits):
+    config = RunConfig.for_dataset("shapes", epochs=1, n_train=16, image_size=16, batch_size=16)
+    out = tmp_path / "t.npz"
+    pc.run(config, out, backend="numpy")
+    model = pc.load(out, backend="numpy")
+    meta = model.training_state["metadata"]
+    checkpoint.save(out, model, epoch=1, run=dict(meta["run"], **{field: value}),
+                    classes=meta["classes"])
+    for args in (["evaluate", str(out)], ["train", "--resume", "--out", str(out), "--epochs", "2"]):
+        r = CliRunner().invoke(main, [*args, "--backend", "numpy"])
+        assert r.exit_code == 2, r.output
+        assert r.stderr.count("\n") == 1 and str(out) in r.stderr, r.stderr
+        assert all(w in r.stderr for w in words), r.stderr
