@@ -28,7 +28,7 @@ def child(args) -> None:
 
     import polycnn as pc
     from polycnn import models
-    from polycnn.cli.train import default_augment
+    from polycnn.recipes import default_augment
 
     rank, size = pc.distributed.init()
     x, y = pc.datasets.shapes(n=args.images, image_size=32, seed=0)
