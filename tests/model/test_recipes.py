@@ -114,6 +114,7 @@ def test_previous_releases_run_settings_are_converted():
     ({"classes": [1, 2, 3]}, ["x.npz", "classes", "list of names"]),
     ({"command": "rm -rf /"}, ["x.npz", "unknown field", "command"]),
     ({"run_version": 99}, ["x.npz", "run_version 99"]),
+    ({"run_version": True}, ["x.npz", "run_version True"]),
 ])
 def test_hostile_stored_runs_name_the_file_and_field(change, words):
     stored = dict(RunConfig.for_dataset("shapes").to_json(), **change)

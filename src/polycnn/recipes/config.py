@@ -244,7 +244,7 @@ def _stored_fields(obj, source: str) -> dict:
     version = obj.get("run_version")
     if version is None:
         obj = _from_legacy(obj, source)
-    elif version != RUN_VERSION:
+    elif not _int(version) or version != RUN_VERSION:
         raise ValueError(f"{source}: the checkpoint's run settings have run_version {version!r:.40};"
                          f" this polycnn reads version {RUN_VERSION} (and the previous release's)")
     names = {f.name for f in dataclasses.fields(RunConfig)}
