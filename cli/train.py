@@ -144,6 +144,8 @@ def _config(params: dict):
     memory limit before anything is generated or read. With --resume: None (the options that
     define a run are refused, as it continues with the stored ones)."""
     if params["resume"]:
+        recipes.check_counts({k: params[k] for k in ("epochs", "seed", "batch_size", "n_train",
+                                                     "warmup", "patience")})
         ctx = click.get_current_context()
         flags = {param.name: param.opts[0] for param in ctx.command.params}
         fixed = [flags[name] for name in _FIXED
@@ -153,7 +155,6 @@ def _config(params: dict):
                              f" settings; drop {', '.join(fixed)} (only --epochs, --patience,"
                              " --backend and the output options can change, and --data-dir"
                              " names where a data set's files are now)")
-        recipes.check_counts({k: params[k] for k in ("epochs", "seed", "patience")})
         return None
     names = ("epochs", "batch_size", "lr", "optimizer", "seed", "augment", "data_dir",
              "image_size", "channels", "n_train", "schedule", "warmup", "patience", "sync_bn")
