@@ -228,8 +228,9 @@ def _distributed_errors(command):
               help=f"shapes: training images to generate (default {DEFAULTS['n_train']}; validation"
                    " 1000, test 2000); other data sets: use only the first N training images")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help=f"checkpoint written after every epoch (default {recipes.default_out('shapes')}, or DATASET.npz"
-                   " for --dataset DATASET), the best epoch beside it in OUT.best.npz; any file"
+              help=f"checkpoint written after every epoch (default {recipes.default_out('shapes')},"
+                   " or DATASET.npz for --dataset DATASET), the best epoch beside it in"
+                   " OUT.best.npz; any file"
                    " already at either name needs --force or --resume")
 @click.option("--resume", is_flag=True, help="continue the run saved in --out")
 @click.option("--force", is_flag=True,
@@ -274,15 +275,15 @@ def train(backend, epochs, batch_size, lr, optimizer, seed, augment, dataset, da
         config = _config(params)
         _checked_out(out, resume, force, comm, batch_size)
         progress = _Progress(quiet, as_json, json_lines) if rank == 0 else _Progress(True, False, False)
-        before = _file_stamp(out)
+        before, parallel = _file_stamp(out), comm if comm is not None else False
         try:
             if resume:
                 result = pc.resume(out, epochs=epochs, patience=patience, data_dir=data_dir,
-                                   backend=backend, callback=progress, distributed=comm or False,
+                                   backend=backend, callback=progress, distributed=parallel,
                                    sync_bn=sync_bn or None)
             else:
                 result = pc.run(config, out, backend=backend, download=download, callback=progress,
-                                distributed=comm or False, force=True)
+                                distributed=parallel, force=True)
         except KeyboardInterrupt as exc:
             _interrupted(exc, rank, progress, out, resume, before)
     if rank == 0:
