@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from support.hostile import run_cli, snapshot
 
 from polycnn import bench as B
-from polycnn.cli.bench import render, render_targets
+from polycnn.bench.report import render, render_targets
 from polycnn.cli.main import main
 
 HERE = Path(__file__).resolve().parent
