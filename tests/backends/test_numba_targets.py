@@ -65,7 +65,7 @@ def compute_everything() -> dict:
             out.update({f"{t}_gemm_y": y, f"{t}_gemm_dx": dx})
         finally:
             nb.DIRECT_MAX_WORK = saved
-        # an inf weight and a NaN pixel: the exact backward loops (_conv_*_grad_exact)
+        # an inf weight and a NaN pixel: the exact backward loops (_conv_grad_exact)
         x = rng.standard_normal((2, 3, 6, 7)).astype(dt)
         w = rng.standard_normal((4, 3, 3, 2)).astype(dt)
         x[1, 2, 3, 4], w[2, 1, 0, 1] = np.nan, np.inf

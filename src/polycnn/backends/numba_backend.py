@@ -20,7 +20,7 @@ Optimisations (kernels in the package :mod:`.numba`, whose modules say how each 
   thread count (every other output has a single writer);
 - both backward passes multiply zeros that are no term of the sum (dy's padding, the columns
   past each output row) with w and x, so a non-finite weight, or a NaN in dw, sends that
-  gradient to plain loops over the real terms only (``_conv_*_grad_exact``, about 40x slower):
+  gradient to plain loops over the real terms only (``_conv_grad_exact``, about 40x slower):
   an inf never makes NaN in a gradient that does not depend on it;
 - pooling (a branch-free 2×2 max-pool), ReLU, the linear layers (the same dot-product kernel:
   OpenBLAS's spinning threads would slow the next parallel loop) and the cross-entropy are
@@ -43,12 +43,12 @@ from .. import hashing
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
 from . import _heap
+from .base import Backend, OpContext
 from .numba import plan
 from .numba.args import ConvSteps, DirectRun, GemmRun, PoolWindow, WeightTiles, named
 from .numba.loader import cache_dir, user_cache_dir  # noqa: F401 (the backend's API)
 from .numba.loader import load_kernels as _load_kernels
 from .numba.plan import Source, padded_matrix, round_up
-from .base import Backend, OpContext
 
 #: weight-gradient partial sums: at most this many chunks of samples (fixed: never the
 #: thread count, so the summation order, hence the result, is the same on any machine setting)
@@ -254,13 +254,13 @@ class NumbaBackend(Backend):
         dw = self._conv_weight_grad(x, dy, g, ctx.saved)
         if np.isnan(dw.sum()):
             dw = np.zeros(g.w_shape, dtype=dy.dtype)
-            self._k._conv_weight_grad_exact(dy, x, steps, dw)
+            self._k._conv_grad_exact(dy, x, steps, dw, data=False)
         dx = None
         if input_grad and np.isfinite(w.sum()):
             dx = self._conv_data_grad(dy, w, g)
         elif input_grad:
             dx = np.zeros(g.x_shape, dtype=dy.dtype)
-            self._k._conv_data_grad_exact(dy, w, steps, dx)
+            self._k._conv_grad_exact(dy, w, steps, dx, data=True)
         db = None
         if ctx.inputs["has_bias"]:
             db = np.empty(g.K, dtype=dy.dtype)

@@ -158,53 +158,51 @@ def _sum_partials(partial, out):
 # visit the terms that exist only. Scalar code, for that rare case.
 
 
+@njit(inline="always")
+def _reach(offset, step, size, count):
+    """The outputs [p0, p1) of p < count whose tap at ``p*step + offset`` lies in [0, size)."""
+    return max(0, -(offset // step)), min(count, -((offset - size) // step))
+
+
+@njit(inline="always")
+def _tap_reach(r, s, steps, H, W, P, Q):
+    """Tap (r, s): (its row and column offsets from an output's corner, p*sh and q*sw, in the
+    unpadded input; the outputs [p0, p1) × [q0, q1) whose tap is inside the H×W input)."""
+    top = r * steps.dh - steps.ph
+    left = s * steps.dw - steps.pw
+    p0, p1 = _reach(top, steps.sh, H, P)
+    q0, q1 = _reach(left, steps.sw, W, Q)
+    return top, left, p0, p1, q0, q1
+
+
 @njit(parallel=True, cache=True)
-def _conv_data_grad_exact(dy, w, steps, dx):
-    """dx[n, c, h, v] = Σ dy[n, k, p, q] · w[k, c, r, s] over the (k, p, q, r, s) with
-    h = p*sh + r*dh - ph and v = q*sw + s*dw - pw (dh, dw: the dilation; ``steps`` is an
-    ``args.ConvSteps``); dx is zero on entry. One task per (n, c) plane, terms added in
-    (k, r, s, p, q) order."""
-    sh, sw, dil_h, dil_w, ph, pw = steps.sh, steps.sw, steps.dh, steps.dw, steps.ph, steps.pw
+def _conv_grad_exact(dy, other, steps, out, data):
+    """With ``data``: dx = ``out`` from w = ``other``, dx[n, c, h, v] = Σ dy[n, k, p, q] ·
+    w[k, c, r, s] over the (k, p, q, r, s) with h = p*sh + r*dh - ph and v = q*sw + s*dw - pw
+    (dh, dw: the dilation; ``steps`` is an ``args.ConvSteps``); one task per (n, c) plane,
+    terms added in (k, r, s, p, q) order.
+
+    Else: dw = ``out`` from x = ``other``, dw[k, c, r, s] = Σ dy[n, k, p, q] · x[n, c, h, v]
+    over the (n, p, q) whose pixel is inside x; one task per (k, c), terms added in (n, p, q)
+    order. ``out`` is zero on entry."""
     N, K, P, Q = dy.shape
-    C, R, S = w.shape[1], w.shape[2], w.shape[3]
-    H, W = dx.shape[2], dx.shape[3]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        for k in range(K):
+    image = out if data else other
+    C, H, W = image.shape[1], image.shape[2], image.shape[3]
+    R, S = (other if data else out).shape[2:]
+    A, B = (N, K) if data else (K, N)  # a task's planes a, its inner loop b
+    for ac in prange(A * C):
+        a = ac // C
+        c = ac - a * C
+        for b in range(B):
+            n, k = (a, b) if data else (b, a)
             for r in range(R):
                 for s in range(S):
-                    wv = w[k, c, r, s]
-                    for p in range(P):
-                        h = p * sh + r * dil_h - ph
-                        if h < 0 or h >= H:
-                            continue
-                        for q in range(Q):
-                            v = q * sw + s * dil_w - pw
-                            if 0 <= v < W:
-                                dx[n, c, h, v] += dy[n, k, p, q] * wv
-
-
-@njit(parallel=True, cache=True)
-def _conv_weight_grad_exact(dy, x, steps, dw):
-    """dw[k, c, r, s] = Σ dy[n, k, p, q] · x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw] over the
-    (n, p, q) whose pixel is inside x; ``steps`` as in ``_conv_data_grad_exact``; dw is zero on
-    entry. One task per (k, c), terms added in (n, p, q) order."""
-    sh, sw, dil_h, dil_w, ph, pw = steps.sh, steps.sw, steps.dh, steps.dw, steps.ph, steps.pw
-    N, K, P, Q = dy.shape
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    R, S = dw.shape[2], dw.shape[3]
-    for kc in prange(K * C):
-        k = kc // C
-        c = kc - k * C
-        for r in range(R):
-            for s in range(S):
-                for n in range(N):
-                    for p in range(P):
-                        h = p * sh + r * dil_h - ph
-                        if h < 0 or h >= H:
-                            continue
-                        for q in range(Q):
-                            v = q * sw + s * dil_w - pw
-                            if 0 <= v < W:
-                                dw[k, c, r, s] += dy[n, k, p, q] * x[n, c, h, v]
+                    top, left, p0, p1, q0, q1 = _tap_reach(r, s, steps, H, W, P, Q)
+                    for p in range(p0, p1):
+                        h = p * steps.sh + top
+                        for q in range(q0, q1):
+                            v = q * steps.sw + left
+                            if data:
+                                out[n, c, h, v] += dy[n, k, p, q] * other[k, c, r, s]
+                            else:
+                                out[k, c, r, s] += dy[n, k, p, q] * other[n, c, h, v]

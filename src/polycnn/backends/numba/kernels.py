@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from .conv import (  # noqa: F401
     _bias_grad,
-    _conv_data_grad_exact,
-    _conv_weight_grad_exact,
+    _conv_grad_exact,
     _conv_weight_tiles,
     _direct_conv,
     _sum_partials,
