@@ -157,6 +157,40 @@ def test_user_set_numba_cache_dir_wins(tmp_path):
     assert not (tmp_path / "xdg" / "polycnn").exists()
 
 
+def test_a_change_to_any_kernel_module_gives_another_cache_subfolder(tmp_path, monkeypatch):
+    """Numba checks a cached kernel against its own file only, and the conv kernels inline the
+    tiles of tiles.py: the subfolder the kernels cache in is named by every module's text."""
+    import shutil
+    from pathlib import Path
+
+    from polycnn.backends.numba import loader
+
+    copy = tmp_path / "numba"
+    shutil.copytree(Path(loader.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(loader, "__file__", str(copy / "loader.py"))
+    first = loader.kernel_folder("/cache")
+    assert first == loader.kernel_folder("/cache")
+    assert os.path.dirname(first) == "/cache" and os.path.basename(first).startswith("src-")
+    tiles = copy / "tiles.py"
+    text = tiles.read_text()
+    assert "DOT_TILE = (4, 6)" in text
+    tiles.write_text(text.replace("DOT_TILE = (4, 6)", "DOT_TILE = (4, 5)"))
+    assert loader.kernel_folder("/cache") != first
+
+
+def test_kernel_arguments_are_named_tuples_of_python_ints():
+    """A float or a NumPy scalar type in a kernel's argument tuple would make Numba compile the
+    kernel again: ``named`` converts every field, and a missing field is an error."""
+    from polycnn.backends.numba.args import PoolWindow, named
+
+    win = named(PoolWindow, R=np.int64(2), S=np.int32(3), sh=2, sw=np.uint8(1), ph=0, pw=0)
+    assert win == (2, 3, 2, 1, 0, 0) and win.S == 3
+    assert all(type(v) is int for v in win), [type(v) for v in win]
+    with pytest.raises(TypeError):
+        named(PoolWindow, R=2, S=2)
+
+
 _NOJIT_SCRIPT = textwrap.dedent(
     """
     import numpy as np
