@@ -39,9 +39,10 @@
 // conv2d_fwd_relu_* (each tile, and _tf32): the forward with the ReLU that follows it in the
 // epilogue (a training step's conv + bias + ReLU, one kernel and one write of y).
 
-// NVRTC has no <mma.h> built in (and CuPy may find no CUDA headers on the machine): the few WMMA
-// operations used here, as inline PTX. The emulator (cuda_emu.h) supplies the same names.
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// ---- tensor cores: the subset of <mma.h> (nvcuda::wmma) that the TF32 kernels use -------------
+// NVRTC has no <mma.h> built in (and CuPy may find no CUDA headers on the machine), and g++ has
+// none at all: the names the kernels use are declared once here, then implemented twice, as
+// inline PTX for NVRTC and as plain loops for cupy-emu (which compiles this file with g++).
 namespace nvcuda {
 namespace wmma {
 struct matrix_a {};
@@ -51,17 +52,27 @@ struct row_major {};
 struct col_major {};
 namespace precision { struct tf32 {}; }
 enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment;
+template <class F> __device__ inline void fill_fragment(F& f, float v) {
+    for (int i = 0; i < F::num_elements; ++i) f.x[i] = v;
+}
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 // m16n16k8 TF32: A and B four 32-bit registers a lane, the fp32 accumulator eight
 template <int E> struct lane_fragment {
     static constexpr int num_elements = E;
     float x[E];
 };
-template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment;
 template <class L> struct fragment<matrix_a, 16, 16, 8, precision::tf32, L> : lane_fragment<4> {};
 template <class L> struct fragment<matrix_b, 16, 16, 8, precision::tf32, L> : lane_fragment<4> {};
 template <> struct fragment<accumulator, 16, 16, 8, float, void> : lane_fragment<8> {};
 
 // NOTE: the bodies exist for sm_80 and newer only; older targets never call them (TF32_BODY)
+#if __CUDA_ARCH__ >= 800
+#define WMMA_SM80(...) __VA_ARGS__
+#else
+#define WMMA_SM80(...)
+#endif
 __device__ inline float __float_to_tf32(float f) {
     unsigned r = 0;
 #if __CUDA_ARCH__ >= 800
@@ -69,25 +80,17 @@ __device__ inline float __float_to_tf32(float f) {
 #endif
     return __uint_as_float(r);
 }
-template <class F> __device__ inline void fill_fragment(F& f, float v) {
-    for (int i = 0; i < F::num_elements; ++i) f.x[i] = v;
-}
-__device__ inline void load_matrix_sync(fragment<matrix_a, 16, 16, 8, precision::tf32, col_major>& f,
-                                        const float* p, unsigned ldm) {
-#if __CUDA_ARCH__ >= 800
-    unsigned* r = reinterpret_cast<unsigned*>(f.x);
-    asm volatile("wmma.load.a.sync.aligned.col.m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p), "r"(ldm) : "memory");
-#endif
-}
-__device__ inline void load_matrix_sync(fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& f,
-                                        const float* p, unsigned ldm) {
-#if __CUDA_ARCH__ >= 800
-    unsigned* r = reinterpret_cast<unsigned*>(f.x);
-    asm volatile("wmma.load.b.sync.aligned.row.m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p), "r"(ldm) : "memory");
-#endif
-}
+// load_matrix_sync of a TF32 operand: USE (matrix_a or matrix_b) in LAYOUT, PTX its wmma.load name
+#define WMMA_TF32_LOAD(USE, LAYOUT, PTX)                                                           \
+    __device__ inline void load_matrix_sync(fragment<USE, 16, 16, 8, precision::tf32, LAYOUT>& f,  \
+                                            const float* p, unsigned ldm) {                        \
+        WMMA_SM80(unsigned* r = reinterpret_cast<unsigned*>(f.x);                                  \
+                  asm volatile("wmma.load." PTX ".m16n16k8.tf32 {%0, %1, %2, %3}, [%4], %5;"       \
+                               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                    \
+                               : "l"(p), "r"(ldm) : "memory");)                                    \
+    }
+WMMA_TF32_LOAD(matrix_a, col_major, "a.sync.aligned.col")
+WMMA_TF32_LOAD(matrix_b, row_major, "b.sync.aligned.row")
 __device__ inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
                                 const fragment<matrix_a, 16, 16, 8, precision::tf32, col_major>& a,
                                 const fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& b,
@@ -114,9 +117,79 @@ __device__ inline void store_matrix_sync(float* p, const fragment<accumulator, 1
                     "f"(f.x[5]), "f"(f.x[6]), "f"(f.x[7]), "r"(ldm) : "memory");
 #endif
 }
+
+#else  // cupy-emu (g++; cuda_emu.h comes first)
+// On a GPU a fragment is spread over the 32 lanes of a warp, in an unspecified order; kernels may
+// only fill it, load it, store it, multiply it and apply elementwise functions to x[0..
+// num_elements). Here every thread holds the whole tile (row-major: A is 16 × 8, B 8 × 16, the
+// accumulator 16 × 16) and computes the whole product itself: the same result, 32 times over.
+// mma_sync reads its TF32 operands as the tensor cores do: the top 19 bits of each float (an
+// operand not converted by __float_to_tf32 is truncated), products exact, sums in fp32 in k order.
+// NOTE: load/store/mma need no barrier here, as on a GPU where they are warp-synchronous.
+template <int ROWS, int COLS> struct emu_fragment {
+    static constexpr int rows = ROWS, cols = COLS, num_elements = ROWS * COLS;
+    float x[ROWS * COLS];
+};
+template <class L> struct fragment<matrix_a, 16, 16, 8, precision::tf32, L> : emu_fragment<16, 8> {};
+template <class L> struct fragment<matrix_b, 16, 16, 8, precision::tf32, L> : emu_fragment<8, 16> {};
+template <> struct fragment<accumulator, 16, 16, 8, float, void> : emu_fragment<16, 16> {};
+
+// cvt.rna.tf32.f32: round the 23-bit mantissa to 10 bits, to nearest, ties away from zero (add
+// half of the last kept bit to the magnitude, then clear the 13 dropped bits); NaN and infinity
+// pass through.
+inline float __float_to_tf32(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7F800000u) != 0x7F800000u) u = (u + 0x1000u) & ~0x1FFFu;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+inline float emu_tf32_operand(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, sizeof u);
+    u &= ~0x1FFFu;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+// element (i, j) of a ROWS × COLS matrix at p: p[i * ldm + j] row-major, p[i + j * ldm] column-major
+template <class F, class L> inline void emu_load(F& f, const float* p, unsigned ldm, L) {
+    for (int i = 0; i < F::rows; ++i)
+        for (int j = 0; j < F::cols; ++j)
+            f.x[i * F::cols + j] = std::is_same_v<L, row_major> ? p[(std::size_t)i * ldm + j]
+                                                                 : p[i + (std::size_t)j * ldm];
+}
+template <class Use, class L>
+inline void load_matrix_sync(fragment<Use, 16, 16, 8, precision::tf32, L>& f, const float* p,
+                             unsigned ldm) {
+    emu_load(f, p, ldm, L{});
+}
+
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                     const emu_fragment<16, 8>& a, const emu_fragment<8, 16>& b,
+                     const fragment<accumulator, 16, 16, 8, float>& c) {
+    float out[16 * 16];
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) {
+            float sum = c.x[i * 16 + j];
+            for (int k = 0; k < 8; ++k)
+                sum += emu_tf32_operand(a.x[i * 8 + k]) * emu_tf32_operand(b.x[k * 16 + j]);
+            out[i * 16 + j] = sum;
+        }
+    std::memcpy(d.x, out, sizeof out);
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& f,
+                              unsigned ldm, layout_t layout) {
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j)
+            (layout == mem_row_major ? p[(std::size_t)i * ldm + j] : p[i + (std::size_t)j * ldm]) =
+                f.x[i * 16 + j];
+}
+#endif
 }  // namespace wmma
 }  // namespace nvcuda
-#endif
 
 // The TF32 entry points' bodies, compiled for sm_80 and newer (the host refuses precision="tf32"
 // on an older device); the emulator compiles them always.
@@ -132,6 +205,14 @@ struct ConvShape {
     int chunk;  // backward-weight: reduction length per split, a multiple of TILE_K (else unused)
 };
 
+// The GEMM tile table, the one list of tile shapes of the kernels and of the host (the host reads
+// these two lines: polycnn/backends/_tiles.py): X(name suffix, BM, BN, HOLD) for each shape of
+// the float and double kernels, squarest first (the host's order of preference), then the TF32
+// kernels' one tile. HOLD: the blocks a multiprocessor that the float backward passes are held
+// to, by their __launch_bounds__ (0: not held). The entry points at the end of this file are
+// made from it.
+#define GEMM_TILES(X) X(, 64, 64, 3) X(_mid, 32, 128, 3) X(_narrow, 16, 256, 3) X(_small, 16, 64, 0)
+#define GEMM_TF32_TILE(X) X(_tf32, 64, 64, 2)
 #define TILE_K 16
 #define GEMM_THREADS 256
 // NOTE: the A and B tiles' rows are padded by 4 so that column-wise stores spread over banks
@@ -609,178 +690,63 @@ __device__ void conv2d_bias_grad(const T* dy, T* partial, ConvShape s) {
     if (t == 0) partial[(long long)blockIdx.y * s.K + k] = part[0];
 }
 
-// ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
+// ---- entry points: one per dtype (and per tile), made from the tile table ---------------------
+// One tile's GEMM entry points for element type T (NAME: tile suffix and C type, e.g. _mid_float):
+// forward, forward + ReLU, backward-data, backward-weight. TC: on the tensor cores; BODY wraps each
+// body (TF32_BODY, or GEMM_BODY: as is); *_BOUNDS: the backward passes' __launch_bounds__.
+#define GEMM_BODY(...) __VA_ARGS__
+#define CONV2D_GEMM_ENTRIES(NAME, T, BM, BN, TC, BODY, DATA_BOUNDS, WEIGHT_BOUNDS)               \
+    extern "C" __global__ void conv2d_fwd##NAME(                                                \
+            const T* x, const T* w, const T* b, T* y, ConvShape s) {                            \
+        BODY(conv2d_fwd<T, BM, BN, TC>(x, w, b, y, s);)                                         \
+    }                                                                                           \
+    extern "C" __global__ void conv2d_fwd_relu##NAME(                                           \
+            const T* x, const T* w, const T* b, T* y, ConvShape s) {                            \
+        BODY(conv2d_fwd<T, BM, BN, TC, true>(x, w, b, y, s);)                                   \
+    }                                                                                           \
+    extern "C" __global__ void DATA_BOUNDS conv2d_bwd_data##NAME(                               \
+            const T* dy, const T* w, T* dx, ConvShape s) {                                      \
+        BODY(conv2d_bwd_data<T, BM, BN, TC>(dy, w, dx, s);)                                     \
+    }                                                                                           \
+    extern "C" __global__ void WEIGHT_BOUNDS conv2d_bwd_weight##NAME(                           \
+            const T* dy, const T* x, T* partial, ConvShape s) {                                 \
+        BODY(conv2d_bwd_weight<T, BM, BN, TC>(dy, x, partial, s);)                              \
+    }
+
+// GEMM_HOLD(HOLD, BM, BN): the __launch_bounds__ that hold a tile's kernel to HOLD blocks a
+// multiprocessor, or nothing for HOLD = 0.
 // NOTE: the backward passes in float are held to 80 registers, three blocks of 256 threads a
-// multiprocessor (backward-data took 90-95, the weight pass along K 93: two blocks); the
-// compile gate shows they do not spill.
-extern "C" __global__ void conv2d_fwd_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 64, 64>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 64, 64>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_narrow_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 16, 256>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_narrow_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 16, 256>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_mid_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 32, 128>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_mid_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 32, 128>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_small_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 16, 64>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_small_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 16, 64>(x, w, b, y, s);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_float(
-        const float* dy, const float* w, float* dx, ConvShape s) {
-    conv2d_bwd_data<float, 64, 64>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_double(
-        const double* dy, const double* w, double* dx, ConvShape s) {
-    conv2d_bwd_data<double, 64, 64>(dy, w, dx, s);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_narrow_float(
-        const float* dy, const float* w, float* dx, ConvShape s) {
-    conv2d_bwd_data<float, 16, 256>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_narrow_double(
-        const double* dy, const double* w, double* dx, ConvShape s) {
-    conv2d_bwd_data<double, 16, 256>(dy, w, dx, s);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_data_mid_float(
-        const float* dy, const float* w, float* dx, ConvShape s) {
-    conv2d_bwd_data<float, 32, 128>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_mid_double(
-        const double* dy, const double* w, double* dx, ConvShape s) {
-    conv2d_bwd_data<double, 32, 128>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_small_float(
-        const float* dy, const float* w, float* dx, ConvShape s) {
-    conv2d_bwd_data<float, 16, 64>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_small_double(
-        const double* dy, const double* w, double* dx, ConvShape s) {
-    conv2d_bwd_data<double, 16, 64>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_fewc_float(
-        const float* dy, const float* w, float* dx, ConvShape s) {
-    conv2d_bwd_data_fewc<float>(dy, w, dx, s);
-}
-extern "C" __global__ void conv2d_bwd_data_fewc_double(
-        const double* dy, const double* w, double* dx, ConvShape s) {
-    conv2d_bwd_data_fewc<double>(dy, w, dx, s);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_float(
-        const float* dy, const float* x, float* partial, ConvShape s) {
-    conv2d_bwd_weight<float, 64, 64>(dy, x, partial, s);
-}
-extern "C" __global__ void conv2d_bwd_weight_double(
-        const double* dy, const double* x, double* partial, ConvShape s) {
-    conv2d_bwd_weight<double, 64, 64>(dy, x, partial, s);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_narrow_float(
-        const float* dy, const float* x, float* partial, ConvShape s) {
-    conv2d_bwd_weight<float, 16, 256>(dy, x, partial, s);
-}
-extern "C" __global__ void conv2d_bwd_weight_narrow_double(
-        const double* dy, const double* x, double* partial, ConvShape s) {
-    conv2d_bwd_weight<double, 16, 256>(dy, x, partial, s);
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3) conv2d_bwd_weight_mid_float(
-        const float* dy, const float* x, float* partial, ConvShape s) {
-    conv2d_bwd_weight<float, 32, 128>(dy, x, partial, s);
-}
-extern "C" __global__ void conv2d_bwd_weight_mid_double(
-        const double* dy, const double* x, double* partial, ConvShape s) {
-    conv2d_bwd_weight<double, 32, 128>(dy, x, partial, s);
-}
-extern "C" __global__ void conv2d_bwd_weight_small_float(
-        const float* dy, const float* x, float* partial, ConvShape s) {
-    conv2d_bwd_weight<float, 16, 64>(dy, x, partial, s);
-}
-extern "C" __global__ void conv2d_bwd_weight_small_double(
-        const double* dy, const double* x, double* partial, ConvShape s) {
-    conv2d_bwd_weight<double, 16, 64>(dy, x, partial, s);
-}
+// multiprocessor (backward-data took 90-95, the weight pass along K 93: two blocks); the compile
+// gate shows they do not spill.
+#define GEMM_HOLD(HOLD, BM, BN) GEMM_HOLD_##HOLD((BM) * (BN) / 16)
+#define GEMM_HOLD_0(THREADS)
+#define GEMM_HOLD_2(THREADS) __launch_bounds__(THREADS, 2)
+#define GEMM_HOLD_3(THREADS) __launch_bounds__(THREADS, 3)
+#define CONV2D_TILE_ENTRIES(SUFFIX, BM, BN, HOLD)                                               \
+    CONV2D_GEMM_ENTRIES(SUFFIX##_float, float, BM, BN, false, GEMM_BODY,                        \
+                        GEMM_HOLD(HOLD, BM, BN), GEMM_HOLD(HOLD, BM, BN))                       \
+    CONV2D_GEMM_ENTRIES(SUFFIX##_double, double, BM, BN, false, GEMM_BODY, , )
+GEMM_TILES(CONV2D_TILE_ENTRIES)
 
-// TF32 on the tensor cores: the 64×64 tile, float only; dynamic shared memory
-// GEMM_TC_SMEM_BYTES(64, 64). Backward-data is held to 128 registers (two blocks a
-// multiprocessor; it took 133 on sm_90); the others take 122-126 unbounded, and bounding the
-// forward to 128 made it spill on sm_90.
-extern "C" __global__ void conv2d_fwd_tf32_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    TF32_BODY(conv2d_fwd<float, 64, 64, true>(x, w, b, y, s);)
-}
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) conv2d_bwd_data_tf32_float(
-        const float* dy, const float* w, float* dx, ConvShape s) {
-    TF32_BODY(conv2d_bwd_data<float, 64, 64, true>(dy, w, dx, s);)
-}
-extern "C" __global__ void conv2d_bwd_weight_tf32_float(
-        const float* dy, const float* x, float* partial, ConvShape s) {
-    TF32_BODY(conv2d_bwd_weight<float, 64, 64, true>(dy, x, partial, s);)
-}
+// TF32 on the tensor cores: float only; dynamic shared memory GEMM_TC_SMEM_BYTES(BM, BN).
+// Backward-data is held (to 128 registers, two blocks a multiprocessor; it took 133 on sm_90); the
+// others take 122-126 unbounded, and bounding the forward to 128 made it spill on sm_90.
+#define CONV2D_TF32_ENTRIES(SUFFIX, BM, BN, HOLD)                                               \
+    CONV2D_GEMM_ENTRIES(SUFFIX##_float, float, BM, BN, true, TF32_BODY, GEMM_HOLD(HOLD, BM, BN), )
+GEMM_TF32_TILE(CONV2D_TF32_ENTRIES)
 
-// conv + bias + ReLU in one kernel: the forward entry points above with the ReLU in the epilogue
-extern "C" __global__ void conv2d_fwd_relu_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 64, 64, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 64, 64, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_mid_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 32, 128, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_mid_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 32, 128, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_narrow_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 16, 256, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_narrow_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 16, 256, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_small_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    conv2d_fwd<float, 16, 64, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_small_double(
-        const double* x, const double* w, const double* b, double* y, ConvShape s) {
-    conv2d_fwd<double, 16, 64, false, true>(x, w, b, y, s);
-}
-extern "C" __global__ void conv2d_fwd_relu_tf32_float(
-        const float* x, const float* w, const float* b, float* y, ConvShape s) {
-    TF32_BODY(conv2d_fwd<float, 64, 64, true, true>(x, w, b, y, s);)
-}
-
-extern "C" __global__ void conv2d_reduce_float(const float* partial, float* out, long long count,
-                                               int splits) { conv2d_reduce<float>(partial, out, count, splits); }
-extern "C" __global__ void conv2d_reduce_double(const double* partial, double* out, long long count,
-                                                int splits) { conv2d_reduce<double>(partial, out, count, splits); }
-
-extern "C" __global__ void conv2d_bias_grad_float(const float* dy, float* partial, ConvShape s) {
-    conv2d_bias_grad<float>(dy, partial, s);
-}
-extern "C" __global__ void conv2d_bias_grad_double(const double* dy, double* partial, ConvShape s) {
-    conv2d_bias_grad<double>(dy, partial, s);
-}
+// The kernels outside the tile table, for T = float and double.
+#define CONV2D_ENTRIES(T)                                                                       \
+    extern "C" __global__ void conv2d_bwd_data_fewc_##T(                                        \
+            const T* dy, const T* w, T* dx, ConvShape s) {                                      \
+        conv2d_bwd_data_fewc<T>(dy, w, dx, s);                                                  \
+    }                                                                                           \
+    extern "C" __global__ void conv2d_reduce_##T(const T* partial, T* out, long long count,     \
+                                                 int splits) {                                  \
+        conv2d_reduce<T>(partial, out, count, splits);                                          \
+    }                                                                                           \
+    extern "C" __global__ void conv2d_bias_grad_##T(const T* dy, T* partial, ConvShape s) {     \
+        conv2d_bias_grad<T>(dy, partial, s);                                                    \
+    }
+CONV2D_ENTRIES(float)
+CONV2D_ENTRIES(double)

@@ -150,8 +150,8 @@ def test_a_barrier_not_reached_by_every_thread_is_an_error(tmp_path):
 def test_a_wrong_scalar_type_is_caught(tmp_path):
     """The kernel takes `long long splits`, the backend passes numpy.int32: on a GPU the kernel
     would read 4 bytes of garbage; the emulator compares with the types g++ saw."""
-    folder = seeded_copy(tmp_path, "conv2d.cu", "long long count,\n                                               int splits)",
-                         "long long count,\n                                               long long splits)")
+    # the entry point's own parameter list (in the per-dtype macro), not the template's
+    folder = seeded_copy(tmp_path, "conv2d.cu", "   int splits) {", "   long long splits) {")
     be = cupy_backend.create_emu(kernel_dir=folder)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 2, 10, 10)).astype(np.float32)  # N*P*Q = 400: several splits
@@ -291,6 +291,67 @@ def test_static_shared_memory_is_rejected_with_a_clear_message():
               '    __shared__ float tile[32];\n    tile[threadIdx.x] = 1.0f;\n}\n')
     with pytest.raises(build.CompileError, match=r"emulates only dynamic shared memory"):
         runtime.load(source)
+
+
+# ---- the GEMM tile table: written once, in conv2d.cu -------------------------------------------
+
+_TABLE_PROBE = r"""
+extern "C" __global__ void tile_table_probe(long long* out) {
+    int i = 0;
+#define PROBE(SUFFIX, BM, BN, HOLD) \
+    out[i++] = BM; out[i++] = BN; out[i++] = GEMM_SMEM_BYTES(BM, BN, 4); \
+    out[i++] = GEMM_SMEM_BYTES(BM, BN, 8);
+    GEMM_TILES(PROBE)
+#define PROBE_TC(SUFFIX, BM, BN, HOLD) out[i++] = BM; out[i++] = BN; out[i++] = GEMM_TC_SMEM_BYTES(BM, BN);
+    GEMM_TF32_TILE(PROBE_TC)
+    out[i++] = TILE_K;
+}
+"""
+
+
+def test_the_host_launches_the_tiles_and_shared_memory_that_conv2d_cu_defines():
+    """The host's tile table (_tiles: read from conv2d.cu) and its shared-memory sizes are what the
+    compiler sees in conv2d.cu's GEMM_TILES, GEMM_TF32_TILE, GEMM_SMEM_BYTES and TILE_K."""
+    from polycnn.backends import _tiles
+
+    module = standin.RawModule(code=cupy_backend.kernel_source("conv2d.cu") + _TABLE_PROBE)
+    out = standin.zeros((64,), np.int64)
+    module.get_function("tile_table_probe")((1,), (1,), (out,))
+    expected = []
+    for tile, (bm, bn) in _tiles.TILES.items():
+        expected += [bm, bn, _tiles.gemm_smem_bytes(tile, 4), _tiles.gemm_smem_bytes(tile, 8)]
+    expected += [*_tiles.TILES[_tiles.TF32_TILE], _tiles.gemm_tc_smem_bytes(), _tiles.TILE_K]
+    assert standin.asnumpy(out)[:len(expected)].tolist() == expected
+    assert not standin.asnumpy(out)[len(expected):].any()
+
+
+def test_a_tile_added_to_the_table_is_a_kernel_and_a_host_tile(tmp_path):
+    """One line of conv2d.cu makes a tile: its entry points (every GEMM op, float and double,
+    with the parameters the backend passes) and the host's entry in its table."""
+    from polycnn.backends import _tiles
+
+    folder = seeded_copy(tmp_path, "conv2d.cu", "X(_small, 16, 64, 0)",
+                         "X(_small, 16, 64, 0) X(_wide, 16, 128, 0)")
+    source = cupy_backend.kernel_source("conv2d.cu", folder)
+    assert _tiles.parse_table(source)[1]["_wide"] == (16, 128)
+    library = runtime.load(source)
+    for op in ("conv2d_fwd", "conv2d_fwd_relu", "conv2d_bwd_data", "conv2d_bwd_weight"):
+        for dtype in ("float", "double"):
+            wide = library.kernels[f"{op}_wide_{dtype}"]
+            assert wide.params == library.kernels[f"{op}_{dtype}"].params, (op, dtype)
+    assert "conv2d_fwd_wide_tf32_float" not in library.kernels
+
+
+@pytest.mark.parametrize("table", [
+    "#define GEMM_TILES(X) X(, 64, 64, 3) X(_mid, 32)\n#define GEMM_TF32_TILE(X) X(_tf32, 64, 64, 2)",
+    "#define GEMM_TILES(X) X(, 64, 64, 3) junk\n#define GEMM_TF32_TILE(X) X(_tf32, 64, 64, 2)",
+    "#define GEMM_TILES(X) X(, 64, 64, 3)",
+], ids=["short-row", "junk", "no-tf32-tile"])
+def test_a_malformed_tile_table_is_refused(table):
+    from polycnn.backends import _tiles
+
+    with pytest.raises(ValueError, match=r"conv2d\.cu"):
+        _tiles.parse_table("#define TILE_K 16\n" + table + "\n")
 
 
 # ---- a full training step ----------------------------------------------------------------------

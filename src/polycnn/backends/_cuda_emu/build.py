@@ -105,8 +105,23 @@ def _header() -> str:
 
 
 def kernel_names(source: str) -> list[str]:
-    """The ``extern "C" __global__`` entry points of ``source`` (comments ignored)."""
+    """The ``extern "C" __global__`` entry points of ``source`` (comments ignored), those that
+    macros make included (conv2d.cu makes its per-tile entry points from its tile table): read
+    from the source as g++'s preprocessor leaves it, when it has a ``#define``."""
+    if "#define" in source:
+        source = _preprocessed(source)
     return _ENTRY.findall(_COMMENT.sub(" ", source))
+
+
+@functools.lru_cache(maxsize=32)
+def _preprocessed(source: str) -> str:
+    """``source`` with its macros expanded (``__launch_bounds__`` dropped, as cuda_emu.h does)."""
+    proc = subprocess.run([compiler(), "-E", "-P", "-x", "c++", "-std=c++20",
+                           "-D__launch_bounds__(...)=", "-"], input=source, capture_output=True,
+                          text=True, check=False, errors="replace")
+    if proc.returncode != 0:
+        raise CompileError(f"g++ failed to preprocess the kernels:\n{proc.stderr.strip()}")
+    return proc.stdout
 
 
 def translation_unit(source: str) -> str:
