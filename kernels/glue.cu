@@ -108,21 +108,30 @@ __device__ void sgd_step(T* p, const T* grad, T* v, long long count, T lr, T mom
     }
 }
 
-// ---- entry points, one per dtype (spelled out so that tools can find them by name) ----------
-extern "C" __global__ void relu_fwd_float(const float* x, float* y, long long count) {
-    relu_fwd<float>(x, y, count);
-}
-extern "C" __global__ void relu_fwd_double(const double* x, double* y, long long count) {
-    relu_fwd<double>(x, y, count);
-}
-extern "C" __global__ void relu_bwd_float(const float* dy, const float* x, float* dx,
-                                          long long count) {
-    relu_bwd<float>(dy, x, dx, count);
-}
-extern "C" __global__ void relu_bwd_double(const double* dy, const double* x, double* dx,
-                                           long long count) {
-    relu_bwd<double>(dy, x, dx, count);
-}
+// ---- entry points: one per dtype, T = float and double (the dropout masks: bool only) ----------
+#define GLUE_ENTRIES(T)                                                                          \
+    extern "C" __global__ void relu_fwd_##T(const T* x, T* y, long long count) {                 \
+        relu_fwd<T>(x, y, count);                                                                \
+    }                                                                                            \
+    extern "C" __global__ void relu_bwd_##T(const T* dy, const T* x, T* dx, long long count) {   \
+        relu_bwd<T>(dy, x, dx, count);                                                           \
+    }                                                                                            \
+    extern "C" __global__ void dropout_apply_##T(const T* x, const bool* keep, T* y,             \
+                                                 long long count, T scale) {                     \
+        dropout_apply<T>(x, keep, y, count, scale);                                              \
+    }                                                                                            \
+    extern "C" __global__ void cross_entropy_##T(const T* logits, const long long* labels,       \
+                                                 T* dlogits, double* loss, int n, int k,         \
+                                                 T smoothing) {                                  \
+        cross_entropy<T>(logits, labels, dlogits, loss, n, k, smoothing);                        \
+    }                                                                                            \
+    extern "C" __global__ void sgd_step_##T(T* p, const T* grad, T* v, long long count, T lr,    \
+                                            T momentum, T wd, int nesterov) {                    \
+        sgd_step<T>(p, grad, v, count, lr, momentum, wd, nesterov);                              \
+    }
+GLUE_ENTRIES(float)
+GLUE_ENTRIES(double)
+
 extern "C" __global__ void dropout_mask_bool(bool* keep, long long count, unsigned long long key,
                                              unsigned long long threshold) {
     dropout_mask(keep, count, key, threshold);
@@ -133,31 +142,4 @@ extern "C" __global__ void dropout_mask_keyed_bool(bool* keep, long long count,
                                                    const unsigned long long* keys,
                                                    unsigned long long threshold) {
     dropout_mask(keep, count, keys[0], threshold);
-}
-extern "C" __global__ void dropout_apply_float(const float* x, const bool* keep, float* y,
-                                               long long count, float scale) {
-    dropout_apply<float>(x, keep, y, count, scale);
-}
-extern "C" __global__ void dropout_apply_double(const double* x, const bool* keep, double* y,
-                                                long long count, double scale) {
-    dropout_apply<double>(x, keep, y, count, scale);
-}
-extern "C" __global__ void cross_entropy_float(const float* logits, const long long* labels,
-                                               float* dlogits, double* loss, int n, int k,
-                                               float smoothing) {
-    cross_entropy<float>(logits, labels, dlogits, loss, n, k, smoothing);
-}
-extern "C" __global__ void cross_entropy_double(const double* logits, const long long* labels,
-                                                double* dlogits, double* loss, int n, int k,
-                                                double smoothing) {
-    cross_entropy<double>(logits, labels, dlogits, loss, n, k, smoothing);
-}
-extern "C" __global__ void sgd_step_float(float* p, const float* grad, float* v, long long count,
-                                          float lr, float momentum, float wd, int nesterov) {
-    sgd_step<float>(p, grad, v, count, lr, momentum, wd, nesterov);
-}
-extern "C" __global__ void sgd_step_double(double* p, const double* grad, double* v,
-                                           long long count, double lr, double momentum, double wd,
-                                           int nesterov) {
-    sgd_step<double>(p, grad, v, count, lr, momentum, wd, nesterov);
 }

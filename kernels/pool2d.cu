@@ -14,6 +14,14 @@
 //
 // Launch: a 1-D grid-stride loop over the outputs (forward) or inputs (backward); any grid works.
 
+// f(i) for each i < count, a grid-stride loop: thread t of the grid takes t, t + the grid's
+// threads, ... (any launch shape covers every index).
+template <class F>
+__device__ void grid_stride(long long count, F&& f) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) f(i);
+}
+
 struct PoolShape {
     int N, C, H, W, R, S, P, Q;
     int sh, sw, ph, pw;
@@ -69,8 +77,7 @@ __device__ Covering covering(long long i, const PoolShape& s) {
 template <typename T>
 __device__ void maxpool2d_fwd(const T* x, T* y, int* argmax, PoolShape s) {
     const long long total = (long long)s.N * s.C * s.P * s.Q;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    grid_stride(total, [&](long long i) {
         T best = T(0);
         int arg = 0;
         bool first = true;
@@ -84,14 +91,13 @@ __device__ void maxpool2d_fwd(const T* x, T* y, int* argmax, PoolShape s) {
         });
         y[i] = best;
         argmax[i] = arg;
-    }
+    });
 }
 
 template <typename T>
 __device__ void maxpool2d_bwd(const T* dy, const int* argmax, T* dx, PoolShape s) {
     const long long total = (long long)s.N * s.C * s.H * s.W;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    grid_stride(total, [&](long long i) {
         const Covering c = covering(i, s);
         T sum = T(0);
         for (int p = c.p0; p <= c.p1; ++p) {
@@ -102,55 +108,47 @@ __device__ void maxpool2d_bwd(const T* dy, const int* argmax, T* dx, PoolShape s
             }
         }
         dx[i] = sum;
-    }
+    });
 }
 
 template <typename T>
 __device__ void avgpool2d_fwd(const T* x, T* y, PoolShape s) {
     const long long total = (long long)s.N * s.C * s.P * s.Q;
-    const long long stride = (long long)gridDim.x * blockDim.x;
     const T scale = T(1) / T(s.R * s.S);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    grid_stride(total, [&](long long i) {
         T sum = T(0);
         for_each_tap(window_of(i, s), s, [&](int, long long at) { sum += x[at]; });
         y[i] = sum * scale;
-    }
+    });
 }
 
 template <typename T>
 __device__ void avgpool2d_bwd(const T* dy, T* dx, PoolShape s) {
     const long long total = (long long)s.N * s.C * s.H * s.W;
-    const long long stride = (long long)gridDim.x * blockDim.x;
     const T scale = T(1) / T(s.R * s.S);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    grid_stride(total, [&](long long i) {
         const Covering c = covering(i, s);
         T sum = T(0);
         for (int p = c.p0; p <= c.p1; ++p)
             for (int q = c.q0; q <= c.q1; ++q) sum += dy[c.plane + (long long)p * s.Q + q];
         dx[i] = sum * scale;
-    }
+    });
 }
 
-// ---- entry points, one per dtype (spelled out so that tools can find them by name) ---------------
-extern "C" __global__ void maxpool2d_fwd_float(const float* x, float* y, int* argmax, PoolShape s) {
-    maxpool2d_fwd<float>(x, y, argmax, s);
-}
-extern "C" __global__ void maxpool2d_fwd_double(const double* x, double* y, int* argmax, PoolShape s) {
-    maxpool2d_fwd<double>(x, y, argmax, s);
-}
-extern "C" __global__ void maxpool2d_bwd_float(const float* dy, const int* argmax, float* dx,
-                                               PoolShape s) { maxpool2d_bwd<float>(dy, argmax, dx, s); }
-extern "C" __global__ void maxpool2d_bwd_double(const double* dy, const int* argmax, double* dx,
-                                                PoolShape s) { maxpool2d_bwd<double>(dy, argmax, dx, s); }
-extern "C" __global__ void avgpool2d_fwd_float(const float* x, float* y, PoolShape s) {
-    avgpool2d_fwd<float>(x, y, s);
-}
-extern "C" __global__ void avgpool2d_fwd_double(const double* x, double* y, PoolShape s) {
-    avgpool2d_fwd<double>(x, y, s);
-}
-extern "C" __global__ void avgpool2d_bwd_float(const float* dy, float* dx, PoolShape s) {
-    avgpool2d_bwd<float>(dy, dx, s);
-}
-extern "C" __global__ void avgpool2d_bwd_double(const double* dy, double* dx, PoolShape s) {
-    avgpool2d_bwd<double>(dy, dx, s);
-}
+// ---- entry points: one per dtype, T = float and double ------------------------------------------
+#define POOL2D_ENTRIES(T)                                                                        \
+    extern "C" __global__ void maxpool2d_fwd_##T(const T* x, T* y, int* argmax, PoolShape s) {   \
+        maxpool2d_fwd<T>(x, y, argmax, s);                                                       \
+    }                                                                                            \
+    extern "C" __global__ void maxpool2d_bwd_##T(const T* dy, const int* argmax, T* dx,          \
+                                                 PoolShape s) {                                  \
+        maxpool2d_bwd<T>(dy, argmax, dx, s);                                                     \
+    }                                                                                            \
+    extern "C" __global__ void avgpool2d_fwd_##T(const T* x, T* y, PoolShape s) {                \
+        avgpool2d_fwd<T>(x, y, s);                                                               \
+    }                                                                                            \
+    extern "C" __global__ void avgpool2d_bwd_##T(const T* dy, T* dx, PoolShape s) {              \
+        avgpool2d_bwd<T>(dy, dx, s);                                                             \
+    }
+POOL2D_ENTRIES(float)
+POOL2D_ENTRIES(double)

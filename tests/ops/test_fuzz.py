@@ -316,16 +316,18 @@ def test_fuzz_against_the_oracle(backend, op):
 
 # ---- the oracle's sizes are its own, and agree with geometry.py ------------------------------
 
-def _sizes_or_both_refuse(geometry_fn, oracle_fn, args):
-    """(geometry's sizes, the oracle's) for ``args``, or None when geometry refuses them with
-    a ValueError, and then the oracle must refuse them too."""
+def _sizes_agree(geometry_fn, oracle_fn, args, sides):
+    """The oracle's sizes for ``args``, checked against geometry's on the attributes ``sides``;
+    or None when geometry refuses ``args`` with a ValueError, and then the oracle must too."""
     try:
         g = geometry_fn(*args)
     except ValueError:
         with pytest.raises(ValueError):
             oracle_fn(*args)
         return None
-    return g, oracle_fn(*args)
+    o = oracle_fn(*args)
+    assert [getattr(o, k) for k in sides] == [getattr(g, k) for k in sides], args
+    return o
 
 
 @given(H=st.integers(1, 40), W=st.integers(1, 40), C=st.integers(1, 3),
@@ -336,13 +338,9 @@ def test_oracle_conv_sizes_agree_with_geometry(H, W, C, kernel, stride, dilation
     right, as PyTorch puts it), or an error from both."""
     R, S = reference._pair(kernel)
     args = ((2, C, H, W), (3, C, R, S), stride, padding, dilation)
-    sizes = _sizes_or_both_refuse(geometry.conv_geometry, reference.conv_sizes, args)
-    if sizes is None:
-        return
-    g, o = sizes
-    sides = ("P", "Q", "pad_h", "pad_bottom", "pad_w", "pad_right")
-    assert [getattr(o, k) for k in sides] == [getattr(g, k) for k in sides], args
-    if isinstance(padding, str) and padding.lower() == "same":
+    o = _sizes_agree(geometry.conv_geometry, reference.conv_sizes, args,
+                     ("P", "Q", "pad_h", "pad_bottom", "pad_w", "pad_right"))
+    if o is not None and isinstance(padding, str) and padding.lower() == "same":
         assert (o.P, o.Q) == (H, W)
         assert o.pad_bottom - o.pad_h in (0, 1) and o.pad_right - o.pad_w in (0, 1), args
 
@@ -354,12 +352,8 @@ def test_oracle_pool_sizes_agree_with_geometry(H, W, kernel, stride, padding):
     ph, pw = reference._pair(padding)
     assume(ph <= R // 2 and pw <= S // 2)  # geometry's rule; the oracle does not check it
     args = ((1, 2, H, W), kernel, stride, padding)
-    sizes = _sizes_or_both_refuse(geometry.pool_geometry, reference.pool_sizes, args)
-    if sizes is None:
-        return
-    g, o = sizes
-    sides = ("P", "Q", "stride_h", "stride_w", "pad_h", "pad_w")
-    assert [getattr(o, k) for k in sides] == [getattr(g, k) for k in sides], args
+    _sizes_agree(geometry.pool_geometry, reference.pool_sizes, args,
+                 ("P", "Q", "stride_h", "stride_w", "pad_h", "pad_w"))
 
 
 def _odd_same_pixel_before(monkeypatch):
