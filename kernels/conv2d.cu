@@ -18,7 +18,8 @@
 // at most four input channels, backward-data is a direct loop instead (conv2d_bwd_data_fewc_*).
 // No float atomics anywhere: every result is bit-identical from run to run.
 //
-// Each GEMM kernel comes in four tile shapes: BM×BN = 64×64 (`conv2d_fwd_float`, ...), 32×128
+// Each GEMM kernel comes in the tile shapes of GEMM_TILES (below; the host reads the same table),
+// today four: BM×BN = 64×64 (`conv2d_fwd_float`, ...), 32×128
 // (`conv2d_fwd_mid_float`, ...) and 16×256 (`conv2d_fwd_narrow_float`, ...) for fewer rows, and
 // 16×64 (`conv2d_fwd_small_float`, ...) for small outputs such as a first layer's weight gradient
 // (16 × 27): a layer with 3, 16 or 32 channels would leave much of a 64-row tile idle; the host
