@@ -428,8 +428,9 @@ def _seed_numba(monkeypatch):
     """The pools' strides swapped, h for w, in what is passed to the kernels."""
     from polycnn.backends.numba_backend import NumbaBackend
 
-    geo = NumbaBackend._pool_geo
-    monkeypatch.setattr(NumbaBackend, "_pool_geo", staticmethod(lambda g: geo(g)[[0, 1, 3, 2, 4, 5]]))
+    window = NumbaBackend._pool_window
+    swapped = staticmethod(lambda g: window(g)._replace(sh=g.stride_w, sw=g.stride_h))
+    monkeypatch.setattr(NumbaBackend, "_pool_window", swapped)
     return "avgpool2d"
 
 
