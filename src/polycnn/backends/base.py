@@ -58,19 +58,22 @@ avgpool2d_forward(x, kernel_size=2, stride=None, padding=0) -> (y, ctx)
 avgpool2d_backward(dy, ctx) -> dx
     dx[n, c, h, w] = sum of dy[n, c, p, q] / (R*S) over the windows (p, q) that contain (h, w).
 
-The glue below has a default written with ``xp``; a backend may override it with fused kernels.
+The glue below has the same shape: the public method checks its arguments once (array type,
+float dtype, shapes, labels) and calls ``_<op>`` with C-contiguous arrays; the base class writes
+each ``_<op>`` with ``xp``, and a backend may replace it with its own kernels.
 
 linear_forward(x, w, b) -> (y, ctx); linear_backward(dy, ctx, input_grad=True) -> (dx, dw, db)
     x (N, F), w (O, F), b (O,) or None: y = x @ w.T + b; dx None with ``input_grad=False``.
 dropout_apply(x, keep, scale) -> (x * keep) * scale   (keep may broadcast, as Dropout2d's does)
 relu_forward(x) -> (y, ctx); relu_backward(dy, ctx) -> dx
-    y = max(x, 0); dx = dy where x > 0, else 0.
+    y = max(x, 0); dx = dy where x > 0, else 0 (the context keeps x).
 sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None
     In place: g = grad + wd*p; velocity = momentum*velocity + g;
     p -= lr * (g + momentum*velocity if nesterov else velocity)  (velocity None without momentum).
 cross_entropy(logits, labels, label_smoothing=0.0) -> (loss, dlogits)
     logits (N, K), labels (N,) integer classes on the host; loss is a Python float (mean over N)
-    and dlogits its gradient (softmax - target) / N, on the backend.
+    and dlogits its gradient (softmax - target) / N, on the backend. Labels are checked here
+    (``_checks.check_labels``), the one place; empty logits are a ValueError.
 dropout_mask(shape, p, key) -> keep, a bool array of ``shape`` made on the backend::
 
         keep[i] = (splitmix64(key + (i + 1) * 0x9E3779B97F4A7C15) >> 40) >= ceil(p * 2**24)
@@ -89,7 +92,6 @@ from typing import Any
 import numpy as np
 
 from .. import hashing
-from ..losses import check_labels
 from ..geometry import (
     ConvGeometry,
     PoolGeometry,
@@ -98,6 +100,7 @@ from ..geometry import (
     conv_geometry,
     pool_geometry,
 )
+from ._checks import check_float_array, check_in_place, check_labels, check_like, check_mask
 
 
 def _conv_geometry(x_shape, w_shape, b_shape, stride, padding, dilation):
@@ -152,8 +155,9 @@ class Backend:
     name = "base"
     #: the array module used for glue: ``numpy`` or ``cupy`` (or a stand-in)
     xp = np
-    #: the array type this backend's ops accept
-    array_type: Any = np.ndarray
+    #: the array type this backend's ops accept (every backend names its own; None, the base
+    #: class's, is any array: optim's plain updates, through the arrays' own operators)
+    array_type: Any = None
     #: True when arrays live on an accelerator
     is_device = False
     #: the conv2d ``precision`` values this backend computes (see the contract)
@@ -182,11 +186,14 @@ class Backend:
         check_array(x, name, ndim, self.array_type)
         return self.xp.ascontiguousarray(x)
 
-    def _check_grad(self, dy, ctx: OpContext, op: str):
+    def _check_grad(self, dy, ctx: OpContext, op: str, expected_shape=None):
+        """dy of ``op``'s backward: the forward's output shape (``expected_shape``, else the
+        geometry's y_shape) and dtype."""
         if not isinstance(ctx, OpContext) or ctx.op != op:
             raise TypeError(f"ctx must be the context returned by {op}_forward, got {ctx!r:.80}")
-        check_array(dy, "dy", 4, self.array_type)
-        expected_shape = ctx.geom.y_shape
+        if expected_shape is None:
+            expected_shape = ctx.geom.y_shape
+        check_array(dy, "dy", len(expected_shape), self.array_type)
         if tuple(dy.shape) != tuple(expected_shape):
             raise ValueError(
                 f"{ctx.op} backward: dy has shape {tuple(dy.shape)}, expected"
@@ -273,15 +280,100 @@ class Backend:
     def _avgpool2d_backward(self, dy, ctx: OpContext):
         raise NotImplementedError
 
-    # ---- training glue (default: written with xp; backends may override) ------------------
+    # ---- training glue: checked here once, then the backend's _op -------------------------
+    def _prepare_any(self, x, name: str):
+        """``x`` as a C-contiguous float array of this backend, of any rank."""
+        check_float_array(x, name, self.array_type)
+        return self.xp.ascontiguousarray(x)
+
     def linear_forward(self, x, w, b=None):
-        xp = self.xp
-        y = xp.matmul(x, w.T)
+        x = self._prepare(x, "x", 2)
+        w = self._prepare(w, "w", 2)
         if b is not None:
-            y += b
-        return y, OpContext("linear", None, np.dtype(x.dtype), {"x": x, "w": w, "has_bias": b is not None})
+            b = self._prepare(b, "b", 1)
+        dtype = check_same_dtype(x=x, w=w, b=b)
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"linear: x has {x.shape[1]} features (shape {tuple(x.shape)}) but"
+                             f" w takes {w.shape[1]} (shape {tuple(w.shape)})")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise ValueError(f"linear: b has shape {tuple(b.shape)}, expected ({w.shape[0]},)"
+                             f" (w has shape {tuple(w.shape)})")
+        y = self._linear_forward(x, w, b)
+        return y, OpContext("linear", None, dtype, {"x": x, "w": w, "has_bias": b is not None})
 
     def linear_backward(self, dy, ctx, input_grad: bool = True):
+        shape = (ctx.inputs["x"].shape[0], ctx.inputs["w"].shape[0]) \
+            if isinstance(ctx, OpContext) and ctx.op == "linear" else None
+        dy = self._check_grad(dy, ctx, "linear", shape)
+        dx, dw, db = self._linear_backward(dy, ctx, bool(input_grad))
+        return (dx if input_grad else None), dw, (db if ctx.inputs["has_bias"] else None)
+
+    def relu_forward(self, x):
+        x = self._prepare_any(x, "x")
+        return self._relu_forward(x), OpContext("relu", None, np.dtype(x.dtype), {"x": x})
+
+    def relu_backward(self, dy, ctx):
+        shape = ctx.inputs["x"].shape if isinstance(ctx, OpContext) and ctx.op == "relu" else None
+        dy = self._check_grad(dy, ctx, "relu", shape)
+        return self._relu_backward(dy, ctx)
+
+    def dropout_mask(self, shape, p: float, key: int):
+        shape, threshold, key = hashing.check_mask_args(shape, p, key)
+        return self._dropout_mask(shape, threshold, key)
+
+    def dropout_apply(self, x, keep, scale: float):
+        """(x * keep) * scale, keep a bool mask of x's shape or one that broadcasts to it
+        (Dropout2d's (N, C, 1, 1)); Dropout's forward and its backward. The ``_op`` gets the
+        mask at x's shape (each entry is one product, so the bits are the same)."""
+        x = self._prepare_any(x, "x")
+        check_mask(keep, x.shape, self.array_type)
+        if tuple(keep.shape) != tuple(x.shape):
+            keep = self.xp.broadcast_to(keep, x.shape)
+        return self._dropout_apply(x, self.xp.ascontiguousarray(keep), float(scale))
+
+    def sgd_step(self, p, grad, velocity, lr: float, momentum: float, weight_decay: float,
+                 nesterov: bool) -> None:
+        """One SGD update of the array ``p`` in place (PyTorch's form, see optim.SGD);
+        ``velocity`` is updated in place too (None without momentum)."""
+        check_float_array(p, "p", self.array_type)
+        check_in_place(p, "p", "sgd_step")
+        check_float_array(grad, "grad", self.array_type)
+        check_like(grad, "grad", p.shape, p.dtype, "sgd_step")
+        if momentum:
+            check_float_array(velocity, "velocity", self.array_type)
+            check_like(velocity, "velocity", p.shape, p.dtype, "sgd_step")
+            check_in_place(velocity, "velocity", "sgd_step")
+        else:
+            velocity = None
+        grad = grad if grad.flags.c_contiguous else grad.copy()  # a copy of the array's own type
+        self._sgd_step(p, grad, velocity, float(lr), float(momentum), float(weight_decay),
+                       bool(nesterov))
+
+    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        """-> (mean loss as a float, dlogits on the backend); ``label_smoothing`` in [0, 1)."""
+        if getattr(logits, "ndim", None) != 2:
+            raise ValueError(f"logits must be 2-D (N, classes), got shape"
+                             f" {tuple(getattr(logits, 'shape', ()))}")
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        logits = self._prepare(logits, "logits", 2)
+        n, k = logits.shape
+        if n == 0 or k == 0:
+            raise ValueError(f"cross_entropy: logits {tuple(logits.shape)} are empty (no rows"
+                             " or no classes)")
+        labels = check_labels(labels, n, k)
+        return self._cross_entropy(logits, labels, float(label_smoothing))
+
+    # ---- the glue's _ops: a default written with xp (a backend may run kernels instead) ---
+    def _linear_forward(self, x, w, b):
+        """-> y"""
+        y = self.xp.matmul(x, w.T)
+        if b is not None:
+            y += b
+        return y
+
+    def _linear_backward(self, dy, ctx: OpContext, input_grad: bool):
+        """-> (dx, dw, db); dx may be anything when not ``input_grad``, db without a bias."""
         xp = self.xp
         x, w = ctx.inputs["x"], ctx.inputs["w"]
         dx = xp.matmul(dy, w) if input_grad else None
@@ -289,29 +381,25 @@ class Backend:
         db = dy.sum(axis=0) if ctx.inputs["has_bias"] else None
         return dx, dw, db
 
-    def dropout_mask(self, shape, p: float, key: int):
-        shape, threshold, key = hashing.check_mask_args(shape, p, key)
-        return self._dropout_mask(shape, threshold, key)
+    def _relu_forward(self, x):
+        """-> y"""
+        return self.xp.maximum(x, 0)
+
+    def _relu_backward(self, dy, ctx: OpContext):
+        return dy * (ctx.inputs["x"] > 0)
 
     def _dropout_mask(self, shape: tuple, threshold: int, key: int):
-        """See the contract; ``xp``'s uint64 arithmetic wraps as the hash needs."""
-        xp = self.xp
-        u64 = xp.uint64
-        z = xp.arange(1, int(np.prod(shape)) + 1, dtype=u64)
-        z *= u64(hashing.GAMMA)
-        z += u64(key)
-        z ^= z >> u64(30)
-        z *= u64(hashing.MIX1)
-        z ^= z >> u64(27)
-        z *= u64(hashing.MIX2)
-        z ^= z >> u64(31)
-        return (z >> u64(40) >= u64(threshold)).reshape(shape)
+        return hash_mask(self.xp, shape, threshold, key)
 
-    def sgd_step(self, p, grad, velocity, lr: float, momentum: float, weight_decay: float,
-                 nesterov: bool) -> None:
-        """One SGD update of the array ``p`` in place (PyTorch's form, see optim.SGD);
-        ``velocity`` is updated in place too (None without momentum). Written with the arrays'
-        own operators, so it serves any array type."""
+    def _dropout_apply(self, x, keep, scale: float):
+        """keep has x's shape"""
+        y = x * keep
+        y *= x.dtype.type(scale)
+        return y
+
+    def _sgd_step(self, p, grad, velocity, lr: float, momentum: float, weight_decay: float,
+                  nesterov: bool) -> None:
+        """Written with the arrays' own operators; p and velocity contiguous, grad too."""
         t = p.dtype.type
         g = grad
         if weight_decay:
@@ -322,35 +410,11 @@ class Backend:
             g = g + t(momentum) * velocity if nesterov else velocity
         p -= t(lr) * g
 
-    def dropout_apply(self, x, keep, scale: float):
-        """(x * keep) * scale, keep a bool mask of x's shape or one that broadcasts to it
-        (Dropout2d's (N, C, 1, 1)); Dropout's forward and its backward."""
-        y = x * keep
-        y *= x.dtype.type(scale)
-        return y
-
-    def relu_forward(self, x):
-        y = self.xp.maximum(x, 0)
-        return y, OpContext("relu", None, np.dtype(x.dtype), {"mask": x > 0})
-
-    def relu_backward(self, dy, ctx):
-        mask = ctx.inputs["mask"]
-        self._check_relu_dy(dy, mask.shape)
-        return dy * mask
-
-    @staticmethod
-    def _check_relu_dy(dy, shape, dtype=None):
-        """dy of a ReLU backward has the forward's shape (and, given, its dtype)."""
-        if tuple(dy.shape) != tuple(shape):
-            raise ValueError(f"relu backward: dy has shape {tuple(dy.shape)}, expected"
-                             f" {tuple(shape)}")
-        if dtype is not None and dy.dtype != dtype:
-            raise TypeError(f"relu backward: dy is {dy.dtype} but the forward ran in {dtype}")
-
-    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+    def _cross_entropy(self, logits, labels: np.ndarray, label_smoothing: float):
+        """labels: int64 on the host, checked; -> (loss as a float, dlogits)"""
         xp = self.xp
         n, k = logits.shape
-        labels = xp.asarray(check_labels(labels, n, k))
+        labels = xp.asarray(labels)
         shifted = logits - logits.max(axis=1, keepdims=True)
         logsum = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         logp = shifted - logsum
@@ -359,3 +423,18 @@ class Backend:
         loss = float(-(target * logp).sum() / n)
         dlogits = (xp.exp(logp) - target) / n
         return loss, dlogits.astype(logits.dtype, copy=False)
+
+
+def hash_mask(xp, shape: tuple, threshold: int, key: int):
+    """dropout_mask's keep (see the contract) computed with the array module ``xp``: its uint64
+    arithmetic wraps as the hash needs."""
+    u64 = xp.uint64
+    z = xp.arange(1, int(np.prod(shape)) + 1, dtype=u64)
+    z *= u64(hashing.GAMMA)
+    z += u64(key)
+    z ^= z >> u64(30)
+    z *= u64(hashing.MIX1)
+    z ^= z >> u64(27)
+    z *= u64(hashing.MIX2)
+    z ^= z >> u64(31)
+    return (z >> u64(40) >= u64(threshold)).reshape(shape)

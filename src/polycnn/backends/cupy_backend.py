@@ -5,11 +5,15 @@ contract). The same class, given the emulator's stand-in for CuPy, is the ``cupy
   so a compile error names the real file and line; each is compiled on first use, once per
   device, and its kernels are cached.
 - Every launch goes through :meth:`CupyBackend._launch`, which checks each argument against the
-  kernel's parameter list below (dtype, contiguity, device, shape; scalars as exact NumPy types)
-  before the kernel runs: a mismatch on a GPU is silent garbage.
+  kernel's parameter list in ``_cupy_kernels.KERNELS`` (dtype, contiguity, device, shape;
+  scalars as exact NumPy types) before the kernel runs: a mismatch on a GPU is silent garbage.
 - Arrays stay on the device: only ``asarray`` and ``to_numpy`` cross. ReLU, dropout (mask and
-  apply), cross-entropy and the SGD step are one kernel each (glue.cu); the rest of base.py's
-  glue (linear layers) runs on the device through ``xp`` (CuPy's array functions).
+  apply), cross-entropy and the SGD step are one kernel each (glue.cu, launched by the ``_ops``
+  of ``_cupy_glue.CupyGlue``); the rest of base.py's glue (linear layers) runs on the device
+  through ``xp`` (CuPy's array functions).
+
+Modules: this one (the class: compiling, launching, conv and pool), ``_cupy_kernels`` (the
+kernel tables), ``_tiles`` (the GEMM tiles), ``_cupy_glue``, ``_cupy_capture`` (CaptureSession).
 
 Optimisations: conv forward, backward-data and backward-weight are tiled implicit GEMMs (64×64,
 32×128, 16×256 or 16×64 tiles through shared memory, whichever pads the output least, a 4×4
@@ -33,159 +37,24 @@ private memory pool, capture, pinned uploads).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
-from ..losses import check_labels
 from ._tiles import (  # noqa: F401  (re-exported: the tile table is part of this module's API)
     TF32_TILE, TILE_K, TILES, gemm_smem_bytes, gemm_tc_smem_bytes, gemm_threads, gemm_tile)
+from ._cupy_capture import CaptureSession
+from ._cupy_glue import CupyGlue
+from ._cupy_kernels import (  # noqa: F401  (re-exported: tests and tools read the tables here)
+    _C_TYPES, _INT32_MAX, _PARAMS, BIAS_MIN_CHUNK, BIAS_THREADS, COMPILE_OPTIONS, CONV_SHAPE,
+    ELEMENTWISE_THREADS, FEWC_MAX, GEMM_THREADS, GLUE_THREADS, KERNEL_DTYPES, KERNELS,
+    PARTIAL_BYTES, POOL_SHAPE, _frozen, entry_points, kernel_source)
 from .base import Backend, OpContext
 
-CONV_SHAPE = np.dtype([(f, np.int32) for f in (
-    "N", "C", "H", "W", "K", "R", "S", "P", "Q", "sh", "sw", "ph", "pw", "dh", "dw", "chunk")])
-POOL_SHAPE = np.dtype([(f, np.int32) for f in (
-    "N", "C", "H", "W", "R", "S", "P", "Q", "sh", "sw", "ph", "pw")])
 
-# NOTE: these mirror the #defines of conv2d.cu and glue.cu; the launch shapes depend on them.
-GEMM_THREADS = 256
-BIAS_THREADS = 256
-#: the fewest dy entries one block of the bias gradient sums (8 a thread)
-BIAS_MIN_CHUNK = 8 * BIAS_THREADS
-#: block size of every grid-stride kernel (pools, reductions, glue, few-channel backward-data)
-ELEMENTWISE_THREADS = 256
-#: cross_entropy's one block (its shared-memory tree is this wide)
-GLUE_THREADS = 256
-#: backward-data of at most this many input channels runs the one-pixel-a-thread kernel
-FEWC_MAX = 4
-
-#: Upper bound on the backward-weight partial sums, in bytes.
-PARTIAL_BYTES = 64 * 2**20
-_INT32_MAX = 2**31 - 1
-
-#: NVRTC options given to ``cupy.RawModule`` (CuPy adds the device's ``-arch``); the compile
-#: gate in tests/backends/test_cuda_compile.py uses the same.
-COMPILE_OPTIONS = ("--std=c++17",)
-
-#: Kernel name (without the dtype suffix) -> its source file and parameters. ``T`` is the op's
-#: dtype; ``?`` marks a pointer that may be null.
-KERNELS = {
-    "conv2d_fwd": ("conv2d.cu", ("x: const T*", "w: const T*", "b: const T*?", "y: T*",
-                                 "s: ConvShape")),
-    "conv2d_bwd_data": ("conv2d.cu", ("dy: const T*", "w: const T*", "dx: T*", "s: ConvShape")),
-    "conv2d_bwd_weight": ("conv2d.cu", ("dy: const T*", "x: const T*", "partial: T*",
-                                        "s: ConvShape")),
-    "conv2d_reduce": ("conv2d.cu", ("partial: const T*", "out: T*", "count: int64",
-                                    "splits: int32")),
-    "conv2d_bias_grad": ("conv2d.cu", ("dy: const T*", "partial: T*", "s: ConvShape")),
-    "maxpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "argmax: int32*", "s: PoolShape")),
-    "maxpool2d_bwd": ("pool2d.cu", ("dy: const T*", "argmax: const int32*", "dx: T*",
-                                    "s: PoolShape")),
-    "avgpool2d_fwd": ("pool2d.cu", ("x: const T*", "y: T*", "s: PoolShape")),
-    "avgpool2d_bwd": ("pool2d.cu", ("dy: const T*", "dx: T*", "s: PoolShape")),
-    "relu_fwd": ("glue.cu", ("x: const T*", "y: T*", "count: int64")),
-    "relu_bwd": ("glue.cu", ("dy: const T*", "x: const T*", "dx: T*", "count: int64")),
-    "dropout_mask": ("glue.cu", ("keep: bool*", "count: int64", "key: uint64",
-                                 "threshold: uint64")),
-    "dropout_mask_keyed": ("glue.cu", ("keep: bool*", "count: int64", "keys: const uint64*",
-                                       "threshold: uint64")),
-    "dropout_apply": ("glue.cu", ("x: const T*", "keep: const bool*", "y: T*", "count: int64",
-                                  "scale: T")),
-    "sgd_step": ("glue.cu", ("p: T*", "grad: const T*", "v: T*", "count: int64", "lr: T",
-                             "momentum: T", "wd: T", "nesterov: int32")),
-    "cross_entropy": ("glue.cu", ("logits: const T*", "labels: const int64*", "dlogits: T*",
-                                  "loss: float64*", "n: int32", "k: int32", "smoothing: T")),
-}
-KERNELS["conv2d_bwd_data_fewc"] = KERNELS["conv2d_bwd_data"]
-KERNELS["conv2d_fwd_relu"] = KERNELS["conv2d_fwd"]  # the ReLU fused into the epilogue
-for _op in ("conv2d_fwd", "conv2d_fwd_relu", "conv2d_bwd_data", "conv2d_bwd_weight"):
-    for _tile in TILES:
-        KERNELS[_op + _tile] = KERNELS[_op]
-    KERNELS[_op + "_tf32"] = KERNELS[_op]
-_STRUCTS = {"ConvShape": CONV_SHAPE, "PoolShape": POOL_SHAPE}
-
-
-class _Param:
-    """One parameter of KERNELS, parsed once: checks an argument before a launch."""
-
-    def __init__(self, spec: str):
-        self.name, kind = (p.strip() for p in spec.split(":"))
-        self.spec = kind
-        self.nullable = kind.endswith("?")
-        kind = kind.rstrip("?")
-        self.pointer = kind.endswith("*")
-        base = kind.rstrip("*").removeprefix("const ")
-        self.elem = None if base == "T" else np.dtype(_STRUCTS.get(base, base))
-        self.struct = base in _STRUCTS
-
-    def check(self, value, shape, dtype, device, array_type):
-        """None when ``value`` fits, else (exception type, what is wrong)."""
-        if self.pointer:
-            if value is None:
-                return None if self.nullable else (TypeError, "is None")
-            want = dtype if self.elem is None else self.elem
-            if not isinstance(value, array_type):
-                return TypeError, f"must be a device array, got {type(value).__name__}"
-            if value.dtype != want:
-                return TypeError, f"must be {np.dtype(want)}, got {value.dtype}"
-            if not value.flags.c_contiguous:
-                return ValueError, (f"must be C-contiguous (shape {value.shape},"
-                                    f" strides {value.strides})")
-            if value.device.id != device:
-                return ValueError, (f"lives on device {value.device.id}, the kernel on device"
-                                    f" {device}")
-            if value.shape != tuple(shape):
-                return ValueError, f"has shape {tuple(value.shape)}, expected {tuple(shape)}"
-            return None
-        if self.struct:
-            if type(value) is not np.ndarray or value.dtype != self.elem or value.size != 1:
-                return TypeError, f"must be a size-1 numpy array of dtype {self.spec}"
-            return None
-        want = np.dtype(dtype) if self.elem is None else self.elem
-        if type(value) is not want.type:
-            return TypeError, f"must be numpy.{want.name}, got {type(value).__name__}"
-        return None
-
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: the dtypes a kernel is compiled for, when not float32 and float64
-KERNEL_DTYPES = {"dropout_mask": (np.dtype(np.bool_),), "dropout_mask_keyed": (np.dtype(np.bool_),),
-                 **{op + "_tf32": (np.dtype(np.float32),)
-                    for op in ("conv2d_fwd", "conv2d_fwd_relu", "conv2d_bwd_data",
-                               "conv2d_bwd_weight")}}
-
-
-def entry_points(name: str) -> list[tuple[str, np.dtype]]:
-    """(entry point, dtype) of each compiled variant of kernel ``name``: ``<name>_<C type>``."""
-    return [(f"{name}_{_C_TYPES[d]}", d) for d in KERNEL_DTYPES.get(name, _FLOAT_DTYPES)]
-
-
-_PARAMS = {name: tuple(_Param(p) for p in params) for name, (_, params) in KERNELS.items()}
-#: kernel-name suffix of each dtype a kernel is launched for (``bool``: dropout_mask's output)
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
-            np.dtype(np.bool_): "bool"}
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
-
-
-def kernel_source(filename: str, kernel_dir=None) -> str:
-    """The text of ``kernels/<filename>`` with a ``#line`` prefix naming the real file."""
-    if kernel_dir is None:
-        text = (resources.files("polycnn.kernels") / filename).read_text()
-    else:
-        text = (Path(kernel_dir) / filename).read_text()
-    return f'#line 1 "kernels/{filename}"\n{text}'
-
-
-class CupyBackend(Backend):
+class CupyBackend(CupyGlue, Backend):
     """CUDA kernels through CuPy, or through the emulator's stand-in for CuPy (``cupy-emu``).
 
     ``kernel_dir`` replaces the packaged ``kernels/`` folder (tests load seeded-bug copies)."""
@@ -201,7 +70,7 @@ class CupyBackend(Backend):
         self.compile_options = tuple(compile_options)
         self._modules = {}
         self._functions = {}
-        self._key_slots = None  # see dropout_keys
+        self._key_slots = None  # see CupyGlue.dropout_keys
         self._fused_relu = False  # see conv2d_relu_forward
         props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
         # enough blocks to fill the device several times over, for the split weight pass
@@ -412,122 +281,6 @@ class CupyBackend(Backend):
             self._reduce(partial, db)
         return db
 
-    # ---- training glue: one kernel where CuPy's array functions take several ---------------
-    def relu_forward(self, x):
-        """See base; one kernel. The context keeps x (the mask is ``x > 0``)."""
-        xc = self._glue_input(x)
-        if xc is None:
-            return super().relu_forward(x)
-        x = xc
-        y = self.xp.empty(x.shape, dtype=x.dtype)
-        self._launch_flat("relu_fwd", x.dtype, x.size, [x, y, np.int64(x.size)],
-                          [x.shape, x.shape, None])
-        return y, OpContext("relu", None, np.dtype(x.dtype), {"x": x})
-
-    def relu_backward(self, dy, ctx):
-        if "x" not in ctx.inputs:
-            return super().relu_backward(dy, ctx)
-        x = ctx.inputs["x"]
-        self._check_relu_dy(dy, x.shape, x.dtype)
-        dy = self.xp.ascontiguousarray(dy)
-        dx = self.xp.empty(x.shape, dtype=x.dtype)
-        self._launch_flat("relu_bwd", x.dtype, x.size, [dy, x, dx, np.int64(x.size)],
-                          [x.shape, x.shape, x.shape, None])
-        return dx
-
-    def _glue_input(self, x):
-        """x as a contiguous device array of a float dtype the kernels take, else None (the
-        base's array functions then handle it, and raise what they raise)."""
-        if not isinstance(x, self.xp.ndarray) or np.dtype(x.dtype) not in _FLOAT_DTYPES:
-            return None
-        return self.xp.ascontiguousarray(x)
-
-    @contextlib.contextmanager
-    def dropout_keys(self, slots, write: bool):
-        """Inside, each dropout mask takes its key from the next of ``slots`` ((1,) uint64 device
-        arrays, one a mask, in the order the masks are made), so that a CUDA graph reads a new
-        key each step (graph_step.CapturedStep). ``write``: first copy the key the layer drew
-        into its slot (an eager run); else the slot already holds it (a capture: the host fills
-        the slots before each launch)."""
-        self._key_slots = (iter(slots), bool(write))
-        try:
-            yield
-        finally:
-            self._key_slots = None
-
-    def _dropout_mask(self, shape: tuple, threshold: int, key: int):
-        """See base; one kernel (with its key from device memory inside dropout_keys)."""
-        keep = self.xp.empty(shape, dtype=np.bool_)
-        if self._key_slots is not None:
-            slots, write = self._key_slots
-            slot = next(slots, None)
-            if slot is None:
-                raise RuntimeError("dropout_keys: more dropout masks than key slots")
-            if write:
-                slot.set(np.array([key], dtype=np.uint64))
-            if keep.size:
-                self._launch_flat("dropout_mask_keyed", np.bool_, keep.size,
-                                  [keep, np.int64(keep.size), slot, np.uint64(threshold)],
-                                  [shape, None, (1,), None])
-            return keep
-        if keep.size:
-            self._launch_flat("dropout_mask", np.bool_, keep.size,
-                              [keep, np.int64(keep.size), np.uint64(key), np.uint64(threshold)],
-                              [shape, None, None, None])
-        return keep
-
-    def dropout_apply(self, x, keep, scale: float):
-        """See base; one kernel where the mask has x's shape (else the base's broadcast)."""
-        xc = self._glue_input(x)
-        if xc is None or tuple(keep.shape) != tuple(x.shape) or keep.dtype != np.bool_ \
-                or not isinstance(keep, self.xp.ndarray):
-            return super().dropout_apply(x, keep, scale)
-        keep = self.xp.ascontiguousarray(keep)
-        y = self.xp.empty(xc.shape, dtype=xc.dtype)
-        self._launch_flat("dropout_apply", xc.dtype, xc.size,
-                          [xc, keep, y, np.int64(xc.size), xc.dtype.type(scale)],
-                          [xc.shape, xc.shape, xc.shape, None, None])
-        return y
-
-    def sgd_step(self, p, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
-        """See base; one kernel a parameter."""
-        dtype = np.dtype(p.dtype)
-        arrays = (p, grad) + ((velocity,) if momentum else ())
-        if dtype not in _FLOAT_DTYPES or not all(
-                isinstance(a, self.xp.ndarray) and a.flags.c_contiguous for a in arrays):
-            return super().sgd_step(p, grad, velocity, lr, momentum, weight_decay, nesterov)
-        t = dtype.type
-        self._launch_flat("sgd_step", dtype, p.size,
-                          [p, grad, velocity if momentum else p, np.int64(p.size), t(lr),
-                           t(momentum), t(weight_decay), np.int32(bool(nesterov))],
-                          [p.shape, p.shape, p.shape, None, None, None, None, None])
-
-    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
-        """See base; one kernel (one block: rows in a fixed order, a fixed tree), then one
-        copy of the loss to the host."""
-        lc = self._glue_input(logits)
-        if lc is None or lc.ndim != 2 or 0 in lc.shape:
-            return super().cross_entropy(logits, labels, label_smoothing)
-        n, k = lc.shape
-        labels = check_labels(labels, n, k)  # a label out of range would match no class
-        loss, dlogits = self.cross_entropy_device(lc, self.xp.asarray(labels), label_smoothing)
-        return float(self.to_numpy(loss)[0]), dlogits
-
-    def cross_entropy_device(self, logits, labels, label_smoothing: float = 0.0):
-        """cross_entropy with the labels already on the device (int64, (N,), each in [0, K):
-        the caller checks them on the host) and the loss left there, a (1,) float64 array: no
-        copy either way, so a CUDA graph can hold it (graph_step.CapturedStep)."""
-        n, k = logits.shape
-        dtype = np.dtype(logits.dtype)
-        dlogits = self.xp.empty((n, k), dtype=dtype)
-        loss = self.xp.empty((1,), dtype=np.float64)
-        self._launch("cross_entropy", dtype, (1,), (GLUE_THREADS,),
-                     [logits, labels, dlogits, loss, np.int32(n), np.int32(k),
-                      dtype.type(label_smoothing)],
-                     [(n, k), (n,), (n, k), (1,), None, None, None],
-                     shared_mem=GLUE_THREADS * 8)
-        return loss, dlogits
-
     def capture_session(self) -> "CaptureSession":
         """A stream and a private memory pool for capturing CUDA graphs (graph_step)."""
         return CaptureSession(self.xp)
@@ -560,67 +313,6 @@ class CupyBackend(Backend):
         self._launch_flat("avgpool2d_bwd", dy.dtype, dx.size, [dy, dx, self._pool_shape(g)],
                           [g.y_shape, g.x_shape, None])
         return dx
-
-
-class CaptureSession:
-    """One stream and one private memory pool, for the CUDA graphs of one captured training
-    step (graph_step.CapturedStep): work runs on the stream, allocating from the pool, so the
-    memory a graph's kernels use is never handed to other arrays while the graph lives; host
-    batches reach static device buffers through pinned memory, copied on the stream.
-
-    NOTE: cudaMalloc is not allowed while a stream captures: run the step once eagerly in
-    ``session.running()`` first (the pool then holds every block the capture asks for again)."""
-
-    def __init__(self, xp):
-        self.xp = xp
-        # NOTE: a blocking stream, so the legacy default stream (where the rest of the backend's
-        # work and CuPy's copies to the host run) waits for it and it for them: a parameter read
-        # after a step sees the step's result without an explicit synchronisation
-        self.stream = xp.cuda.Stream(non_blocking=False)
-        self.pool = xp.cuda.MemoryPool()
-
-    @contextlib.contextmanager
-    def running(self):
-        """Work on the session's stream, allocating from its pool."""
-        with self.xp.cuda.using_allocator(self.pool.malloc), self.stream:
-            yield
-
-    def capture(self, fn):
-        """The CUDA graph of ``fn()``'s work (nothing runs now), captured in relaxed mode where
-        CuPy names it (the pool may still call cudaMalloc for a block the eager run did not
-        leave in its cache)."""
-        mode = getattr(self.xp.cuda.runtime, "streamCaptureModeRelaxed", None)
-        with self.running():
-            if mode is None:
-                self.stream.begin_capture()
-            else:
-                self.stream.begin_capture(mode)
-            try:
-                fn()
-            finally:
-                graph = self.stream.end_capture()
-        return graph
-
-    def launch(self, graph) -> None:
-        graph.launch(self.stream)
-
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
-    def pinned(self, shape, dtype) -> np.ndarray:
-        """A host array in page-locked memory (copies from it to the device are asynchronous)."""
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
-        memory = self.xp.cuda.alloc_pinned_memory(max(1, count * dtype.itemsize))
-        return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
-
-    def upload(self, device_array, host_array):
-        """Copy a (pinned) host array into ``device_array`` on the stream; an event marks its
-        end (wait on it before writing the host array again)."""
-        device_array.set(host_array, stream=self.stream)
-        event = self.xp.cuda.Event(disable_timing=True)
-        event.record(self.stream)
-        return event
 
 
 def create() -> CupyBackend:

@@ -43,7 +43,7 @@ from .. import hashing
 from ..errors import BackendUnavailable
 from ..geometry import ConvGeometry, PoolGeometry, ceil_div
 from . import _heap
-from .base import Backend, OpContext
+from .base import Backend, OpContext, hash_mask
 from .numba import plan
 from .numba.args import ConvSteps, DirectRun, GemmRun, PoolWindow, WeightTiles, named
 from .numba.loader import cache_dir, user_cache_dir  # noqa: F401 (the backend's API)
@@ -387,31 +387,22 @@ class NumbaBackend(Backend):
         self._k._matmul_nt(ap, bp, c)
         return c[:M, :T] if (M % 4 or T % 4) else c
 
-    def linear_forward(self, x, w, b=None):
+    def _linear_forward(self, x, w, b):
         """See base; y = x · wᵀ (+ b) with the compiled GEMM.
 
         NOTE: not BLAS: OpenBLAS threads keep spinning after a call and slow the next
         parallel loop of this backend down (LeNet-5 trained 5x slower on 2 cores)."""
-        if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and x.ndim == 2
-                and w.ndim == 2 and x.dtype == w.dtype and x.dtype in (np.float32, np.float64)
-                and x.shape[1] == w.shape[1]):
-            return super().linear_forward(x, w, b)
         self._set_threads()
         y = self._matmul_nt(x, w)
         if b is not None:
             y = y + b
-        return np.ascontiguousarray(y), OpContext(
-            "linear", None, np.dtype(x.dtype), {"x": x, "w": w, "has_bias": b is not None})
+        return np.ascontiguousarray(y)
 
-    def linear_backward(self, dy, ctx, input_grad: bool = True):
+    def _linear_backward(self, dy, ctx, input_grad: bool):
         """See base; dx = dy · w and dw = dyᵀ · x as row updates (``_matmul_tn``): no
         transposed copy of x or w."""
         x, w = ctx.inputs["x"], ctx.inputs["w"]
-        dy = np.asarray(dy)
-        if not (dy.ndim == 2 and dy.dtype == x.dtype and dy.shape == (x.shape[0], w.shape[0])):
-            return super().linear_backward(dy, ctx, input_grad)
         self._set_threads()
-        dy = np.ascontiguousarray(dy)
         dx = None
         if input_grad:
             dx = np.empty(x.shape, dtype=dy.dtype)
@@ -421,24 +412,16 @@ class NumbaBackend(Backend):
         db = dy.sum(axis=0) if ctx.inputs["has_bias"] else None
         return dx, dw, db
 
-    def relu_forward(self, x):
-        """See base; one compiled pass. The context keeps x (the mask is ``x > 0``)."""
-        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-            return super().relu_forward(x)
+    def _relu_forward(self, x):
+        """See base; one compiled pass."""
         self._set_threads()
-        x = np.ascontiguousarray(x)
         y = np.empty_like(x)
         self._k._relu_fwd(x.reshape(-1), y.reshape(-1))
-        return y, OpContext("relu", None, np.dtype(x.dtype), {"x": x})
+        return y
 
-    def relu_backward(self, dy, ctx):
-        if "x" not in ctx.inputs:
-            return super().relu_backward(dy, ctx)
+    def _relu_backward(self, dy, ctx):
         x = ctx.inputs["x"]
-        dy = np.asarray(dy)
-        self._check_relu_dy(dy, x.shape, x.dtype)
         self._set_threads()
-        dy = np.ascontiguousarray(dy)
         dx = np.empty_like(dy)
         self._k._relu_bwd(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
         return dx
@@ -447,7 +430,7 @@ class NumbaBackend(Backend):
         """See base; one compiled pass (small masks, e.g. Dropout2d's one draw per map, through
         NumPy: waking the worker threads costs more than the hashing)."""
         if int(np.prod(shape)) < SMALL_MASK:
-            return super()._dropout_mask(shape, threshold, key)
+            return hash_mask(np, shape, threshold, key)
         self._set_threads()
         keep = np.empty(shape, dtype=np.bool_)
         u64 = np.uint64
@@ -455,26 +438,10 @@ class NumbaBackend(Backend):
                               u64(hashing.MIX2), keep.reshape(-1))
         return keep
 
-    def cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+    def _cross_entropy(self, logits, labels, label_smoothing: float):
         """See base; one compiled pass over the rows."""
-        logits = np.asarray(logits)
-        if logits.ndim != 2 or logits.dtype not in (np.float32, np.float64):
-            return super().cross_entropy(logits, labels, label_smoothing)
-        n, k = logits.shape
-        labels = np.asarray(labels)
-        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"labels must be {n} integer classes (shape ({n},)) for logits {logits.shape},"
-                f" got {labels.dtype} shape {labels.shape}"
-            )
-        if n and (labels.min() < 0 or labels.max() >= k):
-            raise ValueError(
-                f"labels must be in [0, {k}) for logits {logits.shape}, got values in"
-                f" [{labels.min()}, {labels.max()}]"
-            )
         dlogits = np.empty_like(logits)
-        loss = self._k._cross_entropy(np.ascontiguousarray(logits), labels.astype(np.int64),
-                                      float(label_smoothing), dlogits)
+        loss = self._k._cross_entropy(logits, labels, label_smoothing, dlogits)
         return float(loss), dlogits
 
 
