@@ -9,7 +9,7 @@ Legend used here and in every backend:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from numbers import Integral
 
 import numpy as np
@@ -93,8 +93,16 @@ def _type_name(t) -> str:
     return f"{t.__module__}.{t.__name__}"
 
 
+class _Input:
+    """What both geometries share: an input x of N×C maps of H×W."""
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+
 @dataclass(frozen=True)
-class ConvGeometry:
+class ConvGeometry(_Input):
     """Every size of one 2-D convolution. Padding is ``pad_h``/``pad_w`` before (top/left);
     what lies after is implied by ``P``/``Q`` (kernels treat any out-of-range pixel as zero)."""
 
@@ -102,23 +110,23 @@ class ConvGeometry:
     C: int
     H: int
     W: int
+    #: K filters of C×R×S
     K: int
     R: int
     S: int
+    #: the output's P×Q
     P: int
     Q: int
+    #: stride, padding before (top, left)
     stride_h: int
     stride_w: int
     pad_h: int
     pad_w: int
+    #: dilation, and the padding after (bottom, right) that P×Q implies
     dil_h: int
     dil_w: int
     pad_bottom: int
     pad_right: int
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
 
     @property
     def w_shape(self):
@@ -166,28 +174,24 @@ def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, *, has_bias
     return ConvGeometry(N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, pb, pr)
 
 
-@dataclass(frozen=True)
-class PoolGeometry:
-    N: int
-    C: int
-    H: int
-    W: int
-    R: int
-    S: int
-    P: int
-    Q: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
+class _PoolSizes(_Input):
+    """PoolGeometry's properties; its fields are a convolution's less those of the filters."""
 
     @property
     def y_shape(self):
         return (self.N, self.C, self.P, self.Q)
+
+
+#: Every size of one 2-D pooling: ConvGeometry's fields without K (a pool keeps the C maps),
+#: the dilation (none) and the padding after (the same as before).
+PoolGeometry = make_dataclass(
+    "PoolGeometry",
+    [(name, int) for name in ConvGeometry.__dataclass_fields__
+     if name not in ("K", "dil_h", "dil_w", "pad_bottom", "pad_right")],
+    bases=(_PoolSizes,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": "Every size of one 2-D pooling (N, C, H, W,"
+               " R, S, P, Q, stride_h, stride_w, pad_h, pad_w): the same padding before and"
+               " after, no dilation."})
 
 
 def pool_geometry(x_shape, kernel_size=2, stride=None, padding=0) -> PoolGeometry:

@@ -18,7 +18,7 @@ Used by ``polycnn parity`` and by the op tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -275,20 +275,23 @@ def random_cases(op: str, count: int, seed: int = 0) -> list:
 
 @dataclass
 class Mismatch:
+    """One failed comparison: an op's pass on a backend and dtype, the case, what differed."""
+
     op: str
-    pass_: str
+    #: "forward", "backward" or "forward/backward" (``pass`` in the JSON: a keyword here)
+    pass_: str = field(metadata={"json": "pass"})
     backend: str
     dtype: str
     case: str
     detail: str
 
+    def as_dict(self) -> dict:
+        """The JSON object of ``polycnn parity --json``: the fields by their JSON names."""
+        return {f.metadata.get("json", f.name): getattr(self, f.name) for f in fields(self)}
+
     def line(self) -> str:
         return (f"mismatch: {self.op} {self.pass_}, backend={self.backend}, dtype={self.dtype},"
                 f" {self.case}: {self.detail}")
-
-    def as_dict(self) -> dict:
-        return {"op": self.op, "pass": self.pass_, "backend": self.backend, "dtype": self.dtype,
-                "case": self.case, "detail": self.detail}
 
 
 @dataclass

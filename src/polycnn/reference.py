@@ -20,6 +20,7 @@ Legend: N batch, C input channels, H×W input, K output channels, R×S kernel, P
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -90,6 +91,25 @@ def pool_sizes(x_shape, kernel_size=2, stride=None, padding=0) -> SimpleNamespac
                            pad_h=ph, pad_w=pw, x_shape=(N, C, H, W), y_shape=(N, C, P, Q))
 
 
+# ---- loops shared by the ops ----------------------------------------------------------------
+
+def _outputs(n: int, channels: int, g):
+    """Every output index (n, k or c, p, q), in row-major order."""
+    return itertools.product(range(n), range(channels), range(g.P), range(g.Q))
+
+
+def _taps(g, p: int, q: int):
+    """(r, s, h, v) of each kernel offset (r, s) of output (p, q), row-major, whose input pixel
+    (h, v) lies inside x: h = p*sh - ph + r*dh, v = q*sw - pw + s*dw (pools: no dilation)."""
+    dh, dw = getattr(g, "dil_h", 1), getattr(g, "dil_w", 1)
+    for r in range(g.R):
+        for s in range(g.S):
+            h = p * g.stride_h - g.pad_h + r * dh
+            v = q * g.stride_w - g.pad_w + s * dw
+            if 0 <= h < g.H and 0 <= v < g.W:
+                yield r, s, h, v
+
+
 # ---- convolution -------------------------------------------------------------------------
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
@@ -99,19 +119,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     if b is not None and b.shape != (g.K,):
         raise ValueError(f"b has shape {b.shape}, expected {(g.K,)}")
     y = np.zeros(g.y_shape)
-    for n in range(g.N):
-        for k in range(g.K):
-            for p in range(g.P):
-                for q in range(g.Q):
-                    total = 0.0 if b is None else b[k]
-                    for c in range(g.C):
-                        for r in range(g.R):
-                            for s in range(g.S):
-                                h = p * g.stride_h - g.pad_h + r * g.dil_h
-                                v = q * g.stride_w - g.pad_w + s * g.dil_w
-                                if 0 <= h < g.H and 0 <= v < g.W:
-                                    total += w[k, c, r, s] * x[n, c, h, v]
-                    y[n, k, p, q] = total
+    for n, k, p, q in _outputs(g.N, g.K, g):
+        total = 0.0 if b is None else b[k]
+        for c in range(g.C):
+            for r, s, h, v in _taps(g, p, q):
+                total += w[k, c, r, s] * x[n, c, h, v]
+        y[n, k, p, q] = total
     return y
 
 
@@ -129,20 +142,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, has_bias=True):
     dx = np.zeros(g.x_shape)
     dw = np.zeros(g.w_shape)
     db = np.zeros(g.K)
-    for n in range(g.N):
-        for k in range(g.K):
-            for p in range(g.P):
-                for q in range(g.Q):
-                    grad = dy[n, k, p, q]
-                    db[k] += grad
-                    for c in range(g.C):
-                        for r in range(g.R):
-                            for s in range(g.S):
-                                h = p * g.stride_h - g.pad_h + r * g.dil_h
-                                v = q * g.stride_w - g.pad_w + s * g.dil_w
-                                if 0 <= h < g.H and 0 <= v < g.W:
-                                    dx[n, c, h, v] += w[k, c, r, s] * grad
-                                    dw[k, c, r, s] += x[n, c, h, v] * grad
+    for n, k, p, q in _outputs(g.N, g.K, g):
+        grad = dy[n, k, p, q]
+        db[k] += grad
+        for c in range(g.C):
+            for r, s, h, v in _taps(g, p, q):
+                dx[n, c, h, v] += w[k, c, r, s] * grad
+                dw[k, c, r, s] += x[n, c, h, v] * grad
     return dx, dw, (db if has_bias else None)
 
 
@@ -152,21 +158,16 @@ def _max_window(x, n, c, p, q, g):
     """(value, (h, v)) of the max of one window, over its real entries only (padding is -inf
     and never the argmax): the first NaN, else the first of tied maxima in row-major order."""
     best, where = -math.inf, None
-    for r in range(g.R):
-        for s in range(g.S):
-            h = p * g.stride_h - g.pad_h + r
-            v = q * g.stride_w - g.pad_w + s
-            if not (0 <= h < g.H and 0 <= v < g.W):
-                continue
-            value = x[n, c, h, v]
-            if where is None:
-                better = True
-            elif math.isnan(best):
-                better = False
-            else:
-                better = math.isnan(value) or value > best
-            if better:
-                best, where = value, (h, v)
+    for _, _, h, v in _taps(g, p, q):
+        value = x[n, c, h, v]
+        if where is None:
+            better = True
+        elif math.isnan(best):
+            better = False
+        else:
+            better = math.isnan(value) or value > best
+        if better:
+            best, where = value, (h, v)
     return best, where
 
 
@@ -175,11 +176,8 @@ def maxpool2d_forward(x, kernel_size=2, stride=None, padding=0):
     x = _f64(x)
     g = pool_sizes(x.shape, kernel_size, stride, padding)
     y = np.zeros(g.y_shape)
-    for n in range(g.N):
-        for c in range(g.C):
-            for p in range(g.P):
-                for q in range(g.Q):
-                    y[n, c, p, q] = _max_window(x, n, c, p, q, g)[0]
+    for n, c, p, q in _outputs(g.N, g.C, g):
+        y[n, c, p, q] = _max_window(x, n, c, p, q, g)[0]
     return y
 
 
@@ -190,12 +188,9 @@ def maxpool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
     if dy.shape != g.y_shape:
         raise ValueError(f"dy has shape {dy.shape}, expected {g.y_shape}")
     dx = np.zeros(g.x_shape)
-    for n in range(g.N):
-        for c in range(g.C):
-            for p in range(g.P):
-                for q in range(g.Q):
-                    h, v = _max_window(x, n, c, p, q, g)[1]
-                    dx[n, c, h, v] += dy[n, c, p, q]
+    for n, c, p, q in _outputs(g.N, g.C, g):
+        h, v = _max_window(x, n, c, p, q, g)[1]
+        dx[n, c, h, v] += dy[n, c, p, q]
     return dx
 
 
@@ -207,18 +202,11 @@ def avgpool2d_forward(x, kernel_size=2, stride=None, padding=0):
     x = _f64(x)
     g = pool_sizes(x.shape, kernel_size, stride, padding)
     y = np.zeros(g.y_shape)
-    for n in range(g.N):
-        for c in range(g.C):
-            for p in range(g.P):
-                for q in range(g.Q):
-                    total = 0.0
-                    for r in range(g.R):
-                        for s in range(g.S):
-                            h = p * g.stride_h - g.pad_h + r
-                            v = q * g.stride_w - g.pad_w + s
-                            if 0 <= h < g.H and 0 <= v < g.W:
-                                total += x[n, c, h, v]
-                    y[n, c, p, q] = total / (g.R * g.S)
+    for n, c, p, q in _outputs(g.N, g.C, g):
+        total = 0.0
+        for _, _, h, v in _taps(g, p, q):
+            total += x[n, c, h, v]
+        y[n, c, p, q] = total / (g.R * g.S)
     return y
 
 
@@ -229,16 +217,9 @@ def avgpool2d_backward(dy, x_shape, kernel_size=2, stride=None, padding=0):
     if dy.shape != g.y_shape:
         raise ValueError(f"dy has shape {dy.shape}, expected {g.y_shape}")
     dx = np.zeros(g.x_shape)
-    for n in range(g.N):
-        for c in range(g.C):
-            for p in range(g.P):
-                for q in range(g.Q):
-                    for r in range(g.R):
-                        for s in range(g.S):
-                            h = p * g.stride_h - g.pad_h + r
-                            v = q * g.stride_w - g.pad_w + s
-                            if 0 <= h < g.H and 0 <= v < g.W:
-                                dx[n, c, h, v] += dy[n, c, p, q] / (g.R * g.S)
+    for n, c, p, q in _outputs(g.N, g.C, g):
+        for _, _, h, v in _taps(g, p, q):
+            dx[n, c, h, v] += dy[n, c, p, q] / (g.R * g.S)
     return dx
 
 
