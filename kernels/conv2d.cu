@@ -359,6 +359,13 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     }
 }
 
+// A GEMM column n of an implicit-GEMM B operand is (image, position in the image): the image's
+// offset in its tensor and the position's index among the per_image positions.
+struct ImageColumn { long long base; int rem; };
+__device__ inline ImageColumn image_column(int n, int per_image, long long image_elems) {
+    return ImageColumn{(long long)(n / per_image) * image_elems, n % per_image};
+}
+
 // ---- forward: rows k, columns (n, p, q), reduction (c, r, s) ----------------------------------
 template <typename T>
 struct FwdA {  // w viewed as a K × CRS matrix
@@ -375,14 +382,9 @@ struct FwdB {  // x gathered as im2col columns
     ConvShape s;
     struct Col { long long base; int h0, w0; bool valid; };
     __device__ Col column(int n, bool valid) const {
-        Col c{0, 0, 0, valid};
-        if (!valid) return c;
-        const int pq = s.P * s.Q;
-        const int nb = n / pq, rem = n % pq;
-        c.base = (long long)nb * s.C * s.H * s.W;
-        c.h0 = (rem / s.Q) * s.sh - s.ph;
-        c.w0 = (rem % s.Q) * s.sw - s.pw;
-        return c;
+        if (!valid) return Col{0, 0, 0, false};
+        const ImageColumn at = image_column(n, s.P * s.Q, (long long)s.C * s.H * s.W);
+        return Col{at.base, (at.rem / s.Q) * s.sh - s.ph, (at.rem % s.Q) * s.sw - s.pw, true};
     }
     // row (c, r, s): {offset of plane c, r*dh, s*dw}
     __device__ RowInfo row(int kk) const {
@@ -489,14 +491,9 @@ struct BwdDataB {  // dy gathered for the phase pixel (i, j) of this column
     Phase f;
     struct Col { long long base; int i, j; bool valid; };
     __device__ Col column(int n, bool valid) const {
-        Col c{0, 0, 0, valid};
-        if (!valid) return c;
-        const int ij = f.hi * f.wj;
-        const int nb = n / ij, rem = n % ij;
-        c.base = (long long)nb * s.K * s.P * s.Q;
-        c.i = rem / f.wj;
-        c.j = rem % f.wj;
-        return c;
+        if (!valid) return Col{0, 0, 0, false};
+        const ImageColumn at = image_column(n, f.hi * f.wj, (long long)s.K * s.P * s.Q);
+        return Col{at.base, at.rem / f.wj, at.rem % f.wj, true};
     }
     // row (k, u, v): {offset of plane k, p - i, q - j, offset of w[k, 0, r, s] (for A)}
     __device__ RowInfo row(int kk) const {
