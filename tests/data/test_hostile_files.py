@@ -9,20 +9,20 @@ that would decompress to about 1 GiB or more if anything read them whole.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 import os
 import shutil
 import struct
 import zipfile
-import zlib
 
 import numpy as np
 import pytest
 
 import polycnn as pc
 from support.hostile import SHAPES_RUN, run_cli, save_shapes_checkpoint, snapshot
+from support.hostile_files import (altered, idx_files, layers_json, npy_header, npz_with_member,
+                                   png_of_one_colour)
 from polycnn import checkpoint, limits
 
 #: hostile.SHAPES_RUN's MNIST twin, trained from a folder that the case removes
@@ -38,77 +38,12 @@ def base(tmp_path_factory):
     save_shapes_checkpoint(folder / "shapes.npz")
     mnist = pc.models.lenet5((1, 28, 28), 10, backend="numpy")
     checkpoint.save(folder / "mnist.npz", mnist, epoch=1, run=MNIST_RUN, classes=MNIST_RUN["classes"])
-    _png(folder / "bomb.png", 12000, 12000)
+    png_of_one_colour(folder / "bomb.png", 12000, 12000)
     with gzip.open(folder / "idx-bomb.gz", "wb", compresslevel=1) as f:
         f.write(bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28))
         for _ in range(20):  # 320 MiB of zeros after a header that says 47 MB
             f.write(bytes(16 << 20))
     return folder
-
-
-def _png(path, width, height):
-    """A greyscale PNG of one colour, written row block by row block (never whole in memory)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    z, row, parts = zlib.compressobj(1), b"\0" * (width + 1), []
-    for _ in range(0, height, 1000):
-        parts.append(z.compress(row * min(1000, height)))
-    parts.append(z.flush())
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
-        f.write(chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
-
-
-def _altered(src, dest, meta_edit=None, arrays_edit=None, resum=True):
-    """A copy of checkpoint ``src`` with its metadata and arrays changed (checksum updated)."""
-    with np.load(src, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays.pop("__meta__").tobytes())
-    meta = copy.deepcopy(meta)
-    if meta_edit:
-        meta_edit(meta)
-    if arrays_edit:
-        arrays_edit(arrays)
-    if resum:
-        meta["sha256"] = checkpoint._digest(arrays)
-    np.savez(dest, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-
-
-def _npz_with_member(src, dest, name, header: dict, zeros: int):
-    """Checkpoint ``src`` with member ``name`` replaced by an .npy ``header`` and ``zeros``
-    bytes of data, streamed into the archive."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED,
-                                                      compresslevel=1) as zout:
-        for info in zin.infolist():
-            if info.filename != name:
-                zout.writestr(info.filename, zin.read(info))
-        with zout.open(name, "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            block = bytes(16 << 20)
-            for start in range(0, zeros, len(block)):
-                f.write(block[:min(len(block), zeros - start)])
-
-
-def _npy_header(path, shape, descr="<f4", data=b""):
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False,
-                                                 "shape": shape})
-        f.write(data)
-
-
-def _idx_files(folder, images=None, raw=False):
-    """The four MNIST names in ``folder``: train images from ``images`` (bytes), others empty."""
-    folder.mkdir(exist_ok=True)
-    ext = "" if raw else ".gz"
-    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (folder / (name + ext)).write_bytes(b"")
-    if images is not None:
-        (folder / ("train-images-idx3-ubyte" + ext)).write_bytes(images)
-
-
-def _layers_json(path, layers):
-    path.write_text(json.dumps(layers))
 
 
 #: id -> function(folder, base) -> (arguments of polycnn, words the error names[, paths that
@@ -125,14 +60,14 @@ def case(fn):
 @case
 def checkpoint_zip_bomb(d, base):
     # 4 MB on disk, 1 GiB of zeros where the architecture says (16, 3, 3, 3)
-    _npz_with_member(base / "shapes.npz", d / "ck.npz", "model.0.weight.npy",
+    npz_with_member(base / "shapes.npz", d / "ck.npz", "model.0.weight.npy",
                      {"descr": "<f4", "fortran_order": False, "shape": (16384, 16384)}, 1 << 30)
     return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "(16384, 16384)", "(16, 3, 3, 3)"]
 
 
 @case
 def checkpoint_metadata_bomb(d, base):
-    _npz_with_member(base / "shapes.npz", d / "ck.npz", "__meta__.npy",
+    npz_with_member(base / "shapes.npz", d / "ck.npz", "__meta__.npy",
                      {"descr": "|u1", "fortran_order": False, "shape": (200_000_000,)}, 200_000_000)
     return ["evaluate", "ck.npz"], ["ck.npz", "__meta__", "200,000,000 bytes"]
 
@@ -150,7 +85,7 @@ def checkpoint_with_30000_members(d, base):
 def checkpoint_100000x100000_layer(d, base):
     def edit(meta):
         meta["model"]["layers"][-1]["config"].update(in_features=100000, out_features=100000)
-    _altered(base / "shapes.npz", d / "ck.npz", edit)
+    altered(base / "shapes.npz", d / "ck.npz", edit)
     return ["evaluate", "ck.npz"], ["ck.npz", "architecture", "parameters of 10,000,"]
 
 
@@ -165,14 +100,14 @@ def checkpoint_model_with_huge_activations(d, base):
 
 @case
 def checkpoint_array_not_in_architecture(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz",
+    altered(base / "shapes.npz", d / "ck.npz",
              arrays_edit=lambda a: a.update({"model.99.weight": np.zeros(3, np.float32)}))
     return ["evaluate", "ck.npz"], ["ck.npz", "model.99.weight", "not part of"]
 
 
 @case
 def checkpoint_array_wrong_shape(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz",
+    altered(base / "shapes.npz", d / "ck.npz",
              arrays_edit=lambda a: a.update({"model.0.weight": np.zeros((16, 3, 5, 5), np.float32)}))
     return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "(16, 3, 5, 5)", "(16, 3, 3, 3)"]
 
@@ -187,13 +122,13 @@ def _nonfinite_weights(a):
 @case
 def checkpoint_nan_weights_evaluate(d, base):
     # printed an accuracy (and NaN probabilities from predict) with exit 0 before
-    _altered(base / "shapes.npz", d / "ck.npz", arrays_edit=_nonfinite_weights)
+    altered(base / "shapes.npz", d / "ck.npz", arrays_edit=_nonfinite_weights)
     return ["evaluate", "ck.npz"], ["ck.npz", "model.0.weight", "3 NaN or infinite value(s) of 432"]
 
 
 @case
 def checkpoint_nan_weights_predict(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz", arrays_edit=_nonfinite_weights)
+    altered(base / "shapes.npz", d / "ck.npz", arrays_edit=_nonfinite_weights)
     np.save(d / "x.npy", np.zeros((3, 16, 16), np.float32))
     return ["predict", "ck.npz", "x.npy"], ["ck.npz", "model.0.weight", "NaN or infinite"]
 
@@ -207,7 +142,7 @@ def checkpoint_inf_optimizer_state_resume(d, base):
     opt.step()
     checkpoint.save(d / "ck.npz", model, optimizer=opt, epoch=1, run=SHAPES_RUN,
                     classes=["triangle", "square", "circle"])
-    _altered(d / "ck.npz", d / "ck.npz",
+    altered(d / "ck.npz", d / "ck.npz",
              arrays_edit=lambda a: a.update({"optim.0.velocity": np.full_like(a["optim.0.velocity"], np.inf)}))
     return ["train", "--resume", "--out", "ck.npz", "--epochs", "2"], \
         ["ck.npz", "optim.0.velocity", "432 NaN or infinite value(s) of 432"]
@@ -218,26 +153,26 @@ def checkpoint_metadata_nested_too_deep(d, base):
     deep = []
     for _ in range(40):
         deep = [deep]
-    _altered(base / "shapes.npz", d / "ck.npz", lambda m: m.update(history=deep))
+    altered(base / "shapes.npz", d / "ck.npz", lambda m: m.update(history=deep))
     return ["evaluate", "ck.npz"], ["ck.npz", "metadata", "nested more than 32"]
 
 
 @case
 def stored_n_test_1e8(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz",
+    altered(base / "shapes.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(n_test=100_000_000))
     return ["evaluate", "ck.npz"], ["ck.npz", "100,000,000 test images", "GiB"]
 
 
 @case
 def stored_n_test_float(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz", lambda m: m["metadata"]["run"].update(n_test=1e8))
+    altered(base / "shapes.npz", d / "ck.npz", lambda m: m["metadata"]["run"].update(n_test=1e8))
     return ["evaluate", "ck.npz"], ["ck.npz", "run setting n_test", "100000000.0", "expected an int"]
 
 
 @case
 def stored_batch_size_1e9(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz",
+    altered(base / "shapes.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(batch_size=10**9))
     return ["train", "--resume", "--out", "ck.npz", "--epochs", "2"], \
         ["ck.npz", "batch_size 1,000,000,000", "memory"]
@@ -245,7 +180,7 @@ def stored_batch_size_1e9(d, base):
 
 @case
 def stored_image_size_string(d, base):
-    _altered(base / "shapes.npz", d / "ck.npz",
+    altered(base / "shapes.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(image_size="4096"))
     np.save(d / "x.npy", np.zeros((3, 16, 16), np.float32))
     return ["predict", "ck.npz", "x.npy"], ["ck.npz", "image_size", "'4096'"]
@@ -254,7 +189,7 @@ def stored_image_size_string(d, base):
 @case
 def stored_data_dir_missing_evaluate(d, base):
     gone = d / "gone"
-    _altered(base / "mnist.npz", d / "ck.npz",
+    altered(base / "mnist.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(data_dir=str(gone), download=True))
     return ["evaluate", "ck.npz"], ["ck.npz", str(gone), "does not exist"], [gone]
 
@@ -262,7 +197,7 @@ def stored_data_dir_missing_evaluate(d, base):
 @case
 def stored_data_dir_missing_resume(d, base):
     gone = d / "gone"
-    _altered(base / "mnist.npz", d / "ck.npz",
+    altered(base / "mnist.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(data_dir=str(gone), download=True))
     return ["train", "--resume", "--out", "ck.npz", "--epochs", "3"], \
         ["ck.npz", str(gone), "does not exist"], [gone]
@@ -271,7 +206,7 @@ def stored_data_dir_missing_resume(d, base):
 @case
 def stored_download_evaluate(d, base):
     (d / "empty").mkdir()
-    _altered(base / "mnist.npz", d / "ck.npz",
+    altered(base / "mnist.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(data_dir=str(d / "empty"), download=True))
     return ["evaluate", "ck.npz"], ["missing 4 file(s)", str(d / "empty")]
 
@@ -280,7 +215,7 @@ def stored_download_evaluate(d, base):
 def stored_download_visualize(d, base):
     pytest.importorskip("matplotlib")
     (d / "empty").mkdir()
-    _altered(base / "mnist.npz", d / "ck.npz",
+    altered(base / "mnist.npz", d / "ck.npz",
              lambda m: m["metadata"]["run"].update(data_dir=str(d / "empty"), download=True))
     return ["visualize", "ck.npz", "--out", "viz"], ["missing 4 file(s)", str(d / "empty")], \
         [d / "viz"]
@@ -296,7 +231,7 @@ def evaluate_n_test_1e9(d, base):
 # ---- data files -------------------------------------------------------------------------------
 @case
 def idx_gzip_bomb(d, base):
-    _idx_files(d / "mnist", (base / "idx-bomb.gz").read_bytes())
+    idx_files(d / "mnist", (base / "idx-bomb.gz").read_bytes())
     return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
         ["train-images-idx3-ubyte.gz", "(60000, 28, 28)", "trailing data"]
 
@@ -304,7 +239,7 @@ def idx_gzip_bomb(d, base):
 @case
 def idx_header_claims_4e9_images(d, base):
     header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 4_000_000_000, 28, 28)
-    _idx_files(d / "mnist", gzip.compress(header + bytes(1000)))
+    idx_files(d / "mnist", gzip.compress(header + bytes(1000)))
     return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
         ["train-images-idx3-ubyte.gz", "(4000000000, 28, 28)", "memory"]
 
@@ -312,7 +247,7 @@ def idx_header_claims_4e9_images(d, base):
 @case
 def idx_header_claims_more_than_the_file(d, base):
     header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 60000, 28, 28)
-    _idx_files(d / "mnist", header + bytes(1000), raw=True)
+    idx_files(d / "mnist", header + bytes(1000), raw=True)
     return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
         ["train-images-idx3-ubyte", "1,000 data bytes", "47,040,000", "truncated"]
 
@@ -321,7 +256,7 @@ def idx_header_claims_more_than_the_file(d, base):
 def idx_truncated_gzip(d, base):
     header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 100, 28, 28)
     pixels = np.random.default_rng(0).integers(0, 256, 100 * 784, dtype=np.uint8).tobytes()
-    _idx_files(d / "mnist", gzip.compress(header + pixels)[:-200])
+    idx_files(d / "mnist", gzip.compress(header + pixels)[:-200])
     return ["train", "--dataset", "mnist", "--data-dir", "mnist"], \
         ["train-images-idx3-ubyte.gz", "not a complete gzip file"]
 
@@ -349,7 +284,7 @@ def png_bomb_predict(d, base):
 def png_bomb_in_image_folder(d, base):
     for cls in ("a", "b"):
         (d / "pics" / cls).mkdir(parents=True)
-        _png(d / "pics" / cls / "ok.png", 8, 8)
+        png_of_one_colour(d / "pics" / cls / "ok.png", 8, 8)
     shutil.copy(base / "bomb.png", d / "pics" / "a" / "bomb.png")
     return ["train", "--dataset", "folder", "--data-dir", "pics", "--image-size", "16"], \
         ["bomb.png", "144,000,000 pixels"]
@@ -359,7 +294,7 @@ def png_bomb_in_image_folder(d, base):
 @case
 def npy_header_claims_1e9_images(d, base):
     shutil.copy(base / "shapes.npz", d / "ck.npz")
-    _npy_header(d / "x.npy", (10**9, 3, 16, 16), data=bytes(4096))
+    npy_header(d / "x.npy", (10**9, 3, 16, 16), data=bytes(4096))
     return ["predict", "ck.npz", "x.npy"], ["x.npy", "(1000000000, 3, 16, 16)", "memory"]
 
 
@@ -373,14 +308,14 @@ def npy_empty_file(d, base):
 @case
 def npy_truncated(d, base):
     shutil.copy(base / "shapes.npz", d / "ck.npz")
-    _npy_header(d / "x.npy", (5, 3, 16, 16), data=bytes(100))
+    npy_header(d / "x.npy", (5, 3, 16, 16), data=bytes(100))
     return ["predict", "ck.npz", "x.npy"], ["x.npy", "100 of 15,360 bytes", "truncated"]
 
 
 @case
 def npy_object_array(d, base):
     shutil.copy(base / "shapes.npz", d / "ck.npz")
-    _npy_header(d / "x.npy", (3, 16, 16), descr="|O")
+    npy_header(d / "x.npy", (3, 16, 16), descr="|O")
     return ["predict", "ck.npz", "x.npy"], ["x.npy", "Python objects"]
 
 
@@ -454,13 +389,13 @@ def model_json_too_big(d, base):
 
 @case
 def model_json_too_many_layers(d, base):
-    _layers_json(d / "m.json", [{"type": "ReLU"}] * 5000)
+    layers_json(d / "m.json", [{"type": "ReLU"}] * 5000)
     return ["train", "--dataset", "digits", "--model", "m.json"], ["m.json", "5,000 layers", "1,000"]
 
 
 @case
 def model_json_a_million_channels(d, base):
-    _layers_json(d / "m.json", [
+    layers_json(d / "m.json", [
         {"type": "Conv2d", "config": {"in_channels": 1, "out_channels": 10**6, "kernel_size": 3,
                                       "padding": 1}},
         {"type": "GlobalAvgPool2d"}, {"type": "Linear", "config": {"in_features": 10**6,
@@ -471,7 +406,7 @@ def model_json_a_million_channels(d, base):
 
 @case
 def model_json_100000x100000_linear(d, base):
-    _layers_json(d / "m.json", [
+    layers_json(d / "m.json", [
         {"type": "Flatten"}, {"type": "Linear", "config": {"in_features": 64, "out_features": 10**5}},
         {"type": "Linear", "config": {"in_features": 10**5, "out_features": 10**5}},
         {"type": "Linear", "config": {"in_features": 10**5, "out_features": 10}}])
@@ -525,36 +460,3 @@ def test_predict_converts_uint8_pixels_as_the_training_images(base, tmp_path):
         assert r.exit_code == 0, r.output
         probs[name] = [list(p["probabilities"].values()) for p in json.loads(r.output)["predictions"]]
     np.testing.assert_allclose(probs["u8.npy"], probs["f.npy"], rtol=1e-4, atol=1e-6)
-
-
-def test_limits_are_generous_for_real_runs():
-    """The README's runs fit: MNIST and CIFAR-10 as loaded, the default shapes run, lenet5."""
-    need = 2 * limits.images_bytes(60000 + 10000, (3, 32, 32))
-    assert need < limits.memory_limit()
-    assert 60000 * 784 * 9 < limits.memory_limit()
-    layers = pc.models.layers_from_spec(pc.models.lenet5((1, 28, 28), 10).spec()["layers"])
-    assert limits.check_model(layers, "lenet5", (1, 28, 28)) < 1 << 20
-
-
-def test_memory_limit_variable(monkeypatch):
-    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "8G")
-    assert limits.memory_limit() == 8 << 30
-    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "512m")
-    assert limits.memory_limit() == 512 << 20
-    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "lots")
-    with pytest.raises(ValueError, match="POLYCNN_MEMORY_LIMIT='lots'"):
-        limits.memory_limit()
-    monkeypatch.setenv(limits.MEMORY_LIMIT_ENV, "10M")
-    limits.check_memory("x", "1,000 images", 10 << 20)
-    with pytest.raises(ValueError, match=r"x: 1,000 images would need about 11.4 MiB of memory, over"
-                       r" the limit of 10.0 MiB \(set POLYCNN_MEMORY_LIMIT"):
-        limits.check_memory("x", "1,000 images", 12_000_000)
-
-
-def test_readme_documents_the_memory_limit():
-    """The limit and how to raise it are where the README talks about errors."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
-    with open(path, encoding="utf-8") as f:
-        readme = f.read()
-    assert f"`{limits.MEMORY_LIMIT_ENV}`" in readme
-    assert f"over {limits.DEFAULT_MEMORY_LIMIT >> 30} GiB" in readme
