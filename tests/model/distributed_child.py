@@ -34,6 +34,12 @@ RUNS = {
 N_TRAIN, N_VAL, BATCH, EPOCHS = 75, 21, 16, 2
 
 
+
+def say_error(rank: int, exc: BaseException) -> None:
+    """One write of the whole line: print() writes the text and its newline separately to the
+    unbuffered stderr, and the other rank's line could land between them in mpiexec's stream."""
+    os.write(2, f"rank {rank}: error: {exc}\n".encode())
+
 def data(dtype, size=16):
     x, y = pc.datasets.shapes(n=N_TRAIN + N_VAL, image_size=size, seed=0)
     x = x.astype(dtype)
@@ -105,10 +111,10 @@ def main(mode, out):
         pc.fit(model, train_set, epochs=3, batch_size=BATCH, val=val, seed=0, augment=augment,
                checkpoint=out if mode == "kill" else None, distributed=True)
     except pc.distributed.PeerLost as exc:
-        print(f"rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        say_error(rank, exc)
         sys.exit(3)
     except (ValueError, RuntimeError) as exc:
-        print(f"rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        say_error(rank, exc)
         sys.exit(2)
     print(f"rank {rank}: finished", flush=True)
 
