@@ -113,10 +113,34 @@ def test_kernels_compile_with_nvcc_without_spills(filename, tmp_path):
 
 
 def test_kernels_use_no_atomics():
-    """Deterministic backward passes: no atomics at all in the kernels."""
-    for path in KERNEL_DIR.glob("*.cu"):
+    """Deterministic backward passes: no atomics at all in the kernels and their headers."""
+    for path in [*KERNEL_DIR.glob("*.cu"), *KERNEL_DIR.glob("*.cuh")]:
         code = re.sub(r"//[^\n]*|/\*.*?\*/", "", path.read_text(), flags=re.S)
         assert "atomic" not in code, f"{path.name} uses an atomic operation"
+
+
+def test_kernel_source_inlines_each_header_once_under_its_own_file_name(tmp_path):
+    (tmp_path / "a.cuh").write_text('#include "b.cuh"\nint a;\n')
+    (tmp_path / "b.cuh").write_text('#include "a.cuh"\nint b;\n')
+    (tmp_path / "k.cu").write_text('#include "a.cuh"\n  #  include "b.cuh"\nint k;\n')
+    assert kernel_source("k.cu", tmp_path).splitlines() == [
+        '#line 1 "kernels/k.cu"', '#line 1 "kernels/a.cuh"', '#line 1 "kernels/b.cuh"', "",
+        "int b;", '#line 2 "kernels/a.cuh"', "int a;", '#line 2 "kernels/k.cu"', "", "int k;"]
+
+
+@pytest.mark.parametrize("name", ["../k.cuh", "/etc/hostname", "sub/a.cuh", "a.h", ""])
+def test_kernel_source_includes_only_a_header_of_the_kernel_folder(tmp_path, name):
+    (tmp_path / "k.cu").write_text(f'int k;\n#include "{name}"\n')
+    with pytest.raises(ValueError, match=rf'kernels/k.cu, line 2: #include "{re.escape(name)}":'
+                                         r" a kernel source may include only a header"):
+        kernel_source("k.cu", tmp_path)
+
+
+def test_every_header_is_part_of_a_kernel_source():
+    """A header no .cu includes would be shipped and never compiled or tested."""
+    inlined = "".join(kernel_source(name) for name in SOURCES)
+    for path in KERNEL_DIR.glob("*.cuh"):
+        assert f'#line 1 "kernels/{path.name}"' in inlined, f"no kernel includes {path.name}"
 
 
 def _c_type(param: str, dtype: str) -> str:

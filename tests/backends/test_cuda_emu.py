@@ -127,7 +127,7 @@ def test_a_removed_syncthreads_is_caught(tmp_path, monkeypatch, reverse):
     """Without the barrier between storing a tile to shared memory and multiplying it out,
     threads read entries that others have not written yet (NaN fill) or already overwrote with
     the next tile: the result is wrong, visibly."""
-    folder = seeded_copy(tmp_path, "conv2d.cu", "        __syncthreads();\n        if (more) fetch",
+    folder = seeded_copy(tmp_path, "gemm_tile.cuh", "        __syncthreads();\n        if (more) fetch",
                          "        if (more) fetch")
     monkeypatch.setitem(runtime.options, "reverse", reverse)
     x, w, b = conv_case()
@@ -309,9 +309,9 @@ extern "C" __global__ void tile_table_probe(long long* out) {
 """
 
 
-def test_the_host_launches_the_tiles_and_shared_memory_that_conv2d_cu_defines():
-    """The host's tile table (_tiles: read from conv2d.cu) and its shared-memory sizes are what the
-    compiler sees in conv2d.cu's GEMM_TILES, GEMM_TF32_TILE, GEMM_SMEM_BYTES and TILE_K."""
+def test_the_host_launches_the_tiles_and_shared_memory_that_the_kernels_define():
+    """The host's tile table (_tiles: read from gemm_tile.cuh) and its shared-memory sizes are what
+    the compiler sees in conv2d.cu (gemm_tile.cuh inlined): GEMM_TILES, GEMM_TF32_TILE, GEMM_SMEM_BYTES and TILE_K."""
     from polycnn.backends import _tiles
 
     module = standin.RawModule(code=cupy_backend.kernel_source("conv2d.cu") + _TABLE_PROBE)
@@ -326,11 +326,11 @@ def test_the_host_launches_the_tiles_and_shared_memory_that_conv2d_cu_defines():
 
 
 def test_a_tile_added_to_the_table_is_a_kernel_and_a_host_tile(tmp_path):
-    """One line of conv2d.cu makes a tile: its entry points (every GEMM op, float and double,
+    """One line of gemm_tile.cuh makes a tile: its entry points (every GEMM op, float and double,
     with the parameters the backend passes) and the host's entry in its table."""
     from polycnn.backends import _tiles
 
-    folder = seeded_copy(tmp_path, "conv2d.cu", "X(_small, 16, 64, 0)",
+    folder = seeded_copy(tmp_path, "gemm_tile.cuh", "X(_small, 16, 64, 0)",
                          "X(_small, 16, 64, 0) X(_wide, 16, 128, 0)")
     source = cupy_backend.kernel_source("conv2d.cu", folder)
     assert _tiles.parse_table(source)[1]["_wide"] == (16, 128)
@@ -350,7 +350,7 @@ def test_a_tile_added_to_the_table_is_a_kernel_and_a_host_tile(tmp_path):
 def test_a_malformed_tile_table_is_refused(table):
     from polycnn.backends import _tiles
 
-    with pytest.raises(ValueError, match=r"conv2d\.cu"):
+    with pytest.raises(ValueError, match=r"kernels/gemm_tile\.cuh"):
         _tiles.parse_table("#define TILE_K 16\n" + table + "\n")
 
 

@@ -43,5 +43,5 @@ def test_every_package_folder_is_shipped():
 
 def test_data_and_kernel_files_are_declared():
     data = _setuptools()["package-data"]
-    assert "*.cu" in data["polycnn.kernels"]
+    assert {"*.cu", "*.cuh"} <= set(data["polycnn.kernels"])
     assert "*.csv.gz" in data["polycnn.data"]

@@ -4,6 +4,7 @@ each is compiled for, and the kernel sources. No CuPy here; cupy_backend launche
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +17,7 @@ CONV_SHAPE = np.dtype([(f, np.int32) for f in (
 POOL_SHAPE = np.dtype([(f, np.int32) for f in (
     "N", "C", "H", "W", "R", "S", "P", "Q", "sh", "sw", "ph", "pw")])
 
-# NOTE: these mirror the #defines of conv2d.cu and glue.cu; the launch shapes depend on them.
+# NOTE: these mirror the #defines of gemm_tile.cuh and glue.cu; the launch shapes depend on them.
 GEMM_THREADS = 256
 BIAS_THREADS = 256
 #: the fewest dy entries one block of the bias gradient sums (8 a thread)
@@ -140,10 +141,35 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+#: ``#include "name.cuh"``: a header of kernels/, inlined by kernel_source
+_INCLUDE = re.compile(r'[ \t]*#[ \t]*include[ \t]*"([^"]*)"[ \t]*')
+_HEADER = re.compile(r"[A-Za-z0-9_]+\.cuh")
+
+
 def kernel_source(filename: str, kernel_dir=None) -> str:
-    """The text of ``kernels/<filename>`` with a ``#line`` prefix naming the real file."""
-    if kernel_dir is None:
-        text = (resources.files("polycnn.kernels") / filename).read_text()
-    else:
-        text = (Path(kernel_dir) / filename).read_text()
-    return f'#line 1 "kernels/{filename}"\n{text}'
+    """The text of ``kernels/<filename>`` as one string, each ``#include "name.cuh"`` replaced by
+    that header of the same folder (once, as under ``#pragma once``), with ``#line`` directives
+    naming the real files: NVRTC and the emulator's g++ compile a string, which has no folder to
+    look for headers in. ValueError for an include that is not a plain ``name.cuh``."""
+    folder = resources.files("polycnn.kernels") if kernel_dir is None else Path(kernel_dir)
+    inlined: set[str] = set()
+
+    def expand(name: str) -> list[str]:
+        inlined.add(name)
+        lines = [f'#line 1 "kernels/{name}"']
+        for number, line in enumerate((folder / name).read_text().splitlines(), 1):
+            m = _INCLUDE.fullmatch(line)
+            if m is None:
+                lines.append(line)
+                continue
+            if not _HEADER.fullmatch(m[1]):
+                raise ValueError(f"kernels/{name}, line {number}: #include \"{m[1]}\": a kernel"
+                                 " source may include only a header of kernels/, name.cuh")
+            if m[1] in inlined:
+                lines.append("")  # keeps the line numbers
+            else:
+                lines += expand(m[1])
+                lines.append(f'#line {number + 1} "kernels/{name}"')
+        return lines
+
+    return "\n".join(expand(filename)) + "\n"

@@ -2,8 +2,8 @@
 size runs, and the threads and shared memory a block of each needs. Kept apart from
 cupy_backend so that one table serves the launches and the kernel sources alike.
 
-The table itself is written once, in kernels/conv2d.cu (``GEMM_TILES`` and ``GEMM_TF32_TILE``,
-X-macros from which that file makes its per-tile entry points, and ``TILE_K``); this module reads
+The table itself is written once, in kernels/gemm_tile.cuh (``GEMM_TILES`` and ``GEMM_TF32_TILE``,
+X-macros from which conv2d.cu makes its per-tile entry points, and ``TILE_K``); this module reads
 it from there, so a tile added, removed or reshaped there is one the host launches.
 """
 
@@ -16,7 +16,7 @@ from importlib import resources
 from ..geometry import ceil_div
 
 #: the kernel source that holds the table
-TABLE_SOURCE = "conv2d.cu"
+TABLE_SOURCE = "gemm_tile.cuh"
 _DEFINE = r"^[ \t]*#define[ \t]+{}[ \t]+(.*)$"
 _ROW = re.compile(r"X\(\s*(\w*)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 
@@ -55,7 +55,7 @@ def _read_table():
     return tile_k, tiles, tf32_suffix, same_shape[0]
 
 
-#: the reduction depth of one shared-memory tile (conv2d.cu's TILE_K)
+#: the reduction depth of one shared-memory tile (gemm_tile.cuh's TILE_K)
 #: TILES: kernel-name suffix -> (BM, BN): the tile shapes of the GEMM kernels, in order of
 #: preference (the bigger and squarer, the fewer loads per multiply; see gemm_tile)
 #: TF32_SUFFIX: the name suffix of the TF32 (tensor-core) GEMM kernels, ``<op>_tf32``
@@ -70,14 +70,14 @@ def gemm_threads(tile: str) -> int:
 
 
 def gemm_smem_bytes(tile: str, itemsize: int) -> int:
-    """GEMM_SMEM_BYTES of conv2d.cu: the row table, then the A and B tiles (their rows padded by
+    """GEMM_SMEM_BYTES of gemm_tile.cuh: the row table, then the A and B tiles (their rows padded by
     4); tests/backends/test_cuda_emu.py holds the two to the same numbers."""
     bm, bn = TILES[tile]
     return 2 * TILE_K * 16 + TILE_K * (bm + 4 + bn + 4) * itemsize
 
 
 def gemm_tc_smem_bytes() -> int:
-    """GEMM_TC_SMEM_BYTES of conv2d.cu for the TF32 tile: the fp32 tile's, then the
+    """GEMM_TC_SMEM_BYTES of gemm_tile.cuh for the TF32 tile: the fp32 tile's, then the
     accumulators' BM × (BN + 4) staging tile."""
     bm, bn = TILES[TF32_TILE]
     return gemm_smem_bytes(TF32_TILE, 4) + bm * (bn + 4) * 4

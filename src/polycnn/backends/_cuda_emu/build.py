@@ -106,7 +106,7 @@ def _header() -> str:
 
 def kernel_names(source: str) -> list[str]:
     """The ``extern "C" __global__`` entry points of ``source`` (comments ignored), those that
-    macros make included (conv2d.cu makes its per-tile entry points from its tile table): read
+    macros make included (conv2d.cu makes its per-tile entry points from the tile table): read
     from the source as g++'s preprocessor leaves it, when it has a ``#define``."""
     if "#define" in source:
         source = _preprocessed(source)
