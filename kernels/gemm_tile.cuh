@@ -64,6 +64,36 @@ __device__ __forceinline__ void tc_multiply(
     }
 }
 
+// This thread's 4×4 register tile, rows m.. and columns n.. of C, through out (within rows × cols).
+template <typename T, class Out>
+__device__ __forceinline__ void fma_store(const Out& out, const T (&acc)[4][4], int m, int n,
+                                          int rows, int cols) {
+    for (int i = 0; i < 4; ++i) {
+        if (m + i >= rows) continue;
+        for (int j = 0; j < 4; ++j)
+            if (n + j < cols) out(m + i, n + j, acc[i][j]);
+    }
+}
+
+// The tensor-core accumulators through out: each warp stores its tiles into the BM × (BN + 4)
+// staging tile Cs (after A and B in shared memory), then the block writes C a row of BN at a
+// time, from (m0, n0), within rows × cols.
+template <int BM, int BN, int THREADS, int TILES, class Out>
+__device__ __forceinline__ void tc_store(
+        const Out& out, float* Cs,
+        const nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> (&acc)[TILES],
+        int wm, int wn, int m0, int n0, int rows, int cols) {
+    constexpr int C_STRIDE = BN + 4;
+    for (int j = 0; j < TILES; ++j)
+        nvcuda::wmma::store_matrix_sync(&Cs[wm * C_STRIDE + wn + 16 * j], acc[j], C_STRIDE,
+                                        nvcuda::wmma::mem_row_major);
+    __syncthreads();
+    for (int i = threadIdx.x; i < BM * BN; i += THREADS) {
+        const int m = m0 + i / BN, n = n0 + i % BN;
+        if (m < rows && n < cols) out(m, n, Cs[(i / BN) * C_STRIDE + i % BN]);
+    }
+}
+
 // C[m0.., n0..] = sum over kk in [k_begin, k_end) of a(m, kk) * b(kk, n), then out(m, n, value).
 // Each thread owns a 4×4 register tile: rows 4*ty + i, columns 4*tx + j, read from shared memory
 // as vectors. Software pipeline: the next tile's operands are fetched from global memory into
@@ -148,25 +178,7 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
         __syncthreads();
         buf ^= 1;
     }
-    if constexpr (TC) {  // accumulators -> staging tile -> out, a row of BN at a time
-        constexpr int C_STRIDE = BN + 4;
-        float* Cs = Bs + TILE_K * B_STRIDE;  // [BM][C_STRIDE]
-        for (int j = 0; j < TC_TILES; ++j)
-            nvcuda::wmma::store_matrix_sync(&Cs[wm * C_STRIDE + wn + 16 * j], tc_acc[j], C_STRIDE,
-                                            nvcuda::wmma::mem_row_major);
-        __syncthreads();
-        for (int i = t; i < BM * BN; i += THREADS) {
-            const int m = m0 + i / BN, n = n0 + i % BN;
-            if (m < rows && n < cols) out(m, n, Cs[(i / BN) * C_STRIDE + i % BN]);
-        }
-    } else {
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 4 * ty + i;
-            if (m >= rows) continue;
-            for (int j = 0; j < 4; ++j) {
-                const int n = n0 + 4 * tx + j;
-                if (n < cols) out(m, n, acc[i][j]);
-            }
-        }
-    }
+    if constexpr (TC) tc_store<BM, BN, THREADS>(out, Bs + TILE_K * B_STRIDE, tc_acc, wm, wn, m0, n0,
+                                                 rows, cols);
+    else fma_store(out, acc, m0 + 4 * ty, n0 + 4 * tx, rows, cols);
 }
