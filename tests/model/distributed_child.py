@@ -34,11 +34,11 @@ RUNS = {
 N_TRAIN, N_VAL, BATCH, EPOCHS = 75, 21, 16, 2
 
 
-
 def say_error(rank: int, exc: BaseException) -> None:
     """One write of the whole line: print() writes the text and its newline separately to the
     unbuffered stderr, and the other rank's line could land between them in mpiexec's stream."""
     os.write(2, f"rank {rank}: error: {exc}\n".encode())
+
 
 def data(dtype, size=16):
     x, y = pc.datasets.shapes(n=N_TRAIN + N_VAL, image_size=size, seed=0)
