@@ -64,7 +64,8 @@ __device__ __forceinline__ void tc_multiply(
     }
 }
 
-// This thread's 4×4 register tile, rows m.. and columns n.. of C, through out (within rows × cols).
+// This thread's 4×4 register tile, rows m.. and columns n.. of C, through out (within
+// rows × cols).
 template <typename T, class Out>
 __device__ __forceinline__ void fma_store(const Out& out, const T (&acc)[4][4], int m, int n,
                                           int rows, int cols) {

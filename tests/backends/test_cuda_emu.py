@@ -127,7 +127,8 @@ def test_a_removed_syncthreads_is_caught(tmp_path, monkeypatch, reverse):
     """Without the barrier between storing a tile to shared memory and multiplying it out,
     threads read entries that others have not written yet (NaN fill) or already overwrote with
     the next tile: the result is wrong, visibly."""
-    folder = seeded_copy(tmp_path, "gemm_tile.cuh", "        __syncthreads();\n        if (more) fetch",
+    folder = seeded_copy(tmp_path, "gemm_tile.cuh",
+                         "        __syncthreads();\n        if (more) fetch",
                          "        if (more) fetch")
     monkeypatch.setitem(runtime.options, "reverse", reverse)
     x, w, b = conv_case()
@@ -311,7 +312,8 @@ extern "C" __global__ void tile_table_probe(long long* out) {
 
 def test_the_host_launches_the_tiles_and_shared_memory_that_the_kernels_define():
     """The host's tile table (_tiles: read from gemm_tile.cuh) and its shared-memory sizes are what
-    the compiler sees in conv2d.cu (gemm_tile.cuh inlined): GEMM_TILES, GEMM_TF32_TILE, GEMM_SMEM_BYTES and TILE_K."""
+    the compiler sees in conv2d.cu (gemm_tile.cuh inlined): GEMM_TILES, GEMM_TF32_TILE,
+    GEMM_SMEM_BYTES and TILE_K."""
     from polycnn.backends import _tiles
 
     module = standin.RawModule(code=cupy_backend.kernel_source("conv2d.cu") + _TABLE_PROBE)
