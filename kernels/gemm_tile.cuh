@@ -33,6 +33,9 @@ template <bool TC, typename T> __device__ inline T tc_operand(T v) {
     else return v;
 }
 
+// A warp's 16×16 fp32 accumulator of the tensor-core tile
+using TcAccumulator = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
+
 // One shared-memory tile of the product, on the CUDA cores: this thread's 4×4 register tile
 // acc (rows m.., columns n.. of the block's tile) += As[:, m..m+4]ᵀ Bs[:, n..n+4], in kk order.
 template <int A_STRIDE, int B_STRIDE, typename T>
@@ -49,9 +52,8 @@ __device__ __forceinline__ void fma_multiply(const T* As, const T* Bs, int m, in
 // The same on the tensor cores: this warp's TILES 16×16 accumulators (rows wm.., columns wn +
 // 16 j..) += the 16×8×16 TF32 products of the tile, two k8 steps.
 template <int A_STRIDE, int B_STRIDE, int TILES>
-__device__ __forceinline__ void tc_multiply(
-        const float* As, const float* Bs, int wm, int wn,
-        nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> (&acc)[TILES]) {
+__device__ __forceinline__ void tc_multiply(const float* As, const float* Bs, int wm, int wn,
+                                            TcAccumulator (&acc)[TILES]) {
     namespace wmma = nvcuda::wmma;
     for (int k8 = 0; k8 < TILE_K; k8 += 8) {
         wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fa;
@@ -82,7 +84,7 @@ __device__ __forceinline__ void fma_store(const Out& out, const T (&acc)[4][4], 
 template <int BM, int BN, int THREADS, int TILES, class Out>
 __device__ __forceinline__ void tc_store(
         const Out& out, float* Cs,
-        const nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> (&acc)[TILES],
+        const TcAccumulator (&acc)[TILES],
         int wm, int wn, int m0, int n0, int rows, int cols) {
     constexpr int C_STRIDE = BN + 4;
     for (int j = 0; j < TILES; ++j)
@@ -157,7 +159,7 @@ __device__ void gemm_tile(const A& a, const B& b, const Out& out, int rows, int 
     static_assert(!TC || (TC_TILES >= 1 && (BN / 16) % TC_TILES == 0), "TF32 warp tiles");
     const int warp = t / 32;
     const int wm = 16 * (warp % (BM / 16)), wn = 16 * TC_TILES * (warp / (BM / 16));
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> tc_acc[TC_TILES];
+    TcAccumulator tc_acc[TC_TILES];
     if constexpr (TC)
         for (int j = 0; j < TC_TILES; ++j) nvcuda::wmma::fill_fragment(tc_acc[j], 0.0f);
 

@@ -1,6 +1,5 @@
-// The tensor-core subset of nvcuda::wmma that the TF32 GEMM tile uses, for NVRTC (inline PTX) and
-// for cupy-emu (plain loops), and TF32_BODY, which keeps a TF32 entry point's body to the
-// targets that have tensor cores. Included by gemm_tile.cuh; kernel_source() inlines it.
+// Included by gemm_tile.cuh (kernel_source() inlines it). At the end, TF32_BODY keeps a TF32
+// entry point's body to the targets that have tensor cores.
 
 // ---- tensor cores: the subset of <mma.h> (nvcuda::wmma) that the TF32 kernels use -------------
 // NVRTC has no <mma.h> built in (and CuPy may find no CUDA headers on the machine), and g++ has
